@@ -1,0 +1,116 @@
+//! The daemon: wires the capabilities together, runs them, and shuts them down.
+//!
+//! `serve` opens the state (database, spool), repairs what a crash may have left,
+//! binds the listener, then runs the receiver and the series-completion task under one
+//! `CancellationToken` and one `TaskTracker`. SIGTERM or SIGINT cancels the token; the
+//! receiver stops accepting, associations finish the message in hand, and the daemon
+//! waits a bounded grace period for them. No business logic lives here.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::dicom::{Receiver, completion, spool::Spool};
+use crate::store::{Store, now_ms};
+
+/// How long in-flight associations get to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let state_dir = settings.storage.state_dir.clone();
+    let db_path = settings.storage.database_path();
+    let spool_dir = settings.storage.spool_dir();
+    let fsync = settings.receiver.fsync;
+    let quiet_ms = settings.series.quiet_period.as_millis() as i64;
+    let (store, spool) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Store, Spool)> {
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let store = Store::open(&db_path)
+            .with_context(|| format!("cannot open database {}", db_path.display()))?;
+        let spool = Spool::open(&spool_dir, fsync)
+            .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;
+        let now = now_ms();
+        let (removed, indexed, deleted) = spool
+            .reconcile(&store, now, now + quiet_ms)
+            .context("cannot reconcile the spool with the database")?;
+        if removed + indexed + deleted > 0 {
+            warn!(
+                partial_removed = removed,
+                unindexed_recovered = indexed,
+                unreadable_deleted = deleted,
+                "repaired the spool after an unclean stop"
+            );
+        }
+        store
+            .audit(
+                now,
+                "daemon_start",
+                &serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "partial_removed": removed,
+                    "unindexed_recovered": indexed,
+                    "unreadable_deleted": deleted,
+                })
+                .to_string(),
+            )
+            .context("cannot write the audit log")?;
+        Ok((store, spool))
+    })
+    .await??;
+
+    let r = &settings.receiver;
+    if r.allowed_calling_ae_titles.is_empty() {
+        warn!("receiver.allowed_calling_ae_titles is empty: any calling AE title is accepted");
+    }
+    if r.allowed_peers.is_empty() {
+        warn!("receiver.allowed_peers is empty: any peer address may connect");
+    }
+    if !r.fsync {
+        warn!("receiver.fsync is off: acknowledged images may be lost on power failure");
+    }
+    let listener = TcpListener::bind(r.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", r.listen))?;
+    info!(
+        ae_title = %r.ae_title,
+        address = %listener.local_addr()?,
+        state_dir = %settings.storage.state_dir.display(),
+        "onfh-edge {} receiving",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let receiver = Receiver::new(r, &settings.series, spool, store.clone());
+    tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
+    tracker.spawn(completion::run(store.clone(), shutdown.clone(), |_| {}));
+
+    wait_for_signal().await?;
+    info!("shutdown requested");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!("associations still open after {:?}; exiting anyway", SHUTDOWN_GRACE);
+    }
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,791 @@
+//! One association: negotiation, the DIMSE message loop, and its clean-up.
+//!
+//! The loop is a small state machine over P-DATA values: command fragments are gathered
+//! (capped at 64 KiB), decoded, and a C-STORE's data fragments are streamed straight into
+//! a spool temporary file — never held whole in memory — while their size is checked
+//! against the instance cap and the disk against its floor. When the last fragment
+//! arrives the file is fsynced, checked and committed off the async threads, and only then
+//! is the response sent. Any way the association ends (release, abort, timeout, garbage)
+//! removes a temporary file in flight.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::association::{Association, AsyncServerAssociation};
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
+    AssociationRJSource, PDataValue, PDataValueType, PresentationContextResultReason, UserIdentity,
+};
+use dicom_ul::Pdu;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use super::Shared;
+use super::dimse::{self, Command, status};
+use super::spool::{self, CommitError, Expected, InspectError, TempFile};
+use crate::store::{InsertOutcome, now_ms};
+
+/// Largest command set accepted (a real one is a few hundred bytes).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// How often (in bytes written) the free-space floor is re-checked during one instance.
+const SPACE_CHECK_INTERVAL: u64 = 16 * 1024 * 1024;
+
+/// Access policy for one connection: called AE, calling AE allow-list, peer IP verdict.
+struct Policy {
+    /// Calling AE titles admitted; empty admits any.
+    calling: Vec<String>,
+    /// Whether the peer's IP passed the allow-list (decided before negotiation).
+    peer_ok: bool,
+}
+
+impl AccessControl for Policy {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if called_ae_title.trim() != this_ae_title.trim() {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        let calling = calling_ae_title.trim();
+        if !self.calling.is_empty() && !self.calling.iter().any(|a| a == calling) {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        if !self.peer_ok {
+            return Err(AssociationRJServiceUserReason::NoReasonGiven);
+        }
+        Ok(())
+    }
+}
+
+/// Counters reported when the association ends.
+#[derive(Default)]
+struct Tally {
+    stored: u32,
+    duplicates: u32,
+    failed: u32,
+    echoes: u32,
+}
+
+/// Serve one connection to its end. Never panics on peer data; logs how it ended.
+pub(super) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("association", %peer);
+    async move {
+        if let Err(e) = serve_inner(socket, peer, &shared, &shutdown).await {
+            warn!("association ended with an error: {e:#}");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve_inner(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = &shared.settings;
+    let peer_ok = settings.peer_allowed(peer.ip());
+    // A second handle on the socket lets us answer a negotiation that dicom-ul gave up on
+    // without answering (unparseable first PDU, timeout) with an A-ABORT.
+    let std_socket = socket.into_std()?;
+    let raw = std_socket.try_clone()?;
+    let socket = TcpStream::from_std(std_socket)?;
+
+    let mut options = ServerAssociationOptions::new()
+        .ae_access_control(Policy {
+            calling: settings.allowed_calling_ae_titles.clone(),
+            peer_ok,
+        })
+        .ae_title(settings.ae_title.clone())
+        .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION)
+        .max_pdu_length(settings.max_pdu)
+        .read_timeout(settings.read_timeout)
+        .write_timeout(settings.write_timeout)
+        .strict(true);
+    for sop in super::STORAGE_SOP_CLASSES {
+        options = options.with_abstract_syntax(*sop);
+    }
+    for ts in &settings.transfer_syntaxes {
+        options = options.with_transfer_syntax(ts.clone());
+    }
+
+    let mut assoc = match options.establish_async(socket).await {
+        Ok(a) => a,
+        Err(e) => {
+            use dicom_ul::association::Error as E;
+            match &e {
+                E::Rejected { association_rj, .. } => {
+                    warn!(reason = %association_rj.source, "association rejected");
+                }
+                E::ConnectionClosed { .. } => debug!("peer closed before negotiating"),
+                E::UnexpectedPdu { .. } | E::UnknownPdu { .. } => {
+                    warn!("negotiation aborted: {e}");
+                }
+                _ => {
+                    warn!("negotiation failed, sending A-ABORT: {e}");
+                    send_raw_abort(raw, AbortRQServiceProviderReason::UnrecognizedPdu).await;
+                }
+            }
+            return Ok(());
+        }
+    };
+    let calling = assoc.peer_ae_title().trim().to_string();
+    let accepted = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .count();
+    info!(
+        calling_ae = %calling,
+        accepted_contexts = accepted,
+        proposed_contexts = assoc.presentation_contexts().len(),
+        "association accepted"
+    );
+    if accepted == 0 {
+        warn!(calling_ae = %calling, "no presentation context acceptable; waiting for release");
+    }
+
+    let mut tally = Tally::default();
+    let end = message_loop(&mut assoc, shared, &calling, shutdown, &mut tally).await;
+    let summary = format!(
+        "stored {}, duplicates {}, failed {}, echoes {}",
+        tally.stored, tally.duplicates, tally.failed, tally.echoes
+    );
+    match end {
+        End::Released => info!(calling_ae = %calling, "association released: {summary}"),
+        End::PeerAborted => warn!(calling_ae = %calling, "peer aborted the association: {summary}"),
+        End::Closed => warn!(calling_ae = %calling, "peer closed the connection: {summary}"),
+        End::Abort(reason, why) => {
+            warn!(calling_ae = %calling, "aborting association ({why}): {summary}");
+            let pdu = Pdu::AbortRQ {
+                source: AbortRQSource::ServiceProvider(reason),
+            };
+            let _ = assoc.send(&pdu).await;
+        }
+    }
+    Ok(())
+}
+
+/// Write an A-ABORT on a socket that dicom-ul no longer owns.
+async fn send_raw_abort(raw: std::net::TcpStream, reason: AbortRQServiceProviderReason) {
+    let mut buf = Vec::new();
+    let pdu = Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(reason),
+    };
+    if dicom_ul::write_pdu(&mut buf, &pdu).is_err() {
+        return;
+    }
+    if let Ok(mut s) = TcpStream::from_std(raw) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.write_all(&buf)).await;
+        let _ = s.shutdown().await;
+    }
+}
+
+/// Answer a connection we have no room for: read its A-ASSOCIATE-RQ, reply with a
+/// transient rejection (local limit exceeded), close.
+pub(super) async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, max_pdu: u32) {
+    let mut buf = bytes::BytesMut::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, max_pdu, false),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(Pdu::AssociationRQ(_)))) {
+        return;
+    }
+    let rj = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let mut out = Vec::new();
+    if dicom_ul::write_pdu(&mut out, &rj).is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), socket.write_all(&out)).await;
+    }
+    warn!(%peer, "association rejected: too many associations at once (transient)");
+}
+
+/// How the message loop ended.
+enum End {
+    /// A-RELEASE completed.
+    Released,
+    /// The peer sent A-ABORT.
+    PeerAborted,
+    /// The connection dropped.
+    Closed,
+    /// We abort, for the reason given.
+    Abort(AbortRQServiceProviderReason, String),
+}
+
+/// Where the data of the current C-STORE goes.
+enum Sink {
+    /// Into a spool temporary file.
+    File {
+        /// The temporary file.
+        tmp: TempFile,
+        /// Written bytes at the last free-space check.
+        checked_at: u64,
+    },
+    /// Nowhere: the instance is already refused with this status; the rest is read and
+    /// dropped so that the association stays in step.
+    Discard {
+        /// Status to answer with.
+        status: u16,
+        /// Error comment to answer with.
+        comment: String,
+    },
+}
+
+/// The message being received.
+enum State {
+    /// Between messages, or gathering command fragments.
+    Command {
+        /// Presentation context of the fragments so far.
+        pc: Option<u8>,
+        /// Command bytes so far.
+        buf: Vec<u8>,
+    },
+    /// Receiving a data set for a command.
+    Data {
+        /// Presentation context of the message.
+        pc: u8,
+        /// What is being done with the data set.
+        op: DataOp,
+    },
+}
+
+/// What a data set belongs to.
+enum DataOp {
+    /// A C-STORE.
+    Store {
+        message_id: u16,
+        expected: Expected,
+        sink: Sink,
+    },
+    /// A command we do not serve; answered with `status` once its data set is drained.
+    Unserved { command_field: u16, message_id: u16 },
+}
+
+impl State {
+    fn idle() -> State {
+        State::Command {
+            pc: None,
+            buf: Vec::new(),
+        }
+    }
+}
+
+async fn message_loop(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    shared: &Arc<Shared>,
+    calling: &str,
+    shutdown: &CancellationToken,
+    tally: &mut Tally,
+) -> End {
+    let mut state = State::idle();
+    let end = loop {
+        let idle = matches!(&state, State::Command { pc: None, .. });
+        let pdu = if idle {
+            tokio::select! {
+                r = assoc.receive() => r,
+                _ = shutdown.cancelled() => {
+                    break End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, "shutting down".into());
+                }
+            }
+        } else {
+            assoc.receive().await
+        };
+        let pdu = match pdu {
+            Ok(p) => p,
+            Err(e) => {
+                use dicom_ul::association::Error as E;
+                break match e {
+                    E::ConnectionClosed { .. } => End::Closed,
+                    E::Timeout { .. } => End::Abort(
+                        AbortRQServiceProviderReason::ReasonNotSpecified,
+                        "peer idle past the read timeout".into(),
+                    ),
+                    E::WireRead { .. } => End::Closed,
+                    other => End::Abort(
+                        AbortRQServiceProviderReason::UnrecognizedPdu,
+                        format!("unreadable PDU: {other}"),
+                    ),
+                };
+            }
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                let mut outcome = None;
+                for pdv in data {
+                    if let Err(end) = on_pdv(assoc, shared, calling, &mut state, pdv, tally).await {
+                        outcome = Some(end);
+                        break;
+                    }
+                }
+                if let Some(end) = outcome {
+                    break end;
+                }
+            }
+            Pdu::ReleaseRQ => {
+                let _ = assoc.send(&Pdu::ReleaseRP).await;
+                break End::Released;
+            }
+            Pdu::AbortRQ { .. } => break End::PeerAborted,
+            other => {
+                break End::Abort(
+                    AbortRQServiceProviderReason::UnexpectedPdu,
+                    format!("unexpected PDU {}", pdu_name(&other)),
+                );
+            }
+        }
+    };
+    // Whatever ended the association, nothing partial stays behind.
+    if let State::Data {
+        op: DataOp::Store {
+            sink: Sink::File { tmp, .. },
+            ..
+        },
+        ..
+    } = state
+    {
+        discard_temp(tmp).await;
+    }
+    end
+}
+
+fn pdu_name(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::Unknown { .. } => "unknown",
+        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
+        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
+        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
+        Pdu::PData { .. } => "P-DATA-TF",
+        Pdu::ReleaseRQ => "A-RELEASE-RQ",
+        Pdu::ReleaseRP => "A-RELEASE-RP",
+        Pdu::AbortRQ { .. } => "A-ABORT",
+    }
+}
+
+async fn discard_temp(tmp: TempFile) {
+    let path = tmp.path;
+    drop(tmp.file);
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+}
+
+fn abort(reason: AbortRQServiceProviderReason, why: impl Into<String>) -> End {
+    End::Abort(reason, why.into())
+}
+
+/// Handle one presentation data value.
+async fn on_pdv(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    shared: &Arc<Shared>,
+    calling: &str,
+    state: &mut State,
+    pdv: PDataValue,
+    tally: &mut Tally,
+) -> Result<(), End> {
+    let accepted_pc = assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.id == pdv.presentation_context_id)
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| (pc.abstract_syntax.clone(), pc.transfer_syntax.clone()));
+    let Some((abstract_syntax, transfer_syntax)) = accepted_pc else {
+        return Err(abort(
+            AbortRQServiceProviderReason::UnexpectedPduParameter,
+            format!("data on presentation context {} which was not accepted", pdv.presentation_context_id),
+        ));
+    };
+    match state {
+        State::Command { pc, buf } => {
+            if pdv.value_type != PDataValueType::Command {
+                return Err(abort(
+                    AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    "data set fragment without a command",
+                ));
+            }
+            if pc.is_some_and(|p| p != pdv.presentation_context_id) {
+                return Err(abort(
+                    AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    "command fragments on two presentation contexts",
+                ));
+            }
+            *pc = Some(pdv.presentation_context_id);
+            if buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
+                return Err(abort(
+                    AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    "command set larger than 64 KiB",
+                ));
+            }
+            buf.extend_from_slice(&pdv.data);
+            if !pdv.is_last {
+                return Ok(());
+            }
+            let pc_id = pdv.presentation_context_id;
+            let command = dimse::decode(buf).map_err(|e| {
+                abort(AbortRQServiceProviderReason::UnrecognizedPduParameter, e.to_string())
+            })?;
+            *state = State::idle();
+            on_command(assoc, shared, calling, state, pc_id, &abstract_syntax, &transfer_syntax, command, tally)
+                .await
+        }
+        State::Data { pc, op } => {
+            if pdv.value_type != PDataValueType::Data || pdv.presentation_context_id != *pc {
+                return Err(abort(
+                    AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    "command fragment inside a data set",
+                ));
+            }
+            if let DataOp::Store { sink, .. } = op {
+                write_fragment(shared, sink, pdv.data).await;
+            }
+            if !pdv.is_last {
+                return Ok(());
+            }
+            let pc_id = *pc;
+            let State::Data { op, .. } = std::mem::replace(state, State::idle()) else {
+                unreachable!("state was Data")
+            };
+            match op {
+                DataOp::Store {
+                    message_id,
+                    expected,
+                    sink,
+                } => finish_store(assoc, shared, pc_id, message_id, expected, sink, tally).await,
+                DataOp::Unserved {
+                    command_field,
+                    message_id,
+                } => {
+                    let rsp = dimse::store_response(
+                        command_field | 0x8000,
+                        message_id,
+                        &abstract_syntax,
+                        "",
+                        0x0211,
+                        Some("operation not supported by this SCP"),
+                    );
+                    send_command(assoc, pc_id, rsp).await
+                }
+            }
+        }
+    }
+}
+
+async fn send_command(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    pc: u8,
+    data: Vec<u8>,
+) -> Result<(), End> {
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data,
+        }],
+    };
+    assoc.send(&pdu).await.map_err(|e| {
+        abort(
+            AbortRQServiceProviderReason::ReasonNotSpecified,
+            format!("cannot send response: {e}"),
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn on_command(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    shared: &Arc<Shared>,
+    calling: &str,
+    state: &mut State,
+    pc: u8,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    command: Command,
+    tally: &mut Tally,
+) -> Result<(), End> {
+    match command {
+        Command::Echo { message_id } => {
+            tally.echoes += 1;
+            debug!(message_id, "C-ECHO");
+            send_command(assoc, pc, dimse::echo_response(message_id)).await
+        }
+        Command::Store {
+            message_id,
+            sop_class_uid,
+            sop_instance_uid,
+            has_data_set,
+        } => {
+            if !has_data_set {
+                tally.failed += 1;
+                let rsp = dimse::store_response(
+                    dimse::C_STORE_RSP,
+                    message_id,
+                    &sop_class_uid,
+                    &sop_instance_uid,
+                    status::CANNOT_UNDERSTAND,
+                    Some("C-STORE request without a data set"),
+                );
+                return send_command(assoc, pc, rsp).await;
+            }
+            let expected = Expected {
+                sop_class_uid: sop_class_uid.clone(),
+                sop_instance_uid: sop_instance_uid.clone(),
+                calling_ae_title: calling.to_string(),
+            };
+            let sink = open_sink(shared, abstract_syntax, transfer_syntax, &expected).await;
+            *state = State::Data {
+                pc,
+                op: DataOp::Store {
+                    message_id,
+                    expected,
+                    sink,
+                },
+            };
+            Ok(())
+        }
+        Command::Other {
+            command_field,
+            message_id,
+            has_data_set,
+        } => {
+            warn!(command_field = format!("{command_field:#06x}"), "unsupported DIMSE command");
+            if has_data_set {
+                *state = State::Data {
+                    pc,
+                    op: DataOp::Unserved {
+                        command_field,
+                        message_id,
+                    },
+                };
+                Ok(())
+            } else {
+                let rsp = dimse::store_response(
+                    command_field | 0x8000,
+                    message_id,
+                    abstract_syntax,
+                    "",
+                    0x0211,
+                    Some("operation not supported by this SCP"),
+                );
+                send_command(assoc, pc, rsp).await
+            }
+        }
+    }
+}
+
+/// Decide where a C-STORE's data goes: a new temporary file, or nowhere with a refusal.
+async fn open_sink(
+    shared: &Arc<Shared>,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    expected: &Expected,
+) -> Sink {
+    if expected.sop_class_uid != abstract_syntax {
+        return Sink::Discard {
+            status: status::SOP_CLASS_NOT_SUPPORTED,
+            comment: "SOP class differs from the presentation context".into(),
+        };
+    }
+    if !spool::is_valid_uid(&expected.sop_instance_uid) {
+        return Sink::Discard {
+            status: status::DATA_SET_MISMATCH,
+            comment: "Affected SOP Instance UID is not a valid UID".into(),
+        };
+    }
+    let header = match spool::file_header(
+        &expected.sop_class_uid,
+        &expected.sop_instance_uid,
+        transfer_syntax,
+        &expected.calling_ae_title,
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            return Sink::Discard {
+                status: status::CANNOT_UNDERSTAND,
+                comment: format!("cannot build file meta: {e}"),
+            };
+        }
+    };
+    let floor = shared.settings.min_free_bytes;
+    let sh = shared.clone();
+    // statvfs and file creation are blocking calls; they run off the async threads.
+    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Result<TempFile, u64>> {
+        let free = sh.spool.free_bytes()?;
+        if free < floor {
+            return Ok(Err(free));
+        }
+        sh.spool.create_temp(&header).map(Ok)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match opened {
+        Ok(Ok(tmp)) => Sink::File { tmp, checked_at: 0 },
+        Ok(Err(free)) => {
+            warn!(free_bytes = free, floor_bytes = floor, "C-STORE refused: spool below its free-space floor");
+            Sink::Discard {
+                status: status::OUT_OF_RESOURCES,
+                comment: "storage full: free space below the configured floor".into(),
+            }
+        }
+        Err(e) => {
+            warn!("C-STORE refused: cannot create spool file: {e}");
+            Sink::Discard {
+                status: if spool::is_enospc(&e) {
+                    status::OUT_OF_RESOURCES
+                } else {
+                    status::PROCESSING_FAILURE
+                },
+                comment: "cannot create spool file".into(),
+            }
+        }
+    }
+}
+
+/// Append a fragment to the sink, switching to Discard (and dropping the partial file)
+/// when the instance outgrows its cap, the disk its floor, or a write fails.
+async fn write_fragment(shared: &Arc<Shared>, sink: &mut Sink, data: Vec<u8>) {
+    let Sink::File { tmp, checked_at } = sink else {
+        return;
+    };
+    let cap = shared.settings.max_instance_bytes;
+    let len = data.len() as u64;
+    let refusal = if tmp.written + len > cap {
+        warn!(cap_bytes = cap, "C-STORE refused: instance larger than the configured cap");
+        Some((status::OUT_OF_RESOURCES, format!("instance larger than {cap} bytes")))
+    } else {
+        let check_space = tmp.written - *checked_at >= SPACE_CHECK_INTERVAL;
+        let floor = shared.settings.min_free_bytes;
+        let sh = shared.clone();
+        let file = tmp.file.clone();
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            use std::io::Write;
+            if check_space && sh.spool.free_bytes()? < floor {
+                return Ok(false);
+            }
+            (&*file).write_all(&data)?;
+            Ok(true)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if check_space {
+            *checked_at = tmp.written;
+        }
+        match result {
+            Ok(true) => {
+                tmp.written += len;
+                None
+            }
+            Ok(false) => {
+                warn!("C-STORE refused: spool fell below its free-space floor while receiving");
+                Some((
+                    status::OUT_OF_RESOURCES,
+                    "storage full: free space below the configured floor".into(),
+                ))
+            }
+            Err(e) if spool::is_enospc(&e) => {
+                warn!("C-STORE refused: disk full while writing");
+                Some((status::OUT_OF_RESOURCES, "storage full".into()))
+            }
+            Err(e) => {
+                warn!("C-STORE failed: spool write error: {e}");
+                Some((status::PROCESSING_FAILURE, "spool write error".into()))
+            }
+        }
+    };
+    if let Some((status, comment)) = refusal {
+        let Sink::File { tmp, .. } = std::mem::replace(sink, Sink::Discard { status, comment }) else {
+            unreachable!("sink was File")
+        };
+        discard_temp(tmp).await;
+    }
+}
+
+async fn finish_store(
+    assoc: &mut AsyncServerAssociation<TcpStream>,
+    shared: &Arc<Shared>,
+    pc: u8,
+    message_id: u16,
+    expected: Expected,
+    sink: Sink,
+    tally: &mut Tally,
+) -> Result<(), End> {
+    let (status, comment) = match sink {
+        Sink::Discard { status, comment } => (status, Some(comment)),
+        Sink::File { tmp, .. } => {
+            let now = now_ms();
+            let due = now + shared.quiet_period.as_millis() as i64;
+            let TempFile { path, file, .. } = tmp;
+            let sh = shared.clone();
+            let exp = expected.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                if sh.spool.fsync() {
+                    if let Err(e) = file.sync_all() {
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(CommitError::Io(e));
+                    }
+                }
+                drop(file);
+                sh.spool.commit(&path, &exp, &sh.store, &sh.commit_lock, now, due)
+            })
+            .await
+            .unwrap_or_else(|e| Err(CommitError::Io(std::io::Error::other(e))));
+            match result {
+                Ok(InsertOutcome::Inserted) => {
+                    tally.stored += 1;
+                    debug!(message_id, "instance stored");
+                    (status::SUCCESS, None)
+                }
+                Ok(InsertOutcome::Duplicate) => {
+                    tally.duplicates += 1;
+                    info!(message_id, "duplicate SOP Instance UID; kept the first copy");
+                    (status::SUCCESS, None)
+                }
+                Err(CommitError::Inspect(InspectError::Unparseable(why))) => {
+                    warn!(message_id, "C-STORE refused: data set does not parse: {why}");
+                    (status::CANNOT_UNDERSTAND, Some(format!("data set does not parse: {why}")))
+                }
+                Err(CommitError::Inspect(InspectError::Mismatch(why))) => {
+                    warn!(message_id, "C-STORE refused: {why}");
+                    (status::DATA_SET_MISMATCH, Some(why))
+                }
+                Err(e) if e.is_out_of_space() => {
+                    warn!(message_id, "C-STORE refused: out of space: {e}");
+                    (status::OUT_OF_RESOURCES, Some("storage full".into()))
+                }
+                Err(e) => {
+                    warn!(message_id, "C-STORE failed: {e}");
+                    (status::PROCESSING_FAILURE, Some("cannot store the instance".into()))
+                }
+            }
+        }
+    };
+    if status != status::SUCCESS {
+        tally.failed += 1;
+    }
+    let rsp = dimse::store_response(
+        dimse::C_STORE_RSP,
+        message_id,
+        &expected.sop_class_uid,
+        &expected.sop_instance_uid,
+        status,
+        comment.as_deref(),
+    );
+    send_command(assoc, pc, rsp).await
+}

@@ -1,0 +1,176 @@
+//! The DICOM receiver: a C-ECHO / C-STORE SCP that never loses an acknowledged image.
+//!
+//! [`Receiver::run`] owns the listening socket. Each accepted connection becomes one
+//! association task (see `association`), bounded by `receiver.max_associations`; one over
+//! the bound is answered with a transient A-ASSOCIATE-RJ (local limit exceeded) so that the
+//! scanner retries later. A failing association is logged and answered, never fatal.
+//!
+//! What is accepted:
+//! - abstract syntaxes: Verification, MR Image Storage, Enhanced MR Image Storage; every
+//!   other presentation context is rejected on its own (the association still goes on);
+//! - transfer syntaxes: the configured list, each checked at start-up to be decodable by
+//!   this build, so nothing is stored that the volume builder cannot read.
+//!
+//! A C-STORE is answered with success only after `spool` made the file durable and
+//! `store` committed its row (see `spool` for the order of operations). Series
+//! completion (`completion`) runs beside the receiver and reads only the database.
+//!
+//! This module never runs inference, and its only SQL goes through [`crate::store`].
+
+mod association;
+pub mod completion;
+pub mod dimse;
+pub mod spool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ReceiverSettings, SeriesSettings};
+use crate::store::Store;
+
+/// SOP classes this receiver stores.
+pub const STORAGE_SOP_CLASSES: &[&str] = &[
+    dicom_dictionary_std::uids::MR_IMAGE_STORAGE,
+    dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE,
+];
+
+/// Check that a transfer syntax UID is known and that this build decodes its pixel data.
+pub fn check_transfer_syntax(uid: &str) -> Result<(), String> {
+    match TransferSyntaxRegistry.get(uid) {
+        None => Err(format!("{uid} is not a known transfer syntax")),
+        Some(ts) if !ts.can_decode_all() || ts.is_unsupported() => Err(format!(
+            "{uid} ({}) cannot be decoded by this build",
+            ts.name()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Everything an association task needs, shared by all of them.
+pub(crate) struct Shared {
+    /// Validated receiver settings.
+    pub settings: ReceiverSettings,
+    /// Quiet period used to (re)arm a series' completion job.
+    pub quiet_period: Duration,
+    /// The spool.
+    pub spool: spool::Spool,
+    /// The database.
+    pub store: Store,
+    /// Serialises the check-rename-index step so a UID is stored once (see `Spool::commit`).
+    pub commit_lock: std::sync::Mutex<()>,
+}
+
+/// The receiver: listener plus association tasks.
+pub struct Receiver {
+    /// State shared with association tasks.
+    shared: Arc<Shared>,
+    /// Bounds concurrent associations.
+    slots: Arc<Semaphore>,
+    /// Bounds connections being turned away, so a flood cannot spawn without limit.
+    reject_slots: Arc<Semaphore>,
+}
+
+impl Receiver {
+    /// Prepare a receiver over an opened spool and store.
+    pub fn new(
+        settings: &ReceiverSettings,
+        series: &SeriesSettings,
+        spool: spool::Spool,
+        store: Store,
+    ) -> Receiver {
+        Receiver {
+            slots: Arc::new(Semaphore::new(settings.max_associations)),
+            reject_slots: Arc::new(Semaphore::new(16)),
+            shared: Arc::new(Shared {
+                settings: settings.clone(),
+                quiet_period: series.quiet_period,
+                spool,
+                store,
+                commit_lock: std::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Accept associations on `listener` until `shutdown` is cancelled. In-flight
+    /// associations are tracked by `tracker`; they finish the message in hand and then
+    /// abort, so the caller should wait on the tracker (with a grace period) afterwards.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (socket, peer) = match accepted {
+                Ok(x) => {
+                    backoff = Duration::from_millis(10);
+                    x
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; backing off {:?}", backoff);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = self.shared.clone();
+                    let token = shutdown.clone();
+                    tracker.spawn(async move {
+                        association::serve(socket, peer, shared, token).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => match self.reject_slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let max_pdu = self.shared.settings.max_pdu;
+                        tracker.spawn(async move {
+                            association::reject_busy(socket, peer, max_pdu).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "too many connections; closing without answer");
+                        drop(socket);
+                    }
+                },
+            }
+        }
+        tracing::info!("receiver stopped accepting associations");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodable_syntaxes() {
+        for uid in [
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2.5",
+            "1.2.840.10008.1.2.4.57",
+            "1.2.840.10008.1.2.4.70",
+        ] {
+            check_transfer_syntax(uid).unwrap();
+        }
+        // JPEG-LS needs the C++ CharLS, which this build leaves out.
+        assert!(check_transfer_syntax("1.2.840.10008.1.2.4.80").is_err());
+        assert!(check_transfer_syntax("1.2.3.4").is_err());
+    }
+}

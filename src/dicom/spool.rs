@@ -1,0 +1,485 @@
+//! The spool: durable files for received instances, and the checks made before indexing.
+//!
+//! Layout under the spool directory:
+//!
+//! ```text
+//! spool/tmp/<pid>-<n>.part        an instance being received (never indexed)
+//! spool/<hh>/<sha256(uid)>.dcm    a committed instance; hh = first two hex digits
+//! ```
+//!
+//! File names come from the SHA-256 of the SOP Instance UID, never from the peer's string,
+//! so no UID can escape the folder or collide with another one's name. An instance becomes
+//! durable in this order: written to `tmp/`, fsynced, parsed and checked, renamed into its
+//! final name, the directory fsynced, and only then indexed in SQLite by the caller. A
+//! crash at any point leaves either nothing, a stray `tmp/` file (removed at start-up) or
+//! an un-indexed but complete file (indexed at start-up by [`Spool::reconcile`]).
+//!
+//! This module does blocking file I/O; async callers run it in `spawn_blocking`. It does
+//! not speak DICOM networking and does not decide DIMSE statuses beyond classifying why a
+//! file was refused ([`InspectError`]).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use sha2::{Digest, Sha256};
+
+use crate::store::{InsertOutcome, NewInstance, Store};
+
+/// Our implementation class UID, written in every file meta header.
+pub const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1382.1";
+/// Our implementation version name.
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("ONFH_EDGE_", env!("CARGO_PKG_VERSION"));
+
+/// The spool directory and its policies.
+#[derive(Debug)]
+pub struct Spool {
+    /// Root of the spool.
+    root: PathBuf,
+    /// Where partial files live until committed.
+    tmp: PathBuf,
+    /// Whether to fsync files and directories (off only for benchmarks/tests that say so).
+    fsync: bool,
+    /// Counter for unique temporary names within this process.
+    counter: AtomicU64,
+}
+
+/// A file being received.
+#[derive(Debug)]
+pub struct TempFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The open file, positioned after the file meta header (shared so that writes can
+    /// run on the blocking pool while the association keeps the handle).
+    pub file: std::sync::Arc<File>,
+    /// Bytes written so far (header included).
+    pub written: u64,
+}
+
+/// What the receiver expects of an instance, from the C-STORE command and association.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    /// Affected SOP Class UID from the command.
+    pub sop_class_uid: String,
+    /// Affected SOP Instance UID from the command.
+    pub sop_instance_uid: String,
+    /// Calling AE title of the association.
+    pub calling_ae_title: String,
+}
+
+/// Identifying attributes read back from a received file.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    /// Index row to write.
+    pub row: NewInstance,
+}
+
+/// Why a received file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The data set does not parse (truncated, corrupt, undecodable).
+    #[error("data set does not parse: {0}")]
+    Unparseable(String),
+    /// It parses but lacks or contradicts what identifies it.
+    #[error("{0}")]
+    Mismatch(String),
+    /// Reading the file failed.
+    #[error("cannot read received file: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The instance was refused.
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    /// The file system failed (rename, fsync, space).
+    #[error("spool file system error: {0}")]
+    Io(#[from] io::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl CommitError {
+    /// Whether the failure is a lack of space (answered as "out of resources").
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            CommitError::Io(e) => is_enospc(e),
+            CommitError::Store(crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                f,
+                _,
+            ))) => f.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error means the file system is full.
+pub fn is_enospc(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
+/// Spool file name (relative to the spool root) for a SOP Instance UID.
+pub fn file_name_for(sop_instance_uid: &str) -> String {
+    let hash = hex::encode(Sha256::digest(sop_instance_uid.as_bytes()));
+    format!("{}/{}.dcm", &hash[..2], hash)
+}
+
+/// Whether `s` is a syntactically valid DICOM UID (PS3.5 §9.1).
+pub fn is_valid_uid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.split('.').all(|c| {
+            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))
+        })
+}
+
+/// The 128-byte preamble, `DICM`, and a file meta group for a received instance.
+pub fn file_header(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax_uid: &str,
+    calling_ae_title: &str,
+) -> Result<Vec<u8>, String> {
+    let mut builder = dicom_object::meta::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class_uid)
+        .media_storage_sop_instance_uid(sop_instance_uid)
+        .transfer_syntax(transfer_syntax_uid)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
+    if !calling_ae_title.trim().is_empty() {
+        builder = builder.source_application_entity_title(calling_ae_title.trim());
+    }
+    let meta = builder.build().map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+impl Spool {
+    /// Create (if needed) the spool layout under `root`.
+    pub fn open(root: &Path, fsync: bool) -> io::Result<Spool> {
+        fs::create_dir_all(root)?;
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        // All 256 fan-out folders exist up front, so committing a file only ever needs the
+        // fsync of its own folder.
+        for i in 0..=255u8 {
+            fs::create_dir_all(root.join(format!("{i:02x}")))?;
+        }
+        if fsync {
+            sync_dir(root)?;
+        }
+        Ok(Spool {
+            root: root.to_owned(),
+            tmp,
+            fsync,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The spool root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether files are fsynced.
+    pub fn fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// Bytes available to us on the spool's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        free_bytes(&self.root)
+    }
+
+    /// Create a temporary file holding `header`.
+    pub fn create_temp(&self, header: &[u8]) -> io::Result<TempFile> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{}-{n}.part", std::process::id()));
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        if let Err(e) = file.write_all(header) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(TempFile {
+            path,
+            file: std::sync::Arc::new(file),
+            written: header.len() as u64,
+        })
+    }
+
+    /// Finish a received file: check it, then make it durable and index it.
+    ///
+    /// `commit_lock` serialises the check-rename-index step across associations so that
+    /// two copies of one SOP Instance UID arriving at once are stored exactly once.
+    /// The temporary file is gone when this returns, whatever the outcome.
+    pub fn commit(
+        &self,
+        tmp: &Path,
+        expected: &Expected,
+        store: &Store,
+        commit_lock: &std::sync::Mutex<()>,
+        now_ms: i64,
+        due_ms: i64,
+    ) -> Result<InsertOutcome, CommitError> {
+        let result = self.commit_inner(tmp, expected, store, commit_lock, now_ms, due_ms);
+        if tmp.exists() {
+            let _ = fs::remove_file(tmp);
+        }
+        result
+    }
+
+    fn commit_inner(
+        &self,
+        tmp: &Path,
+        expected: &Expected,
+        store: &Store,
+        commit_lock: &std::sync::Mutex<()>,
+        now_ms: i64,
+        due_ms: i64,
+    ) -> Result<InsertOutcome, CommitError> {
+        let mut info = inspect(tmp)?;
+        check_against(&info, expected)?;
+        let file_name = file_name_for(&info.row.sop_instance_uid);
+        info.row.file_name = file_name.clone();
+        info.row.calling_ae_title = expected.calling_ae_title.trim().to_string();
+        let _guard = commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if store.has_instance(&info.row.sop_instance_uid)? {
+            fs::remove_file(tmp)?;
+            return Ok(InsertOutcome::Duplicate);
+        }
+        let dest = self.root.join(&file_name);
+        fs::rename(tmp, &dest)?;
+        let dir = dest.parent().unwrap_or(&self.root);
+        if self.fsync {
+            if let Err(e) = sync_dir(dir) {
+                let _ = fs::remove_file(&dest);
+                return Err(e.into());
+            }
+        }
+        match store.insert_instance(&info.row, now_ms, due_ms) {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                // Not acknowledged, so not kept: the sender will retry.
+                let _ = fs::remove_file(&dest);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Start-up repair: drop partial files, index complete files that a crash left
+    /// un-indexed (they were never acknowledged, but they are whole and valid), and delete
+    /// un-indexed files that do not parse. Returns (removed partial, indexed, deleted).
+    pub fn reconcile(
+        &self,
+        store: &Store,
+        now_ms: i64,
+        due_ms: i64,
+    ) -> io::Result<(usize, usize, usize)> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        let (mut indexed, mut deleted) = (0, 0);
+        for i in 0..=255u8 {
+            let sub = format!("{i:02x}");
+            for entry in fs::read_dir(self.root.join(&sub))? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !name.ends_with(".dcm") {
+                    continue;
+                }
+                let rel = format!("{sub}/{name}");
+                match store.has_file(&rel) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return Err(io::Error::other(e)),
+                }
+                let path = entry.path();
+                let ok = inspect(&path).ok().filter(|info| file_name_for(&info.row.sop_instance_uid) == rel);
+                match ok {
+                    Some(mut info) => {
+                        info.row.file_name = rel.clone();
+                        info.row.calling_ae_title = source_ae_title(&path).unwrap_or_default();
+                        store
+                            .insert_instance(&info.row, now_ms, due_ms)
+                            .map_err(io::Error::other)?;
+                        indexed += 1;
+                    }
+                    None => {
+                        fs::remove_file(&path)?;
+                        deleted += 1;
+                    }
+                }
+            }
+        }
+        if self.fsync && (removed + deleted) > 0 {
+            sync_dir(&self.tmp)?;
+        }
+        Ok((removed, indexed, deleted))
+    }
+}
+
+fn source_ae_title(path: &Path) -> Option<String> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PATIENT_NAME)
+        .open_file(path)
+        .ok()?;
+    obj.meta().source_application_entity_title().map(|s| s.trim().to_string())
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Parse a received file fully and read what identifies it.
+///
+/// A crafted file can make the parser panic; the panic is caught and reported as an
+/// unparseable data set rather than taking the daemon down.
+pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        OpenFileOptions::new().open_file(path)
+    }));
+    let obj = match opened {
+        Ok(Ok(obj)) => obj,
+        Ok(Err(e)) => return Err(InspectError::Unparseable(error_chain(&e))),
+        Err(_) => return Err(InspectError::Unparseable("the parser panicked".into())),
+    };
+    let require = |tag, name: &str| {
+        text(&obj, tag).ok_or_else(|| InspectError::Mismatch(format!("{name} is missing")))
+    };
+    let sop_class_uid = require(tags::SOP_CLASS_UID, "SOP Class UID")?;
+    let sop_instance_uid = require(tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
+    let study_uid = require(tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
+    let series_uid = require(tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+    for (name, uid) in [
+        ("SOP Instance UID", &sop_instance_uid),
+        ("Study Instance UID", &study_uid),
+        ("Series Instance UID", &series_uid),
+    ] {
+        if !is_valid_uid(uid) {
+            return Err(InspectError::Mismatch(format!("{name} is not a valid UID")));
+        }
+    }
+    let has_pixels = obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some()
+        || obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some();
+    if !has_pixels {
+        return Err(InspectError::Mismatch("Pixel Data is missing".into()));
+    }
+    let size_bytes = fs::metadata(path)?.len();
+    Ok(InstanceInfo {
+        row: NewInstance {
+            sop_instance_uid,
+            sop_class_uid,
+            study_uid,
+            series_uid,
+            accession_number: text(&obj, tags::ACCESSION_NUMBER),
+            modality: text(&obj, tags::MODALITY),
+            series_number: text(&obj, tags::SERIES_NUMBER).and_then(|s| s.parse().ok()),
+            series_description: text(&obj, tags::SERIES_DESCRIPTION),
+            transfer_syntax_uid: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+            file_name: String::new(),
+            size_bytes,
+            calling_ae_title: String::new(),
+        },
+    })
+}
+
+fn check_against(info: &InstanceInfo, expected: &Expected) -> Result<(), InspectError> {
+    if info.row.sop_class_uid != expected.sop_class_uid {
+        return Err(InspectError::Mismatch(
+            "SOP Class UID differs from the C-STORE request".into(),
+        ));
+    }
+    if info.row.sop_instance_uid != expected.sop_instance_uid {
+        return Err(InspectError::Mismatch(
+            "SOP Instance UID differs from the C-STORE request".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// fsync a directory so that a rename or unlink inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_a_hash() {
+        let a = file_name_for("1.2.3");
+        assert_eq!(a.len(), 2 + 1 + 64 + 4);
+        assert!(a.starts_with(&a[3..5]));
+        let evil = file_name_for("/etc/passwd/../../x");
+        assert!(!evil.contains(".."));
+        assert_ne!(file_name_for("1.2.3"), file_name_for("1.2.4"));
+    }
+
+    #[test]
+    fn uid_syntax() {
+        assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.4"));
+        assert!(is_valid_uid("1.2.0.3"));
+        assert!(!is_valid_uid("1.2.03"));
+        assert!(!is_valid_uid("1..2"));
+        assert!(!is_valid_uid("../x"));
+        assert!(!is_valid_uid(&"1".repeat(65)));
+    }
+
+    #[test]
+    fn header_parses_back() {
+        let h = file_header("1.2.840.10008.5.1.4.1.1.4", "1.2.3", "1.2.840.10008.1.2.1", "SCU").unwrap();
+        assert_eq!(&h[128..132], b"DICM");
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&h[132..]).unwrap();
+        assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3");
+        assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
+    }
+
+    #[test]
+    fn free_space_is_readable() {
+        assert!(free_bytes(Path::new("/")).unwrap() > 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! onfh-edge: an edge appliance daemon that receives hip MRI studies over DICOM and
+//! (in later stages) stages early osteonecrosis of the femoral head with 3D networks.
+//!
+//! Layout, by capability (see ARCHITECTURE.md for the invariants):
+//!
+//! - [`config`]: embedded defaults plus a site TOML file, validated once into `Settings`.
+//! - [`dicom`]: the DICOM receiver (C-ECHO/C-STORE SCP), the durable spool, and series
+//!   completion.
+//! - [`store`]: the SQLite database — schema, migrations, every query.
+//! - [`daemon`]: wiring, signals and shutdown for `onfh-edge serve`.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls into these.
+
+pub mod config;
+pub mod daemon;
+pub mod dicom;
+pub mod store;

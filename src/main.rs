@@ -1,0 +1,142 @@
+//! Command line of `onfh-edge`: parse, validate the configuration once, call the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use onfh_edge::config::Settings;
+use onfh_edge::store::Store;
+
+#[derive(Parser)]
+#[command(name = "onfh-edge", version, about = "Hip MRI edge appliance: DICOM receiver and early-ONFH staging (research demo — trained on synthetic phantoms, not for clinical use)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: receive studies over DICOM and track series completion.
+    Serve {
+        /// Site configuration (TOML) applied over the embedded defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show what the receiver holds: studies, series, instances, pending jobs.
+    Status {
+        /// Site configuration (TOML), to find the state directory.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration and print the effective settings.
+    CheckConfig {
+        /// Site configuration (TOML) applied over the embedded defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    Settings::load_optional(config).context("invalid configuration")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Serve { config } => {
+            let settings = load(config.as_deref())?;
+            init_logging(&settings.log_level);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("onfh-edge")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(onfh_edge::daemon::serve(settings))
+        }
+        Cmd::Status { config, json } => {
+            let settings = load(config.as_deref())?;
+            status(&settings, json)
+        }
+        Cmd::CheckConfig { config } => {
+            let settings = load(config.as_deref())?;
+            println!("{settings:#?}");
+            Ok(())
+        }
+    }
+}
+
+fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let db = settings.storage.database_path();
+    if !db.exists() {
+        anyhow::bail!(
+            "no database at {} (has `onfh-edge serve` run with this configuration?)",
+            db.display()
+        );
+    }
+    let store = Store::open_read_only(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let summary = store.summary()?;
+    let series = store.series_rows()?;
+    if json {
+        let out = serde_json::json!({
+            "state_dir": settings.storage.state_dir,
+            "summary": summary,
+            "series": series,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("state directory   {}", settings.storage.state_dir.display());
+    println!("studies           {}", summary.studies);
+    println!("series            {}", summary.series);
+    println!(
+        "instances         {} ({:.1} MiB)",
+        summary.instances,
+        summary.instance_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "series jobs       {} collecting (pending), {} complete",
+        summary.jobs_collecting, summary.jobs_complete
+    );
+    if !series.is_empty() {
+        println!();
+        println!("{:<10} {:>6} {:>9} {:>4}  {:<24} series UID", "state", "number", "instances", "gen", "description");
+        for s in series {
+            println!(
+                "{:<10} {:>6} {:>9} {:>4}  {:<24} {}",
+                s.state,
+                s.series_number.map(|n| n.to_string()).unwrap_or_default(),
+                s.instance_count,
+                s.generation,
+                s.series_description.unwrap_or_default().chars().take(24).collect::<String>(),
+                s.series_uid
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("onfh-edge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
