@@ -154,6 +154,15 @@ async fn serve_inner(
         proposed_contexts = assoc.presentation_contexts().len(),
         "association accepted"
     );
+    for pc in assoc.presentation_contexts() {
+        debug!(
+            id = pc.id,
+            abstract_syntax = %pc.abstract_syntax,
+            transfer_syntax = %pc.transfer_syntax,
+            result = ?pc.reason,
+            "presentation context"
+        );
+    }
     if accepted == 0 {
         warn!(calling_ae = %calling, "no presentation context acceptable; waiting for release");
     }
