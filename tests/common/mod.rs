@@ -149,8 +149,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start with `extra` TOML lines appended under their own tables.
+    /// Start with `extra` TOML overlaid on the test defaults; ready once C-ECHO works.
     pub fn start(extra: &str) -> Daemon {
+        let d = Self::start_tcp_ready(extra);
+        d.wait_ready();
+        d
+    }
+
+    /// Start, ready once the port accepts TCP (for configurations that refuse our echo).
+    pub fn start_tcp_ready(extra: &str) -> Daemon {
         let state = tempfile::tempdir().unwrap();
         let port = free_port();
         let config_path = state.path().join("test.toml");
@@ -187,7 +194,11 @@ impl Daemon {
             .spawn()
             .expect("start onfh-edge");
         self.child = Some(child);
-        self.wait_ready();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not listen:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Wait until C-ECHO succeeds.
@@ -270,6 +281,7 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
         self.spawn();
+        self.wait_ready();
     }
 
     /// Whether the process is still alive.

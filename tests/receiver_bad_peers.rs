@@ -1,0 +1,338 @@
+//! Peers that misbehave. Each gets the right answer, leaves no partial file, and the
+//! daemon keeps serving (a successful C-ECHO afterwards).
+//!
+//! DCMTK plays the well-formed but unwelcome peers; a raw dicom-ul client (the upper-layer
+//! protocol crate the daemon itself uses, driven here by hand) plays the broken ones that
+//! DCMTK will not produce: garbage, aborts and truncation mid-transfer, silence.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::{ClientAssociation, ClientAssociationOptions, Pdu};
+
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+fn connect(port: u16, calling: &str) -> ClientAssociation<TcpStream> {
+    ClientAssociationOptions::new()
+        .calling_ae_title(calling)
+        .called_ae_title("ONFH_EDGE")
+        .with_presentation_context(uids::MR_IMAGE_STORAGE, vec![EXPLICIT_LE])
+        .read_timeout(Duration::from_secs(20))
+        .establish(("127.0.0.1", port))
+        .expect("association")
+}
+
+fn store_rq(message_id: u16, sop_instance_uid: &str) -> Vec<u8> {
+    let obj = InMemDicomObject::command_from_element_iter([
+        DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::MR_IMAGE_STORAGE)),
+        DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [0x0001])),
+        DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
+        DataElement::new(tags::PRIORITY, VR::US, dicom_value!(U16, [0])),
+        DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, dicom_value!(U16, [0x0000])),
+        DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop_instance_uid)),
+    ]);
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    out
+}
+
+fn dataset_bytes(inst: &Instance) -> Vec<u8> {
+    let obj = dicom_object::open_file(&inst.path).unwrap();
+    let mut out = Vec::new();
+    obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    out
+}
+
+fn pdv(pc: u8, kind: PDataValueType, is_last: bool, data: Vec<u8>) -> Pdu {
+    Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: kind,
+            is_last,
+            data,
+        }],
+    }
+}
+
+/// Read the status out of a C-STORE-RSP.
+fn response_status(pdu: Pdu) -> (u16, Option<String>) {
+    let Pdu::PData { data } = pdu else {
+        panic!("expected P-DATA, got {pdu:?}")
+    };
+    let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
+    let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    let status = obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap();
+    let comment = obj
+        .element_opt(tags::ERROR_COMMENT)
+        .unwrap()
+        .map(|e| e.to_str().unwrap().to_string());
+    (status, comment)
+}
+
+fn assert_nothing_stored(d: &Daemon) {
+    assert!(d.tmp_files().is_empty(), "partial file left: {:?}", d.tmp_files());
+    assert!(d.committed_files().is_empty(), "file stored: {:?}", d.committed_files());
+    assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 0);
+}
+
+#[test]
+fn wrong_called_ae_is_rejected() {
+    let mut d = Daemon::start("");
+    let out = echo(d.port, "ECHOSCU", "NOT_ME");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Called AE Title Not Recognized"), "{text}");
+    assert!(d.log().contains("association rejected"), "{}", d.log());
+    assert!(d.log().contains("peer=127.0.0.1"), "rejection must name the peer");
+    d.assert_serving();
+}
+
+#[test]
+fn calling_ae_outside_the_allow_list_is_rejected() {
+    let mut d = Daemon::start("[receiver]\nallowed_calling_ae_titles = [\"ECHOSCU\", \"MRI_1\"]\n");
+    let out = echo(d.port, "INTRUDER", "ONFH_EDGE");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Calling AE Title Not Recognized"), "{text}");
+    // storescu as an unknown AE stores nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let inst = mr_series(dir.path(), &new_uid(), 1, 1, 32);
+    let (log, _) = storescu(d.port, &[], &[inst[0].path.clone()]);
+    assert!(stored_ok(&log).is_empty(), "{log}");
+    assert_nothing_stored(&d);
+    d.assert_serving();
+}
+
+#[test]
+fn peer_address_outside_the_allow_list_is_rejected() {
+    let mut d = Daemon::start_tcp_ready("[receiver]\nallowed_peers = [\"10.200.0.0/16\"]\n");
+    let out = echo(d.port, "ECHOSCU", "ONFH_EDGE");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Association Rejected"), "{text}");
+    assert!(wait_until(Duration::from_secs(5), || d.log().contains("association rejected")));
+    assert!(d.alive());
+}
+
+#[test]
+fn garbage_bytes_get_an_abort_and_the_daemon_lives() {
+    let mut d = Daemon::start("");
+    for garbage in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0, 1, 2, 3],
+        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&garbage);
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        // Either an A-ABORT PDU (type 0x07) or a plain close; never anything else.
+        assert!(reply.is_empty() || reply[0] == 0x07, "unexpected reply {reply:?}");
+    }
+    d.assert_serving();
+}
+
+#[test]
+fn abort_in_the_middle_of_a_store_leaves_nothing() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 256)[0];
+    let data = dataset_bytes(inst);
+    let mut a = connect(d.port, "RAWSCU");
+    let pc = a.presentation_contexts()[0].id;
+    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(1, &inst.sop_instance_uid))).unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, false, data[..data.len() / 2].to_vec())).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    a.abort().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || d.log().contains("peer aborted the association")),
+        "{}",
+        d.log()
+    );
+    assert_nothing_stored(&d);
+    d.assert_serving();
+}
+
+#[test]
+fn truncated_data_set_is_refused_with_cannot_understand() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 128)[0];
+    let data = dataset_bytes(inst);
+    let mut a = connect(d.port, "RAWSCU");
+    let pc = a.presentation_contexts()[0].id;
+    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(5, &inst.sop_instance_uid))).unwrap();
+    // The data set claims to be complete but stops inside Pixel Data.
+    a.send(&pdv(pc, PDataValueType::Data, true, data[..data.len() - 1000].to_vec())).unwrap();
+    let (status, comment) = response_status(a.receive().unwrap());
+    assert_eq!(status & 0xF000, 0xC000, "status {status:#06x} {comment:?}");
+    assert!(comment.unwrap_or_default().contains("does not parse"));
+    // The association is still usable: the whole instance now stores.
+    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(6, &inst.sop_instance_uid))).unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, true, data.clone())).unwrap();
+    let (status, _) = response_status(a.receive().unwrap());
+    assert_eq!(status, 0);
+    a.release().unwrap();
+    assert!(d.tmp_files().is_empty());
+    assert_eq!(d.committed_files().len(), 1);
+    assert!(d.log().contains("data set does not parse"), "reason must be logged");
+    d.assert_serving();
+}
+
+#[test]
+fn data_set_without_identifiers_is_refused() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 32)[0];
+    let mut obj = dicom_object::open_file(&inst.path).unwrap();
+    obj.remove_element(tags::SERIES_INSTANCE_UID);
+    let mut data = Vec::new();
+    obj.write_dataset_with_ts(&mut data, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    let mut a = connect(d.port, "RAWSCU");
+    let pc = a.presentation_contexts()[0].id;
+    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(1, &inst.sop_instance_uid))).unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, true, data)).unwrap();
+    let (status, comment) = response_status(a.receive().unwrap());
+    assert_eq!(status, 0xA900, "{comment:?}");
+    // A UID that is not a UID never reaches the file system.
+    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(2, "../../etc/passwd"))).unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, true, vec![0u8; 64])).unwrap();
+    let (status, _) = response_status(a.receive().unwrap());
+    assert_eq!(status, 0xA900);
+    a.release().unwrap();
+    assert_nothing_stored(&d);
+    d.assert_serving();
+}
+
+#[test]
+fn unsupported_sop_class_is_rejected_per_context() {
+    let mut d = Daemon::start("");
+    // A CT image: storescu finds no accepted presentation context for it.
+    let dir = tempfile::tempdir().unwrap();
+    let ct = write_series(
+        dir.path(),
+        &SeriesSpec {
+            study_uid: &new_uid(),
+            series_number: 1,
+            description: "CT",
+            count: 1,
+            rows: 32,
+            cols: 32,
+            sop_class_uid: uids::CT_IMAGE_STORAGE,
+        },
+    );
+    let (log, _) = storescu(d.port, &[], &[ct[0].path.clone()]);
+    assert!(stored_ok(&log).is_empty(), "{log}");
+    assert!(log.to_lowercase().contains("presentation context"), "{log}");
+    // The same association negotiation with MR alongside still accepts MR only.
+    let a = ClientAssociationOptions::new()
+        .calling_ae_title("RAWSCU")
+        .called_ae_title("ONFH_EDGE")
+        .with_presentation_context(uids::CT_IMAGE_STORAGE, vec![EXPLICIT_LE])
+        .with_presentation_context(uids::MR_IMAGE_STORAGE, vec![EXPLICIT_LE])
+        .establish(("127.0.0.1", d.port))
+        .unwrap();
+    let accepted: Vec<_> = a
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+        .map(|pc| pc.abstract_syntax.clone())
+        .collect();
+    assert_eq!(accepted, vec![uids::MR_IMAGE_STORAGE.to_string()]);
+    a.release().unwrap();
+    // A transfer syntax we cannot decode (JPEG-LS) is never accepted.
+    let a = ClientAssociationOptions::new()
+        .calling_ae_title("RAWSCU")
+        .called_ae_title("ONFH_EDGE")
+        .with_presentation_context(uids::MR_IMAGE_STORAGE, vec!["1.2.840.10008.1.2.4.80"])
+        .establish(("127.0.0.1", d.port));
+    if let Ok(a) = a {
+        assert!(a
+            .presentation_contexts()
+            .iter()
+            .all(|pc| pc.reason != dicom_ul::pdu::PresentationContextResultReason::Acceptance));
+        let _ = a.release();
+    }
+    assert_nothing_stored(&d);
+    d.assert_serving();
+}
+
+#[test]
+fn oversize_instance_is_refused_while_streaming() {
+    let mut d = Daemon::start("[receiver]\nmax_instance_bytes = 100000\nmax_pdu = 16384\n");
+    let dir = tempfile::tempdir().unwrap();
+    let study = new_uid();
+    let big = mr_series(dir.path(), &study, 1, 1, 256); // ~131 kB of pixels
+    let small = mr_series(dir.path(), &study, 2, 1, 64);
+    let (log, _) = storescu(d.port, &["-nh"], &[big[0].path.clone(), small[0].path.clone()]);
+    let failed = failed_responses(&log);
+    assert_eq!(failed.len(), 1, "{log}");
+    assert!(failed[0].contains("Refused: OutOfResources") || failed[0].contains("0xa700"), "{log}");
+    // The next instance on the same association still stores.
+    assert_eq!(stored_ok(&log), vec![small[0].path.clone()]);
+    assert!(d.tmp_files().is_empty());
+    assert_eq!(d.committed_files().len(), 1);
+    assert!(d.log().contains("larger than the configured cap"));
+    d.assert_serving();
+}
+
+#[test]
+fn free_space_floor_refuses_with_out_of_resources() {
+    // A floor far above what any disk here has free.
+    let mut d = Daemon::start("[receiver]\nmin_free_bytes = 1000000000000000000\n");
+    let dir = tempfile::tempdir().unwrap();
+    let inst = mr_series(dir.path(), &new_uid(), 1, 3, 64);
+    let files: Vec<_> = inst.iter().map(|i| i.path.clone()).collect();
+    let (log, _) = storescu(d.port, &["-nh"], &files);
+    let failed = failed_responses(&log);
+    assert_eq!(failed.len(), 3, "{log}");
+    assert!(failed.iter().all(|l| l.contains("Refused: OutOfResources")), "{log}");
+    assert_nothing_stored(&d);
+    assert!(d.log().contains("free-space floor"));
+    d.assert_serving();
+}
+
+#[test]
+fn silent_peer_mid_transfer_is_aborted_and_cleaned_up() {
+    let mut d = Daemon::start("[receiver]\nread_timeout_secs = 2\n");
+    let dir = tempfile::tempdir().unwrap();
+    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 128)[0];
+    let data = dataset_bytes(inst);
+    let mut a = connect(d.port, "RAWSCU");
+    let pc = a.presentation_contexts()[0].id;
+    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(1, &inst.sop_instance_uid))).unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, false, data[..4000].to_vec())).unwrap();
+    // Say nothing more; the daemon must give up, abort, and remove the partial file.
+    let reply = a.receive();
+    assert!(
+        matches!(reply, Ok(Pdu::AbortRQ { .. })),
+        "expected A-ABORT after the read timeout, got {reply:?}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || d.tmp_files().is_empty()));
+    assert_nothing_stored(&d);
+    d.assert_serving();
+}
+
+#[test]
+fn association_over_the_limit_is_rejected_as_transient() {
+    let mut d = Daemon::start("[receiver]\nmax_associations = 1\n");
+    let held = connect(d.port, "HOLDER");
+    let out = echo(d.port, "ECHOSCU", "ONFH_EDGE");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Rejected Transient"), "{text}");
+    assert!(text.contains("Local Limit Exceeded"), "{text}");
+    held.release().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || echo(d.port, "ECHOSCU", "ONFH_EDGE").status.success()));
+    d.assert_serving();
+}
