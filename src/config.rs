@@ -131,7 +131,10 @@ impl ReceiverSettings {
     /// Whether a peer address passes the IP allow-list.
     pub fn peer_allowed(&self, ip: IpAddr) -> bool {
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         self.allowed_peers.is_empty() || self.allowed_peers.iter().any(|n| n.contains(&ip))
@@ -204,10 +207,12 @@ impl Settings {
         if let Some(site) = site {
             merge(&mut merged, site);
         }
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|e| ConfigError::Shape {
-                key: e.path().to_string(),
-                message: e.inner().to_string(),
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                ConfigError::Shape {
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
             })?;
         validate(raw)
     }
@@ -240,7 +245,10 @@ pub fn check_ae_title(title: &str) -> Result<(), String> {
     if title.len() > 16 {
         return Err(format!("AE title {title:?} is longer than 16 characters"));
     }
-    if title.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
+    if title
+        .chars()
+        .any(|c| !(' '..='~').contains(&c) || c == '\\')
+    {
         return Err(format!(
             "AE title {title:?} may only hold printable ASCII without backslash"
         ));
@@ -254,11 +262,17 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let listen: SocketAddr = r.listen.parse().map_err(|_| {
         invalid(
             "receiver.listen",
-            format!("{:?} is not an address:port such as 127.0.0.1:11112", r.listen),
+            format!(
+                "{:?} is not an address:port such as 127.0.0.1:11112",
+                r.listen
+            ),
         )
     })?;
     if !(1..=1024).contains(&r.max_associations) {
-        return Err(invalid("receiver.max_associations", "must be between 1 and 1024"));
+        return Err(invalid(
+            "receiver.max_associations",
+            "must be between 1 and 1024",
+        ));
     }
     if !(4096..=16 * 1024 * 1024).contains(&r.max_pdu) {
         return Err(invalid(
@@ -267,10 +281,16 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
     if r.read_timeout_secs == 0 || r.read_timeout_secs > 3600 {
-        return Err(invalid("receiver.read_timeout_secs", "must be 1 to 3600 seconds"));
+        return Err(invalid(
+            "receiver.read_timeout_secs",
+            "must be 1 to 3600 seconds",
+        ));
     }
     if r.write_timeout_secs == 0 || r.write_timeout_secs > 3600 {
-        return Err(invalid("receiver.write_timeout_secs", "must be 1 to 3600 seconds"));
+        return Err(invalid(
+            "receiver.write_timeout_secs",
+            "must be 1 to 3600 seconds",
+        ));
     }
     let mut calling = Vec::new();
     for t in &r.allowed_calling_ae_titles {
@@ -291,14 +311,20 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         peers.push(net);
     }
     if r.transfer_syntaxes.is_empty() {
-        return Err(invalid("receiver.transfer_syntaxes", "must list at least one"));
+        return Err(invalid(
+            "receiver.transfer_syntaxes",
+            "must list at least one",
+        ));
     }
     for ts in &r.transfer_syntaxes {
         crate::dicom::check_transfer_syntax(ts)
             .map_err(|m| invalid("receiver.transfer_syntaxes", m))?;
     }
     if r.max_instance_bytes < 1024 {
-        return Err(invalid("receiver.max_instance_bytes", "must be at least 1024"));
+        return Err(invalid(
+            "receiver.max_instance_bytes",
+            "must be at least 1024",
+        ));
     }
     let s = raw.series;
     if s.quiet_period_secs == 0 || s.quiet_period_secs > 24 * 3600 {
@@ -384,9 +410,12 @@ mod tests {
         assert!(e.to_string().contains("ae_titel"), "{e}");
         let e = with_site("[receiver]\nallowed_peers = [\"10.0.0.300\"]\n").unwrap_err();
         assert!(e.to_string().starts_with("receiver.allowed_peers:"), "{e}");
-        let e = with_site("[receiver]\ntransfer_syntaxes = [\"1.2.840.10008.1.2.4.50\"]\n")
+        let e = with_site("[receiver]\ntransfer_syntaxes = [\"1.2.840.10008.1.2.4.80\"]\n")
             .unwrap_err();
-        assert!(e.to_string().starts_with("receiver.transfer_syntaxes:"), "{e}");
+        assert!(
+            e.to_string().starts_with("receiver.transfer_syntaxes:"),
+            "{e}"
+        );
         let e = with_site("[receiver]\nae_title = \"A\\\\B\"\n").unwrap_err();
         assert!(e.to_string().starts_with("receiver.ae_title:"), "{e}");
     }

@@ -95,8 +95,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     info!("shutdown requested");
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        warn!("associations still open after {:?}; exiting anyway", SHUTDOWN_GRACE);
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            "associations still open after {:?}; exiting anyway",
+            SHUTDOWN_GRACE
+        );
     }
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;

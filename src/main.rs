@@ -11,7 +11,11 @@ use onfh_edge::config::Settings;
 use onfh_edge::store::Store;
 
 #[derive(Parser)]
-#[command(name = "onfh-edge", version, about = "Hip MRI edge appliance: DICOM receiver and early-ONFH staging (research demo — trained on synthetic phantoms, not for clinical use)")]
+#[command(
+    name = "onfh-edge",
+    version,
+    about = "Hip MRI edge appliance: DICOM receiver and early-ONFH staging (research demo — trained on synthetic phantoms, not for clinical use)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -88,7 +92,8 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
             db.display()
         );
     }
-    let store = Store::open_read_only(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let store =
+        Store::open_read_only(&db).with_context(|| format!("cannot open {}", db.display()))?;
     let summary = store.summary()?;
     let series = store.series_rows()?;
     if json {
@@ -114,7 +119,10 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
     );
     if !series.is_empty() {
         println!();
-        println!("{:<10} {:>6} {:>9} {:>4}  {:<24} series UID", "state", "number", "instances", "gen", "description");
+        println!(
+            "{:<10} {:>6} {:>9} {:>4}  {:<24} series UID",
+            "state", "number", "instances", "gen", "description"
+        );
         for s in series {
             println!(
                 "{:<10} {:>6} {:>9} {:>4}  {:<24} {}",
@@ -122,7 +130,11 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 s.series_number.map(|n| n.to_string()).unwrap_or_default(),
                 s.instance_count,
                 s.generation,
-                s.series_description.unwrap_or_default().chars().take(24).collect::<String>(),
+                s.series_description
+                    .unwrap_or_default()
+                    .chars()
+                    .take(24)
+                    .collect::<String>(),
                 s.series_uid
             );
         }
@@ -131,6 +143,14 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The DICOM parser reports the normal end of every data set as an error value, and
+    // with RUST_BACKTRACE set each of those captures a backtrace (a stack walk per received
+    // message). Library backtraces stay off unless asked for explicitly; panics still
+    // honour RUST_BACKTRACE.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: nothing else runs yet; no thread can read the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,9 @@ use common::*;
 use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
-use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use dicom_transfer_syntax_registry::entries::{
+    EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
+};
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociation, ClientAssociationOptions, Pdu};
 
@@ -33,22 +35,36 @@ fn connect(port: u16, calling: &str) -> ClientAssociation<TcpStream> {
 
 fn store_rq(message_id: u16, sop_instance_uid: &str) -> Vec<u8> {
     let obj = InMemDicomObject::command_from_element_iter([
-        DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::MR_IMAGE_STORAGE)),
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(uids::MR_IMAGE_STORAGE),
+        ),
         DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [0x0001])),
         DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
         DataElement::new(tags::PRIORITY, VR::US, dicom_value!(U16, [0])),
-        DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, dicom_value!(U16, [0x0000])),
-        DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop_instance_uid)),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            dicom_value!(U16, [0x0000]),
+        ),
+        DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_instance_uid),
+        ),
     ]);
     let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
     out
 }
 
 fn dataset_bytes(inst: &Instance) -> Vec<u8> {
     let obj = dicom_object::open_file(&inst.path).unwrap();
     let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
     out
 }
 
@@ -69,7 +85,9 @@ fn response_status(pdu: Pdu) -> (u16, Option<String>) {
         panic!("expected P-DATA, got {pdu:?}")
     };
     let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
-    let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    let obj =
+        InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+            .unwrap();
     let status = obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap();
     let comment = obj
         .element_opt(tags::ERROR_COMMENT)
@@ -79,8 +97,16 @@ fn response_status(pdu: Pdu) -> (u16, Option<String>) {
 }
 
 fn assert_nothing_stored(d: &Daemon) {
-    assert!(d.tmp_files().is_empty(), "partial file left: {:?}", d.tmp_files());
-    assert!(d.committed_files().is_empty(), "file stored: {:?}", d.committed_files());
+    assert!(
+        d.tmp_files().is_empty(),
+        "partial file left: {:?}",
+        d.tmp_files()
+    );
+    assert!(
+        d.committed_files().is_empty(),
+        "file stored: {:?}",
+        d.committed_files()
+    );
     assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 0);
 }
 
@@ -92,7 +118,10 @@ fn wrong_called_ae_is_rejected() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Called AE Title Not Recognized"), "{text}");
     assert!(d.log().contains("association rejected"), "{}", d.log());
-    assert!(d.log().contains("peer=127.0.0.1"), "rejection must name the peer");
+    assert!(
+        d.log().contains("peer=127.0.0.1"),
+        "rejection must name the peer"
+    );
     d.assert_serving();
 }
 
@@ -119,7 +148,9 @@ fn peer_address_outside_the_allow_list_is_rejected() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Association Rejected"), "{text}");
-    assert!(wait_until(Duration::from_secs(5), || d.log().contains("association rejected")));
+    assert!(wait_until(Duration::from_secs(5), || d
+        .log()
+        .contains("association rejected")));
     assert!(d.alive());
 }
 
@@ -129,7 +160,9 @@ fn garbage_bytes_get_an_abort_and_the_daemon_lives() {
     for garbage in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         vec![0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0, 1, 2, 3],
-        (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
     ] {
         let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -137,7 +170,10 @@ fn garbage_bytes_get_an_abort_and_the_daemon_lives() {
         let mut reply = Vec::new();
         let _ = s.read_to_end(&mut reply);
         // Either an A-ABORT PDU (type 0x07) or a plain close; never anything else.
-        assert!(reply.is_empty() || reply[0] == 0x07, "unexpected reply {reply:?}");
+        assert!(
+            reply.is_empty() || reply[0] == 0x07,
+            "unexpected reply {reply:?}"
+        );
     }
     d.assert_serving();
 }
@@ -150,12 +186,26 @@ fn abort_in_the_middle_of_a_store_leaves_nothing() {
     let data = dataset_bytes(inst);
     let mut a = connect(d.port, "RAWSCU");
     let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(1, &inst.sop_instance_uid))).unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, false, data[..data.len() / 2].to_vec())).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Command,
+        true,
+        store_rq(1, &inst.sop_instance_uid),
+    ))
+    .unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Data,
+        false,
+        data[..data.len() / 2].to_vec(),
+    ))
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     a.abort().unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || d.log().contains("peer aborted the association")),
+        wait_until(Duration::from_secs(10), || d
+            .log()
+            .contains("peer aborted the association")),
         "{}",
         d.log()
     );
@@ -171,21 +221,43 @@ fn truncated_data_set_is_refused_with_cannot_understand() {
     let data = dataset_bytes(inst);
     let mut a = connect(d.port, "RAWSCU");
     let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(5, &inst.sop_instance_uid))).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Command,
+        true,
+        store_rq(5, &inst.sop_instance_uid),
+    ))
+    .unwrap();
     // The data set claims to be complete but stops inside Pixel Data.
-    a.send(&pdv(pc, PDataValueType::Data, true, data[..data.len() - 1000].to_vec())).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Data,
+        true,
+        data[..data.len() - 1000].to_vec(),
+    ))
+    .unwrap();
     let (status, comment) = response_status(a.receive().unwrap());
     assert_eq!(status & 0xF000, 0xC000, "status {status:#06x} {comment:?}");
     assert!(comment.unwrap_or_default().contains("does not parse"));
     // The association is still usable: the whole instance now stores.
-    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(6, &inst.sop_instance_uid))).unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, true, data.clone())).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Command,
+        true,
+        store_rq(6, &inst.sop_instance_uid),
+    ))
+    .unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, true, data.clone()))
+        .unwrap();
     let (status, _) = response_status(a.receive().unwrap());
     assert_eq!(status, 0);
     a.release().unwrap();
     assert!(d.tmp_files().is_empty());
     assert_eq!(d.committed_files().len(), 1);
-    assert!(d.log().contains("data set does not parse"), "reason must be logged");
+    assert!(
+        d.log().contains("data set does not parse"),
+        "reason must be logged"
+    );
     d.assert_serving();
 }
 
@@ -197,16 +269,30 @@ fn data_set_without_identifiers_is_refused() {
     let mut obj = dicom_object::open_file(&inst.path).unwrap();
     obj.remove_element(tags::SERIES_INSTANCE_UID);
     let mut data = Vec::new();
-    obj.write_dataset_with_ts(&mut data, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+    obj.write_dataset_with_ts(&mut data, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
     let mut a = connect(d.port, "RAWSCU");
     let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(1, &inst.sop_instance_uid))).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Command,
+        true,
+        store_rq(1, &inst.sop_instance_uid),
+    ))
+    .unwrap();
     a.send(&pdv(pc, PDataValueType::Data, true, data)).unwrap();
     let (status, comment) = response_status(a.receive().unwrap());
     assert_eq!(status, 0xA900, "{comment:?}");
     // A UID that is not a UID never reaches the file system.
-    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(2, "../../etc/passwd"))).unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, true, vec![0u8; 64])).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Command,
+        true,
+        store_rq(2, "../../etc/passwd"),
+    ))
+    .unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, true, vec![0u8; 64]))
+        .unwrap();
     let (status, _) = response_status(a.receive().unwrap());
     assert_eq!(status, 0xA900);
     a.release().unwrap();
@@ -257,10 +343,11 @@ fn unsupported_sop_class_is_rejected_per_context() {
         .with_presentation_context(uids::MR_IMAGE_STORAGE, vec!["1.2.840.10008.1.2.4.80"])
         .establish(("127.0.0.1", d.port));
     if let Ok(a) = a {
-        assert!(a
-            .presentation_contexts()
-            .iter()
-            .all(|pc| pc.reason != dicom_ul::pdu::PresentationContextResultReason::Acceptance));
+        assert!(
+            a.presentation_contexts()
+                .iter()
+                .all(|pc| pc.reason != dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+        );
         let _ = a.release();
     }
     assert_nothing_stored(&d);
@@ -274,10 +361,17 @@ fn oversize_instance_is_refused_while_streaming() {
     let study = new_uid();
     let big = mr_series(dir.path(), &study, 1, 1, 256); // ~131 kB of pixels
     let small = mr_series(dir.path(), &study, 2, 1, 64);
-    let (log, _) = storescu(d.port, &["-nh"], &[big[0].path.clone(), small[0].path.clone()]);
+    let (log, _) = storescu(
+        d.port,
+        &["-nh"],
+        &[big[0].path.clone(), small[0].path.clone()],
+    );
     let failed = failed_responses(&log);
     assert_eq!(failed.len(), 1, "{log}");
-    assert!(failed[0].contains("Refused: OutOfResources") || failed[0].contains("0xa700"), "{log}");
+    assert!(
+        failed[0].contains("Refused: OutOfResources") || failed[0].contains("0xa700"),
+        "{log}"
+    );
     // The next instance on the same association still stores.
     assert_eq!(stored_ok(&log), vec![small[0].path.clone()]);
     assert!(d.tmp_files().is_empty());
@@ -296,7 +390,10 @@ fn free_space_floor_refuses_with_out_of_resources() {
     let (log, _) = storescu(d.port, &["-nh"], &files);
     let failed = failed_responses(&log);
     assert_eq!(failed.len(), 3, "{log}");
-    assert!(failed.iter().all(|l| l.contains("Refused: OutOfResources")), "{log}");
+    assert!(
+        failed.iter().all(|l| l.contains("Refused: OutOfResources")),
+        "{log}"
+    );
     assert_nothing_stored(&d);
     assert!(d.log().contains("free-space floor"));
     d.assert_serving();
@@ -310,15 +407,24 @@ fn silent_peer_mid_transfer_is_aborted_and_cleaned_up() {
     let data = dataset_bytes(inst);
     let mut a = connect(d.port, "RAWSCU");
     let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(pc, PDataValueType::Command, true, store_rq(1, &inst.sop_instance_uid))).unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, false, data[..4000].to_vec())).unwrap();
+    a.send(&pdv(
+        pc,
+        PDataValueType::Command,
+        true,
+        store_rq(1, &inst.sop_instance_uid),
+    ))
+    .unwrap();
+    a.send(&pdv(pc, PDataValueType::Data, false, data[..4000].to_vec()))
+        .unwrap();
     // Say nothing more; the daemon must give up, abort, and remove the partial file.
     let reply = a.receive();
     assert!(
         matches!(reply, Ok(Pdu::AbortRQ { .. })),
         "expected A-ABORT after the read timeout, got {reply:?}"
     );
-    assert!(wait_until(Duration::from_secs(5), || d.tmp_files().is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || d
+        .tmp_files()
+        .is_empty()));
     assert_nothing_stored(&d);
     d.assert_serving();
 }
@@ -333,6 +439,12 @@ fn association_over_the_limit_is_rejected_as_transient() {
     assert!(text.contains("Rejected Transient"), "{text}");
     assert!(text.contains("Local Limit Exceeded"), "{text}");
     held.release().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || echo(d.port, "ECHOSCU", "ONFH_EDGE").status.success()));
+    assert!(wait_until(Duration::from_secs(5), || echo(
+        d.port,
+        "ECHOSCU",
+        "ONFH_EDGE"
+    )
+    .status
+    .success()));
     d.assert_serving();
 }

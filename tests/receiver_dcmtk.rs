@@ -13,7 +13,8 @@ use dicom_pixeldata::PixelDecoder;
 fn echo_answers_with_success() {
     let mut d = Daemon::start("");
     let out = echo(d.port, "ECHOSCU", "ONFH_EDGE");
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     d.assert_serving();
 }
@@ -50,19 +51,31 @@ fn a_three_series_study_arrives_completely_and_completes() {
             )
             .unwrap();
         assert_eq!(series, inst.series_uid);
-        assert!(!file.contains(&inst.sop_instance_uid), "file name must not be the UID");
+        assert!(
+            !file.contains(&inst.sop_instance_uid),
+            "file name must not be the UID"
+        );
         let stored = d.state_dir().join("spool").join(&file);
         assert!(stored.is_file());
     }
     let sample = &all[10];
     let file: String = db
-        .query_row("SELECT file_name FROM instances WHERE sop_instance_uid = ?1", [&sample.sop_instance_uid], |r| r.get(0))
+        .query_row(
+            "SELECT file_name FROM instances WHERE sop_instance_uid = ?1",
+            [&sample.sop_instance_uid],
+            |r| r.get(0),
+        )
         .unwrap();
-    assert_eq!(decode_u16(&d.state_dir().join("spool").join(file)), sample.pixels);
+    assert_eq!(
+        decode_u16(&d.state_dir().join("spool").join(file)),
+        sample.pixels
+    );
 
     // Pending until the quiet period (2 s here) passes, then complete, all three.
     assert!(
-        wait_until(Duration::from_secs(15), || d.count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'") == 3),
+        wait_until(Duration::from_secs(15), || d
+            .count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'")
+            == 3),
         "series did not complete:\n{}",
         d.log()
     );
@@ -78,13 +91,18 @@ fn a_three_series_study_arrives_completely_and_completes() {
     assert_eq!(stored_ok(&log).len(), 5);
     assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 63);
     assert_eq!(d.committed_files().len(), 63);
-    assert_eq!(d.count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'"), 3);
+    assert_eq!(
+        d.count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'"),
+        3
+    );
 
     // A late new instance re-opens its series with a new generation, which completes again.
     let late = mr_series(dir.path(), &study, 9, 1, 64);
     let (log, ok) = storescu(d.port, &[], &[late[0].path.clone()]);
     assert!(ok, "{log}");
-    assert!(wait_until(Duration::from_secs(15), || d.count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'") == 4));
+    assert!(wait_until(Duration::from_secs(15), || d.count(
+        "SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'"
+    ) == 4));
 
     // The human status output names the counts.
     let out = std::process::Command::new(BIN)
@@ -94,7 +112,10 @@ fn a_three_series_study_arrives_completely_and_completes() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("instances         64"), "{text}");
-    assert!(!text.contains("PHANTOM"), "status must not show patient names");
+    assert!(
+        !text.contains("PHANTOM"),
+        "status must not show patient names"
+    );
     // Patient identifiers never reach the log at info level.
     assert!(!d.log().contains("PHANTOM^TEST") && !d.log().contains("PH0001"));
     d.assert_serving();
@@ -108,7 +129,10 @@ fn decode_u16(path: &std::path::Path) -> Vec<u16> {
 
 fn ts_of(path: &std::path::Path) -> String {
     let obj = dicom_object::open_file(path).unwrap();
-    obj.meta().transfer_syntax().trim_end_matches('\0').to_string()
+    obj.meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 #[test]
@@ -128,9 +152,21 @@ fn compressed_transfer_syntaxes_store_and_decode() {
     .unwrap();
     let profile_arg = profile.to_str().unwrap();
     let cases: [(Option<(&str, Vec<&str>)>, Vec<&str>, &str); 4] = [
-        (Some(("/usr/bin/dcmcrle", vec![])), vec!["-xr"], "1.2.840.10008.1.2.5"),
-        (Some(("/usr/bin/dcmcjpeg", vec!["+e1"])), vec!["-xs"], "1.2.840.10008.1.2.4.70"),
-        (Some(("/usr/bin/dcmcjpeg", vec!["+el"])), vec!["-xf", profile_arg, "P14ONLY"], "1.2.840.10008.1.2.4.57"),
+        (
+            Some(("/usr/bin/dcmcrle", vec![])),
+            vec!["-xr"],
+            "1.2.840.10008.1.2.5",
+        ),
+        (
+            Some(("/usr/bin/dcmcjpeg", vec!["+e1"])),
+            vec!["-xs"],
+            "1.2.840.10008.1.2.4.70",
+        ),
+        (
+            Some(("/usr/bin/dcmcjpeg", vec!["+el"])),
+            vec!["-xf", profile_arg, "P14ONLY"],
+            "1.2.840.10008.1.2.4.57",
+        ),
         // Deflate happens on the wire: storescu compresses the plain file itself.
         (None, vec!["-xd"], "1.2.840.10008.1.2.1.99"),
     ];
@@ -140,7 +176,8 @@ fn compressed_transfer_syntaxes_store_and_decode() {
         let out = match tool {
             Some((tool, opts)) => {
                 let out = dir.path().join(format!("c{k}.dcm"));
-                let mut args: Vec<&std::ffi::OsStr> = opts.iter().map(std::ffi::OsStr::new).collect();
+                let mut args: Vec<&std::ffi::OsStr> =
+                    opts.iter().map(std::ffi::OsStr::new).collect();
                 args.push(inst.path.as_os_str());
                 args.push(out.as_os_str());
                 run_tool(tool, &args);
@@ -161,7 +198,11 @@ fn compressed_transfer_syntaxes_store_and_decode() {
             .unwrap();
         let stored = d.state_dir().join("spool").join(file);
         assert_eq!(ts_of(&stored), *ts, "stored in another syntax than sent");
-        assert_eq!(decode_u16(&stored), inst.pixels, "{ts} does not decode to the sent pixels");
+        assert_eq!(
+            decode_u16(&stored),
+            inst.pixels,
+            "{ts} does not decode to the sent pixels"
+        );
     }
     // Uncompressed, implicit VR (storescu -xi proposes only Implicit VR LE).
     let extra = mr_series(dir.path(), &study, 2, 1, 96);
@@ -169,7 +210,11 @@ fn compressed_transfer_syntaxes_store_and_decode() {
     assert!(ok && stored_ok(&log).len() == 1, "{log}");
     let file: String = d
         .db()
-        .query_row("SELECT file_name FROM instances WHERE sop_instance_uid = ?1", [&extra[0].sop_instance_uid], |r| r.get(0))
+        .query_row(
+            "SELECT file_name FROM instances WHERE sop_instance_uid = ?1",
+            [&extra[0].sop_instance_uid],
+            |r| r.get(0),
+        )
         .unwrap();
     let stored = d.state_dir().join("spool").join(file);
     assert_eq!(ts_of(&stored), "1.2.840.10008.1.2");

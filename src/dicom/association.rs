@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use dicom_ul::Pdu;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::{
@@ -18,7 +19,6 @@ use dicom_ul::pdu::{
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
     AssociationRJSource, PDataValue, PDataValueType, PresentationContextResultReason, UserIdentity,
 };
-use dicom_ul::Pdu;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,9 @@ use crate::store::{InsertOutcome, now_ms};
 
 /// Largest command set accepted (a real one is a few hundred bytes).
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Data set bytes held in memory before they go to a spool file; most MR slices fit, so
+/// they reach the disk in one write. Memory per association stays below this plus a PDU.
+const MEMORY_LIMIT: usize = 4 * 1024 * 1024;
 /// How often (in bytes written) the free-space floor is re-checked during one instance.
 const SPACE_CHECK_INTERVAL: u64 = 16 * 1024 * 1024;
 
@@ -223,7 +226,8 @@ pub(super) async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, max_pdu
     });
     let mut out = Vec::new();
     if dicom_ul::write_pdu(&mut out, &rj).is_ok() {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), socket.write_all(&out)).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), socket.write_all(&out)).await;
     }
     warn!(%peer, "association rejected: too many associations at once (transient)");
 }
@@ -242,6 +246,11 @@ enum End {
 
 /// Where the data of the current C-STORE goes.
 enum Sink {
+    /// Into memory: the file header and the data so far, while under `MEMORY_LIMIT`.
+    Memory {
+        /// Header plus data.
+        buf: Vec<u8>,
+    },
     /// Into a spool temporary file.
     File {
         /// The temporary file.
@@ -417,7 +426,10 @@ async fn on_pdv(
     let Some((abstract_syntax, transfer_syntax)) = accepted_pc else {
         return Err(abort(
             AbortRQServiceProviderReason::UnexpectedPduParameter,
-            format!("data on presentation context {} which was not accepted", pdv.presentation_context_id),
+            format!(
+                "data on presentation context {} which was not accepted",
+                pdv.presentation_context_id
+            ),
         ));
     };
     match state {
@@ -447,11 +459,23 @@ async fn on_pdv(
             }
             let pc_id = pdv.presentation_context_id;
             let command = dimse::decode(buf).map_err(|e| {
-                abort(AbortRQServiceProviderReason::UnrecognizedPduParameter, e.to_string())
+                abort(
+                    AbortRQServiceProviderReason::UnrecognizedPduParameter,
+                    e.to_string(),
+                )
             })?;
             *state = State::idle();
-            on_command(assoc, shared, calling, state, pc_id, &abstract_syntax, &transfer_syntax, command, tally)
-                .await
+            on_command(
+                assoc,
+                calling,
+                state,
+                pc_id,
+                &abstract_syntax,
+                &transfer_syntax,
+                command,
+                tally,
+            )
+            .await
         }
         State::Data { pc, op } => {
             if pdv.value_type != PDataValueType::Data || pdv.presentation_context_id != *pc {
@@ -519,7 +543,6 @@ async fn send_command(
 #[allow(clippy::too_many_arguments)]
 async fn on_command(
     assoc: &mut AsyncServerAssociation<TcpStream>,
-    shared: &Arc<Shared>,
     calling: &str,
     state: &mut State,
     pc: u8,
@@ -557,7 +580,7 @@ async fn on_command(
                 sop_instance_uid: sop_instance_uid.clone(),
                 calling_ae_title: calling.to_string(),
             };
-            let sink = open_sink(shared, abstract_syntax, transfer_syntax, &expected).await;
+            let sink = open_sink(abstract_syntax, transfer_syntax, &expected);
             *state = State::Data {
                 pc,
                 op: DataOp::Store {
@@ -573,7 +596,10 @@ async fn on_command(
             message_id,
             has_data_set,
         } => {
-            warn!(command_field = format!("{command_field:#06x}"), "unsupported DIMSE command");
+            warn!(
+                command_field = format!("{command_field:#06x}"),
+                "unsupported DIMSE command"
+            );
             if has_data_set {
                 *state = State::Data {
                     pc,
@@ -598,13 +624,10 @@ async fn on_command(
     }
 }
 
-/// Decide where a C-STORE's data goes: a new temporary file, or nowhere with a refusal.
-async fn open_sink(
-    shared: &Arc<Shared>,
-    abstract_syntax: &str,
-    transfer_syntax: &str,
-    expected: &Expected,
-) -> Sink {
+/// Decide where a C-STORE's data goes: memory first (with the file header), or nowhere
+/// with a refusal. No blocking call happens here; the disk is touched when the data set
+/// outgrows memory or is complete.
+fn open_sink(abstract_syntax: &str, transfer_syntax: &str, expected: &Expected) -> Sink {
     if expected.sop_class_uid != abstract_syntax {
         return Sink::Discard {
             status: status::SOP_CLASS_NOT_SUPPORTED,
@@ -617,111 +640,134 @@ async fn open_sink(
             comment: "Affected SOP Instance UID is not a valid UID".into(),
         };
     }
-    let header = match spool::file_header(
+    match spool::file_header(
         &expected.sop_class_uid,
         &expected.sop_instance_uid,
         transfer_syntax,
         &expected.calling_ae_title,
     ) {
-        Ok(h) => h,
-        Err(e) => {
-            return Sink::Discard {
-                status: status::CANNOT_UNDERSTAND,
-                comment: format!("cannot build file meta: {e}"),
-            };
+        Ok(buf) => Sink::Memory { buf },
+        Err(e) => Sink::Discard {
+            status: status::CANNOT_UNDERSTAND,
+            comment: format!("cannot build file meta: {e}"),
+        },
+    }
+}
+
+/// The DIMSE status and comment for a failed commit, logged once here.
+fn refusal(e: &CommitError) -> (u16, String) {
+    match e {
+        CommitError::Inspect(InspectError::Unparseable(why)) => {
+            warn!("C-STORE refused: data set does not parse: {why}");
+            (
+                status::CANNOT_UNDERSTAND,
+                format!("data set does not parse: {why}"),
+            )
         }
-    };
-    let floor = shared.settings.min_free_bytes;
-    let sh = shared.clone();
-    // statvfs and file creation are blocking calls; they run off the async threads.
-    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Result<TempFile, u64>> {
-        let free = sh.spool.free_bytes()?;
-        if free < floor {
-            return Ok(Err(free));
+        CommitError::Inspect(InspectError::Mismatch(why)) => {
+            warn!("C-STORE refused: {why}");
+            (status::DATA_SET_MISMATCH, why.clone())
         }
-        sh.spool.create_temp(&header).map(Ok)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    match opened {
-        Ok(Ok(tmp)) => Sink::File { tmp, checked_at: 0 },
-        Ok(Err(free)) => {
-            warn!(free_bytes = free, floor_bytes = floor, "C-STORE refused: spool below its free-space floor");
-            Sink::Discard {
-                status: status::OUT_OF_RESOURCES,
-                comment: "storage full: free space below the configured floor".into(),
-            }
+        CommitError::BelowFloor { free, floor } => {
+            warn!(
+                free_bytes = free,
+                floor_bytes = floor,
+                "C-STORE refused: spool below its free-space floor"
+            );
+            (
+                status::OUT_OF_RESOURCES,
+                "storage full: free space below the configured floor".into(),
+            )
         }
-        Err(e) => {
-            warn!("C-STORE refused: cannot create spool file: {e}");
-            Sink::Discard {
-                status: if spool::is_enospc(&e) {
-                    status::OUT_OF_RESOURCES
-                } else {
-                    status::PROCESSING_FAILURE
-                },
-                comment: "cannot create spool file".into(),
-            }
+        e if e.is_out_of_space() => {
+            warn!("C-STORE refused: out of space: {e}");
+            (status::OUT_OF_RESOURCES, "storage full".into())
+        }
+        e => {
+            warn!("C-STORE failed: {e}");
+            (
+                status::PROCESSING_FAILURE,
+                "cannot store the instance".into(),
+            )
         }
     }
 }
 
-/// Append a fragment to the sink, switching to Discard (and dropping the partial file)
-/// when the instance outgrows its cap, the disk its floor, or a write fails.
-async fn write_fragment(shared: &Arc<Shared>, sink: &mut Sink, data: Vec<u8>) {
-    let Sink::File { tmp, checked_at } = sink else {
-        return;
-    };
-    let cap = shared.settings.max_instance_bytes;
-    let len = data.len() as u64;
-    let refusal = if tmp.written + len > cap {
-        warn!(cap_bytes = cap, "C-STORE refused: instance larger than the configured cap");
-        Some((status::OUT_OF_RESOURCES, format!("instance larger than {cap} bytes")))
-    } else {
-        let check_space = tmp.written - *checked_at >= SPACE_CHECK_INTERVAL;
-        let floor = shared.settings.min_free_bytes;
-        let sh = shared.clone();
-        let file = tmp.file.clone();
-        let result = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-            use std::io::Write;
-            if check_space && sh.spool.free_bytes()? < floor {
-                return Ok(false);
-            }
-            (&*file).write_all(&data)?;
-            Ok(true)
-        })
+/// Run blocking spool work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CommitError> + Send + 'static,
+) -> Result<T, CommitError> {
+    tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if check_space {
-            *checked_at = tmp.written;
-        }
-        match result {
-            Ok(true) => {
-                tmp.written += len;
+        .unwrap_or_else(|e| Err(CommitError::Io(std::io::Error::other(e))))
+}
+
+/// Append a fragment to the sink. Small data sets stay in memory; a data set that
+/// outgrows `MEMORY_LIMIT` moves to a spool temporary file. The sink turns into Discard
+/// (and any partial file is removed) when the instance outgrows its cap, the disk its
+/// floor, or a write fails.
+async fn write_fragment(shared: &Arc<Shared>, sink: &mut Sink, data: Vec<u8>) {
+    let cap = shared.settings.max_instance_bytes;
+    let floor = shared.settings.min_free_bytes;
+    let held = match sink {
+        Sink::Discard { .. } => return,
+        Sink::Memory { buf } => buf.len() as u64,
+        Sink::File { tmp, .. } => tmp.written,
+    };
+    let failed: Option<(u16, String)> = if held + data.len() as u64 > cap {
+        warn!(
+            cap_bytes = cap,
+            "C-STORE refused: instance larger than the configured cap"
+        );
+        Some((
+            status::OUT_OF_RESOURCES,
+            format!("instance larger than {cap} bytes"),
+        ))
+    } else {
+        match sink {
+            Sink::Memory { buf } if buf.len() + data.len() <= MEMORY_LIMIT => {
+                buf.extend_from_slice(&data);
                 None
             }
-            Ok(false) => {
-                warn!("C-STORE refused: spool fell below its free-space floor while receiving");
-                Some((
-                    status::OUT_OF_RESOURCES,
-                    "storage full: free space below the configured floor".into(),
-                ))
+            Sink::Memory { buf } => {
+                let mut bytes = std::mem::take(buf);
+                bytes.extend_from_slice(&data);
+                let sh = shared.clone();
+                match blocking(move || sh.spool.create_temp(&bytes, floor)).await {
+                    Ok(tmp) => {
+                        let written = tmp.written;
+                        *sink = Sink::File {
+                            tmp,
+                            checked_at: written,
+                        };
+                        None
+                    }
+                    Err(e) => Some(refusal(&e)),
+                }
             }
-            Err(e) if spool::is_enospc(&e) => {
-                warn!("C-STORE refused: disk full while writing");
-                Some((status::OUT_OF_RESOURCES, "storage full".into()))
+            Sink::File { tmp, checked_at } => {
+                let check = (tmp.written - *checked_at >= SPACE_CHECK_INTERVAL).then_some(floor);
+                if check.is_some() {
+                    *checked_at = tmp.written;
+                }
+                let sh = shared.clone();
+                let file = tmp.file.clone();
+                let len = data.len() as u64;
+                match blocking(move || sh.spool.append(&file, &data, check)).await {
+                    Ok(()) => {
+                        tmp.written += len;
+                        None
+                    }
+                    Err(e) => Some(refusal(&e)),
+                }
             }
-            Err(e) => {
-                warn!("C-STORE failed: spool write error: {e}");
-                Some((status::PROCESSING_FAILURE, "spool write error".into()))
-            }
+            Sink::Discard { .. } => None,
         }
     };
-    if let Some((status, comment)) = refusal {
-        let Sink::File { tmp, .. } = std::mem::replace(sink, Sink::Discard { status, comment }) else {
-            unreachable!("sink was File")
-        };
-        discard_temp(tmp).await;
+    if let Some((status, comment)) = failed {
+        if let Sink::File { tmp, .. } = std::mem::replace(sink, Sink::Discard { status, comment }) {
+            discard_temp(tmp).await;
+        }
     }
 }
 
@@ -734,60 +780,48 @@ async fn finish_store(
     sink: Sink,
     tally: &mut Tally,
 ) -> Result<(), End> {
-    let (status, comment) = match sink {
-        Sink::Discard { status, comment } => (status, Some(comment)),
-        Sink::File { tmp, .. } => {
-            let now = now_ms();
-            let due = now + shared.quiet_period.as_millis() as i64;
-            let TempFile { path, file, .. } = tmp;
-            let sh = shared.clone();
-            let exp = expected.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                if sh.spool.fsync() {
-                    if let Err(e) = file.sync_all() {
-                        drop(file);
-                        let _ = std::fs::remove_file(&path);
-                        return Err(CommitError::Io(e));
-                    }
-                }
-                drop(file);
-                sh.spool.commit(&path, &exp, &sh.store, &sh.commit_lock, now, due)
-            })
-            .await
-            .unwrap_or_else(|e| Err(CommitError::Io(std::io::Error::other(e))));
-            match result {
-                Ok(InsertOutcome::Inserted) => {
-                    tally.stored += 1;
-                    debug!(message_id, "instance stored");
-                    (status::SUCCESS, None)
-                }
-                Ok(InsertOutcome::Duplicate) => {
-                    tally.duplicates += 1;
-                    info!(message_id, "duplicate SOP Instance UID; kept the first copy");
-                    (status::SUCCESS, None)
-                }
-                Err(CommitError::Inspect(InspectError::Unparseable(why))) => {
-                    warn!(message_id, "C-STORE refused: data set does not parse: {why}");
-                    (status::CANNOT_UNDERSTAND, Some(format!("data set does not parse: {why}")))
-                }
-                Err(CommitError::Inspect(InspectError::Mismatch(why))) => {
-                    warn!(message_id, "C-STORE refused: {why}");
-                    (status::DATA_SET_MISMATCH, Some(why))
-                }
-                Err(e) if e.is_out_of_space() => {
-                    warn!(message_id, "C-STORE refused: out of space: {e}");
-                    (status::OUT_OF_RESOURCES, Some("storage full".into()))
-                }
-                Err(e) => {
-                    warn!(message_id, "C-STORE failed: {e}");
-                    (status::PROCESSING_FAILURE, Some("cannot store the instance".into()))
-                }
-            }
+    let now = now_ms();
+    let due = now + shared.quiet_period.as_millis() as i64;
+    let floor = shared.settings.min_free_bytes;
+    let sh = shared.clone();
+    let exp = expected.clone();
+    // One trip to the blocking pool per instance: write (if still in memory), fsync,
+    // check, rename, fsync the folder, index.
+    let result = match sink {
+        Sink::Discard { status, comment } => Err((status, comment)),
+        Sink::Memory { buf } => blocking(move || {
+            let tmp = sh.spool.create_temp(&buf, floor)?;
+            sh.spool
+                .commit(tmp, &exp, &sh.store, &sh.commit_lock, now, due)
+        })
+        .await
+        .map_err(|e| refusal(&e)),
+        Sink::File { tmp, .. } => blocking(move || {
+            sh.spool
+                .commit(tmp, &exp, &sh.store, &sh.commit_lock, now, due)
+        })
+        .await
+        .map_err(|e| refusal(&e)),
+    };
+    let (status, comment) = match result {
+        Ok(InsertOutcome::Inserted) => {
+            tally.stored += 1;
+            debug!(message_id, "instance stored");
+            (status::SUCCESS, None)
+        }
+        Ok(InsertOutcome::Duplicate) => {
+            tally.duplicates += 1;
+            info!(
+                message_id,
+                "duplicate SOP Instance UID; kept the first copy"
+            );
+            (status::SUCCESS, None)
+        }
+        Err((status, comment)) => {
+            tally.failed += 1;
+            (status, Some(comment))
         }
     };
-    if status != status::SUCCESS {
-        tally.failed += 1;
-    }
     let rsp = dimse::store_response(
         dimse::C_STORE_RSP,
         message_id,

@@ -78,14 +78,22 @@ pub enum CommandError {
     Missing(&'static str),
 }
 
-fn get_u16(obj: &InMemDicomObject, tag: dicom_core::Tag, name: &'static str) -> Result<u16, CommandError> {
+fn get_u16(
+    obj: &InMemDicomObject,
+    tag: dicom_core::Tag,
+    name: &'static str,
+) -> Result<u16, CommandError> {
     obj.element(tag)
         .ok()
         .and_then(|e| e.to_int::<u16>().ok())
         .ok_or(CommandError::Missing(name))
 }
 
-fn get_uid(obj: &InMemDicomObject, tag: dicom_core::Tag, name: &'static str) -> Result<String, CommandError> {
+fn get_uid(
+    obj: &InMemDicomObject,
+    tag: dicom_core::Tag,
+    name: &'static str,
+) -> Result<String, CommandError> {
     obj.element(tag)
         .ok()
         .and_then(|e| e.to_str().ok())
@@ -146,7 +154,11 @@ pub fn echo_response(message_id: u16) -> Vec<u8> {
             VR::US,
             dicom_value!(U16, [message_id]),
         ),
-        DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, dicom_value!(U16, [NO_DATA_SET])),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            dicom_value!(U16, [NO_DATA_SET]),
+        ),
         DataElement::new(tags::STATUS, VR::US, dicom_value!(U16, [status::SUCCESS])),
     ]);
     encode(&obj)
@@ -168,19 +180,31 @@ pub fn store_response(
             VR::UI,
             PrimitiveValue::from(sop_class_uid),
         ),
-        DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [command_field])),
+        DataElement::new(
+            tags::COMMAND_FIELD,
+            VR::US,
+            dicom_value!(U16, [command_field]),
+        ),
         DataElement::new(
             tags::MESSAGE_ID_BEING_RESPONDED_TO,
             VR::US,
             dicom_value!(U16, [message_id]),
         ),
-        DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, dicom_value!(U16, [NO_DATA_SET])),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            dicom_value!(U16, [NO_DATA_SET]),
+        ),
         DataElement::new(tags::STATUS, VR::US, dicom_value!(U16, [status_code])),
     ];
     if let Some(comment) = error_comment {
         // Error Comment is LO: at most 64 characters, no backslash.
         let c: String = comment.replace('\\', "/").chars().take(64).collect();
-        elements.push(DataElement::new(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(c)));
+        elements.push(DataElement::new(
+            tags::ERROR_COMMENT,
+            VR::LO,
+            PrimitiveValue::from(c),
+        ));
     }
     if !sop_instance_uid.is_empty() {
         elements.push(DataElement::new(
@@ -198,11 +222,23 @@ mod tests {
 
     fn store_rq(message_id: u16) -> Vec<u8> {
         let obj = InMemDicomObject::command_from_element_iter([
-            DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4")),
+            DataElement::new(
+                tags::AFFECTED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
+            ),
             DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [C_STORE_RQ])),
             DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
-            DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, dicom_value!(U16, [0x0000])),
-            DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")),
+            DataElement::new(
+                tags::COMMAND_DATA_SET_TYPE,
+                VR::US,
+                dicom_value!(U16, [0x0000]),
+            ),
+            DataElement::new(
+                tags::AFFECTED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.3.4"),
+            ),
         ]);
         encode(&obj)
     }
@@ -223,20 +259,65 @@ mod tests {
 
     #[test]
     fn echo_response_answers_the_right_message() {
-        let rsp = InMemDicomObject::read_dataset_with_ts(&echo_response(513)[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
-        assert_eq!(rsp.element(tags::MESSAGE_ID_BEING_RESPONDED_TO).unwrap().to_int::<u16>().unwrap(), 513);
-        assert_eq!(rsp.element(tags::COMMAND_FIELD).unwrap().to_int::<u16>().unwrap(), C_ECHO_RSP);
-        assert_eq!(rsp.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(), 0);
+        let rsp = InMemDicomObject::read_dataset_with_ts(
+            &echo_response(513)[..],
+            &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+        assert_eq!(
+            rsp.element(tags::MESSAGE_ID_BEING_RESPONDED_TO)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            513
+        );
+        assert_eq!(
+            rsp.element(tags::COMMAND_FIELD)
+                .unwrap()
+                .to_int::<u16>()
+                .unwrap(),
+            C_ECHO_RSP
+        );
+        assert_eq!(
+            rsp.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(),
+            0
+        );
     }
 
     #[test]
     fn store_response_carries_status_and_comment() {
         let long = "x".repeat(100);
-        let bytes = store_response(C_STORE_RSP, 9, "1.2", "1.2.3", status::OUT_OF_RESOURCES, Some(&long));
-        let rsp = InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
-        assert_eq!(rsp.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(), 0xA700);
-        assert_eq!(rsp.element(tags::ERROR_COMMENT).unwrap().to_str().unwrap().len(), 64);
-        assert_eq!(decode(&bytes).unwrap(), Command::Other { command_field: C_STORE_RSP, message_id: 0, has_data_set: false });
+        let bytes = store_response(
+            C_STORE_RSP,
+            9,
+            "1.2",
+            "1.2.3",
+            status::OUT_OF_RESOURCES,
+            Some(&long),
+        );
+        let rsp =
+            InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .unwrap();
+        assert_eq!(
+            rsp.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(),
+            0xA700
+        );
+        assert_eq!(
+            rsp.element(tags::ERROR_COMMENT)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .len(),
+            64
+        );
+        assert_eq!(
+            decode(&bytes).unwrap(),
+            Command::Other {
+                command_field: C_STORE_RSP,
+                message_id: 0,
+                has_data_set: false
+            }
+        );
     }
 
     #[test]

@@ -101,7 +101,12 @@ impl Receiver {
     /// Accept associations on `listener` until `shutdown` is cancelled. In-flight
     /// associations are tracked by `tracker`; they finish the message in hand and then
     /// abort, so the caller should wait on the tracker (with a grace period) afterwards.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         let mut backoff = Duration::from_millis(10);
         loop {
             let accepted = tokio::select! {

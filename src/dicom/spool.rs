@@ -103,17 +103,25 @@ pub enum CommitError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The spool's file system is below its free-space floor.
+    #[error("{free} bytes free, below the floor of {floor}")]
+    BelowFloor {
+        /// Bytes free.
+        free: u64,
+        /// The configured floor.
+        floor: u64,
+    },
 }
 
 impl CommitError {
     /// Whether the failure is a lack of space (answered as "out of resources").
     pub fn is_out_of_space(&self) -> bool {
         match self {
+            CommitError::BelowFloor { .. } => true,
             CommitError::Io(e) => is_enospc(e),
-            CommitError::Store(crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                f,
-                _,
-            ))) => f.code == rusqlite::ErrorCode::DiskFull,
+            CommitError::Store(crate::store::StoreError::Sqlite(
+                rusqlite::Error::SqliteFailure(f, _),
+            )) => f.code == rusqlite::ErrorCode::DiskFull,
             _ => false,
         }
     }
@@ -135,7 +143,9 @@ pub fn is_valid_uid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.split('.').all(|c| {
-            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && (c == "0" || !c.starts_with('0'))
         })
 }
 
@@ -199,39 +209,64 @@ impl Spool {
         free_bytes(&self.root)
     }
 
-    /// Create a temporary file holding `header`.
-    pub fn create_temp(&self, header: &[u8]) -> io::Result<TempFile> {
+    /// Create a temporary file holding `initial`, unless the file system is below `floor`.
+    pub fn create_temp(&self, initial: &[u8], floor: u64) -> Result<TempFile, CommitError> {
+        let free = self.free_bytes()?;
+        if free < floor.saturating_add(initial.len() as u64) {
+            return Err(CommitError::BelowFloor { free, floor });
+        }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}-{n}.part", std::process::id()));
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        if let Err(e) = file.write_all(header) {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(e) = file.write_all(initial) {
             let _ = fs::remove_file(&path);
-            return Err(e);
+            return Err(e.into());
         }
         Ok(TempFile {
             path,
             file: std::sync::Arc::new(file),
-            written: header.len() as u64,
+            written: initial.len() as u64,
         })
     }
 
-    /// Finish a received file: check it, then make it durable and index it.
+    /// Append to a temporary file, first checking the floor when `floor` is given.
+    pub fn append(&self, file: &File, data: &[u8], floor: Option<u64>) -> Result<(), CommitError> {
+        if let Some(floor) = floor {
+            let free = self.free_bytes()?;
+            if free < floor {
+                return Err(CommitError::BelowFloor { free, floor });
+            }
+        }
+        (&*file).write_all(data)?;
+        Ok(())
+    }
+
+    /// Finish a received file: fsync it, check it, then make it durable and index it.
     ///
     /// `commit_lock` serialises the check-rename-index step across associations so that
     /// two copies of one SOP Instance UID arriving at once are stored exactly once.
     /// The temporary file is gone when this returns, whatever the outcome.
     pub fn commit(
         &self,
-        tmp: &Path,
+        tmp: TempFile,
         expected: &Expected,
         store: &Store,
         commit_lock: &std::sync::Mutex<()>,
         now_ms: i64,
         due_ms: i64,
     ) -> Result<InsertOutcome, CommitError> {
-        let result = self.commit_inner(tmp, expected, store, commit_lock, now_ms, due_ms);
-        if tmp.exists() {
-            let _ = fs::remove_file(tmp);
+        let TempFile { path, file, .. } = tmp;
+        let synced = if self.fsync { file.sync_all() } else { Ok(()) };
+        drop(file);
+        let result = match synced {
+            Ok(()) => self.commit_inner(&path, expected, store, commit_lock, now_ms, due_ms),
+            Err(e) => Err(e.into()),
+        };
+        if path.exists() {
+            let _ = fs::remove_file(&path);
         }
         result
     }
@@ -307,7 +342,9 @@ impl Spool {
                     Err(e) => return Err(io::Error::other(e)),
                 }
                 let path = entry.path();
-                let ok = inspect(&path).ok().filter(|info| file_name_for(&info.row.sop_instance_uid) == rel);
+                let ok = inspect(&path)
+                    .ok()
+                    .filter(|info| file_name_for(&info.row.sop_instance_uid) == rel);
                 match ok {
                     Some(mut info) => {
                         info.row.file_name = rel.clone();
@@ -336,7 +373,9 @@ fn source_ae_title(path: &Path) -> Option<String> {
         .read_until(tags::PATIENT_NAME)
         .open_file(path)
         .ok()?;
-    obj.meta().source_application_entity_title().map(|s| s.trim().to_string())
+    obj.meta()
+        .source_application_entity_title()
+        .map(|s| s.trim().to_string())
 }
 
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
@@ -378,7 +417,11 @@ pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
         }
     }
     let has_pixels = obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some()
-        || obj.element_opt(tags::FLOAT_PIXEL_DATA).ok().flatten().is_some();
+        || obj
+            .element_opt(tags::FLOAT_PIXEL_DATA)
+            .ok()
+            .flatten()
+            .is_some();
     if !has_pixels {
         return Err(InspectError::Mismatch("Pixel Data is missing".into()));
     }
@@ -393,7 +436,11 @@ pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
             modality: text(&obj, tags::MODALITY),
             series_number: text(&obj, tags::SERIES_NUMBER).and_then(|s| s.parse().ok()),
             series_description: text(&obj, tags::SERIES_DESCRIPTION),
-            transfer_syntax_uid: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+            transfer_syntax_uid: obj
+                .meta()
+                .transfer_syntax()
+                .trim_end_matches('\0')
+                .to_string(),
             file_name: String::new(),
             size_bytes,
             calling_ae_title: String::new(),
@@ -471,9 +518,15 @@ mod tests {
 
     #[test]
     fn header_parses_back() {
-        let h = file_header("1.2.840.10008.5.1.4.1.1.4", "1.2.3", "1.2.840.10008.1.2.1", "SCU").unwrap();
+        let h = file_header(
+            "1.2.840.10008.5.1.4.1.1.4",
+            "1.2.3",
+            "1.2.840.10008.1.2.1",
+            "SCU",
+        )
+        .unwrap();
         assert_eq!(&h[128..132], b"DICM");
-        let meta = dicom_object::meta::FileMetaTable::from_reader(&h[132..]).unwrap();
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&h[128..]).unwrap();
         assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3");
         assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
     }

@@ -1,8 +1,9 @@
 //! The SQLite database: schema, migrations, and every query the daemon makes.
 //!
-//! One file (`onfh-edge.sqlite3` in the state directory), WAL mode, `synchronous=FULL`
-//! so that a committed row survives a power cut — the receiver answers C-STORE success
-//! only after the instance row is committed. Migrations are numbered and recorded in
+//! One file (`onfh-edge.sqlite3` in the state directory), WAL mode, `synchronous=NORMAL`:
+//! a commit survives a crash of the process, and the receiver answers C-STORE success only
+//! after the instance row is committed. A power cut may drop the last commits; instance
+//! rows are then rebuilt from the fsynced spool at start-up (`dicom::spool::Spool::reconcile`). Migrations are numbered and recorded in
 //! `PRAGMA user_version`; a database written by a newer build is refused rather than
 //! guessed at.
 //!
@@ -199,8 +200,11 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: the WAL is fsynced on every commit, so an acknowledged instance is durable.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // NORMAL: commits are atomic and survive a crash of the process; a power cut may
+        // lose the last commits before a checkpoint. That is safe for instance rows because
+        // the spool file is fsynced before success is sent and start-up reconciliation
+        // re-indexes any spool file without a row (see `dicom::spool`).
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -256,13 +260,9 @@ impl Store {
     pub fn has_instance(&self, sop_instance_uid: &str) -> Result<bool, StoreError> {
         let conn = self.lock();
         let found = conn
-            .query_row(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?1",
-                [sop_instance_uid],
-                |_| Ok(()),
-            )
-            .optional()?;
-        Ok(found.is_some())
+            .prepare_cached("SELECT 1 FROM instances WHERE sop_instance_uid = ?1")?
+            .exists([sop_instance_uid])?;
+        Ok(found)
     }
 
     /// Whether a spool file name is indexed.
@@ -292,31 +292,28 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let exists = tx
-            .query_row(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?1",
-                [&inst.sop_instance_uid],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
+            .prepare_cached("SELECT 1 FROM instances WHERE sop_instance_uid = ?1")?
+            .exists([&inst.sop_instance_uid])?;
         if exists {
             return Ok(InsertOutcome::Duplicate);
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO studies (study_uid, accession_number, first_received_ms, last_received_ms)
              VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT(study_uid) DO UPDATE SET
                last_received_ms = excluded.last_received_ms,
                accession_number = COALESCE(studies.accession_number, excluded.accession_number)",
-            params![inst.study_uid, inst.accession_number, now_ms],
-        )?;
-        tx.execute(
+        )?
+        .execute(params![inst.study_uid, inst.accession_number, now_ms])?;
+        tx.prepare_cached(
             "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description,
                                  first_received_ms, last_received_ms, instance_count)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)
              ON CONFLICT(series_uid) DO UPDATE SET
                last_received_ms = excluded.last_received_ms,
                instance_count = series.instance_count + 1",
+        )?
+        .execute(
             params![
                 inst.series_uid,
                 inst.study_uid,
@@ -326,10 +323,12 @@ impl Store {
                 now_ms
             ],
         )?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, transfer_syntax_uid,
                                     file_name, size_bytes, calling_ae_title, received_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(
             params![
                 inst.sop_instance_uid,
                 inst.sop_class_uid,
@@ -341,7 +340,7 @@ impl Store {
                 now_ms
             ],
         )?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO series_jobs (series_uid, state, due_ms, generation)
              VALUES (?1, 'collecting', ?2, 1)
              ON CONFLICT(series_uid) DO UPDATE SET
@@ -349,8 +348,8 @@ impl Store {
                state = 'collecting',
                due_ms = MAX(series_jobs.due_ms, excluded.due_ms),
                completed_ms = NULL",
-            params![inst.series_uid, due_ms],
-        )?;
+        )?
+        .execute(params![inst.series_uid, due_ms])?;
         tx.commit()?;
         Ok(InsertOutcome::Inserted)
     }
@@ -418,7 +417,8 @@ impl Store {
         if schema_version == 0 {
             return Ok(Summary::default());
         }
-        let count = |sql: &str| -> Result<i64, rusqlite::Error> { conn.query_row(sql, [], |r| r.get(0)) };
+        let count =
+            |sql: &str| -> Result<i64, rusqlite::Error> { conn.query_row(sql, [], |r| r.get(0)) };
         Ok(Summary {
             schema_version,
             studies: count("SELECT COUNT(*) FROM studies")?,
@@ -456,9 +456,8 @@ impl Store {
     /// Spool file names of all indexed instances of a series.
     pub fn series_files(&self, series_uid: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT file_name FROM instances WHERE series_uid = ?1 ORDER BY file_name",
-        )?;
+        let mut stmt = conn
+            .prepare("SELECT file_name FROM instances WHERE series_uid = ?1 ORDER BY file_name")?;
         let rows = stmt.query_map([series_uid], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -497,9 +496,18 @@ mod tests {
     fn insert_duplicate_complete_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
-        assert_eq!(store.insert_instance(&inst("1", "S"), 0, 100).unwrap(), InsertOutcome::Inserted);
-        assert_eq!(store.insert_instance(&inst("1", "S"), 10, 110).unwrap(), InsertOutcome::Duplicate);
-        assert_eq!(store.insert_instance(&inst("2", "S"), 20, 120).unwrap(), InsertOutcome::Inserted);
+        assert_eq!(
+            store.insert_instance(&inst("1", "S"), 0, 100).unwrap(),
+            InsertOutcome::Inserted
+        );
+        assert_eq!(
+            store.insert_instance(&inst("1", "S"), 10, 110).unwrap(),
+            InsertOutcome::Duplicate
+        );
+        assert_eq!(
+            store.insert_instance(&inst("2", "S"), 20, 120).unwrap(),
+            InsertOutcome::Inserted
+        );
         assert!(store.complete_due(119).unwrap().is_empty());
         assert_eq!(store.next_due_ms().unwrap(), Some(120));
         let done = store.complete_due(120).unwrap();
@@ -511,10 +519,16 @@ mod tests {
         // A late instance re-opens the series with a new generation.
         store.insert_instance(&inst("3", "S"), 600, 700).unwrap();
         let s = store.summary().unwrap();
-        assert_eq!((s.instances, s.series, s.studies, s.jobs_collecting), (3, 1, 1, 1));
+        assert_eq!(
+            (s.instances, s.series, s.studies, s.jobs_collecting),
+            (3, 1, 1, 1)
+        );
         let done = store.complete_due(700).unwrap();
         assert_eq!((done[0].instance_count, done[0].generation), (3, 2));
-        assert_eq!(store.series_files("S").unwrap(), vec!["1.dcm", "2.dcm", "3.dcm"]);
+        assert_eq!(
+            store.series_files("S").unwrap(),
+            vec!["1.dcm", "2.dcm", "3.dcm"]
+        );
     }
 
     #[test]
@@ -528,9 +542,15 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert!(store.has_instance("1").unwrap());
         assert!(store.has_file("1.dcm").unwrap());
-        store.lock().pragma_update(None, "user_version", 99).unwrap();
+        store
+            .lock()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         drop(store);
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]
