@@ -1,10 +1,12 @@
 //! The daemon: wires the capabilities together, runs them, and shuts them down.
 //!
-//! `serve` opens the state (database, spool), repairs what a crash may have left,
-//! binds the listener, then runs the receiver and the series-completion task under one
-//! `CancellationToken` and one `TaskTracker`. SIGTERM or SIGINT cancels the token; the
-//! receiver stops accepting, associations finish the message in hand, and the daemon
-//! waits a bounded grace period for them. No business logic lives here.
+//! `serve` binds the listener and turns SIGTERM/SIGINT into a cancelled token; `run` opens
+//! the state (database, spool), repairs what a crash may have left, then runs the receiver
+//! and the series-completion task under that `CancellationToken` and one `TaskTracker`.
+//! On cancellation the receiver stops accepting, associations finish the message in hand,
+//! and the daemon waits a bounded grace period for them. `run` takes the listener and the
+//! token from its caller, so the demo (and tests) start the real daemon on any port and stop
+//! it without signals. No business logic lives here.
 
 use std::time::Duration;
 
@@ -21,8 +23,30 @@ use crate::store::{Store, now_ms};
 /// How long in-flight associations get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Run the daemon until SIGTERM/SIGINT.
+/// Run the daemon until SIGTERM/SIGINT, listening where the settings say.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listen = settings.receiver.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        match wait_for_signal().await {
+            Ok(()) => info!("shutdown requested"),
+            Err(e) => warn!("{e:#}; stopping"),
+        }
+        stop.cancel();
+    });
+    run(settings, listener, shutdown).await
+}
+
+/// Run the daemon on an already bound listener until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let state_dir = settings.storage.state_dir.clone();
     let db_path = settings.storage.database_path();
     let spool_dir = settings.storage.spool_dir();
@@ -74,9 +98,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     if !r.fsync {
         warn!("receiver.fsync is off: acknowledged images may be lost on power failure");
     }
-    let listener = TcpListener::bind(r.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", r.listen))?;
     info!(
         ae_title = %r.ae_title,
         address = %listener.local_addr()?,
@@ -85,15 +106,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
 
-    let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let receiver = Receiver::new(r, &settings.series, spool, store.clone());
     tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(completion::run(store.clone(), shutdown.clone(), |_| {}));
 
-    wait_for_signal().await?;
-    info!("shutdown requested");
-    shutdown.cancel();
+    shutdown.cancelled().await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

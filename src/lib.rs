@@ -8,10 +8,14 @@
 //!   completion.
 //! - [`store`]: the SQLite database — schema, migrations, every query.
 //! - [`daemon`]: wiring, signals and shutdown for `onfh-edge serve`.
+//! - [`demo`]: `onfh-edge demo`, the whole job end to end on loopback.
+//! - [`synth`]: synthetic MR instances for the demo, tests and benchmarks.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
 
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dicom;
 pub mod store;
+pub mod synth;

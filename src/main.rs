@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the whole job on embedded defaults, end to end on loopback.
+    Demo,
     /// Run the daemon: receive studies over DICOM and track series completion.
     Serve {
         /// Site configuration (TOML) applied over the embedded defaults.
@@ -56,21 +58,28 @@ fn init_logging(default_level: &str) {
         .init();
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("onfh-edge")
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
     Settings::load_optional(config).context("invalid configuration")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Cmd::Demo => {
+            init_logging("info");
+            runtime()?.block_on(onfh_edge::demo::run())
+        }
         Cmd::Serve { config } => {
             let settings = load(config.as_deref())?;
             init_logging(&settings.log_level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("onfh-edge")
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(onfh_edge::daemon::serve(settings))
+            runtime()?.block_on(onfh_edge::daemon::serve(settings))
         }
         Cmd::Status { config, json } => {
             let settings = load(config.as_deref())?;

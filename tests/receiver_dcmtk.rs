@@ -117,7 +117,7 @@ fn a_three_series_study_arrives_completely_and_completes() {
         "status must not show patient names"
     );
     // Patient identifiers never reach the log at info level.
-    assert!(!d.log().contains("PHANTOM^TEST") && !d.log().contains("PH0001"));
+    assert!(!d.log().contains("PHANTOM^SYNTHETIC") && !d.log().contains("SYNTHPID01"));
     d.assert_serving();
 }
 
