@@ -13,7 +13,10 @@ fn demo_runs_end_to_end_on_embedded_defaults() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("not for clinical use"), "{stdout}");
-    assert!(stdout.contains("51 of 51 acknowledged with status Success"), "{stdout}");
+    assert!(
+        stdout.contains("51 of 51 acknowledged with status Success"),
+        "{stdout}"
+    );
     assert!(stdout.contains("51 instances"), "{stdout}");
     assert!(stdout.contains("3 series complete"), "{stdout}");
     // Clean up the demo's state folder, named in its last line.
@@ -30,21 +33,34 @@ fn bad_configuration_is_a_clear_error_naming_the_key() {
     for (text, key) in [
         ("[receiver]\nmax_pdu = 10\n", "receiver.max_pdu"),
         ("[receiver]\nlisten = \"nowhere\"\n", "receiver.listen"),
-        ("[series]\nquiet_period_secs = \"soon\"\n", "series.quiet_period_secs"),
-        ("[receiver]\nallowed_peers = [\"x\"]\n", "receiver.allowed_peers"),
+        (
+            "[series]\nquiet_period_secs = \"soon\"\n",
+            "series.quiet_period_secs",
+        ),
+        (
+            "[receiver]\nallowed_peers = [\"x\"]\n",
+            "receiver.allowed_peers",
+        ),
         ("[reciever]\nae_title = \"X\"\n", "reciever"),
         ("not toml at all [", "not valid TOML"),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
         for cmd in ["serve", "check-config"] {
-            let out = Command::new(BIN).args([cmd, "--config"]).arg(&path).output().unwrap();
+            let out = Command::new(BIN)
+                .args([cmd, "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{cmd} accepted {text:?}");
             assert!(stderr.contains(key), "{cmd} with {text:?}: {stderr}");
         }
     }
-    let out = Command::new(BIN).args(["serve", "--config", "/nonexistent/onfh.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/onfh.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/onfh.toml"));
 }
@@ -53,8 +69,19 @@ fn bad_configuration_is_a_clear_error_naming_the_key() {
 fn status_without_a_database_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, format!("[storage]\nstate_dir = \"{}\"\n", dir.path().join("none").display())).unwrap();
-    let out = Command::new(BIN).args(["status", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[storage]\nstate_dir = \"{}\"\n",
+            dir.path().join("none").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
 }
@@ -66,7 +93,11 @@ fn database_from_a_newer_build_is_refused() {
     let db = rusqlite::Connection::open(d.state_dir().join("onfh-edge.sqlite3")).unwrap();
     db.pragma_update(None, "user_version", 999).unwrap();
     drop(db);
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&d.config_path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&d.config_path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("newer than this build"), "{stderr}");

@@ -792,13 +792,13 @@ async fn finish_store(
         Sink::Memory { buf } => blocking(move || {
             let tmp = sh.spool.create_temp(&buf, floor)?;
             sh.spool
-                .commit(tmp, &exp, &sh.store, &sh.commit_lock, now, due)
+                .commit(tmp, Some(&buf), &exp, &sh.store, &sh.commit_lock, now, due)
         })
         .await
         .map_err(|e| refusal(&e)),
         Sink::File { tmp, .. } => blocking(move || {
             sh.spool
-                .commit(tmp, &exp, &sh.store, &sh.commit_lock, now, due)
+                .commit(tmp, None, &exp, &sh.store, &sh.commit_lock, now, due)
         })
         .await
         .map_err(|e| refusal(&e)),

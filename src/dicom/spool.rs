@@ -249,9 +249,14 @@ impl Spool {
     /// `commit_lock` serialises the check-rename-index step across associations so that
     /// two copies of one SOP Instance UID arriving at once are stored exactly once.
     /// The temporary file is gone when this returns, whatever the outcome.
+    ///
+    /// `content`, when the caller still holds the whole file in memory, is parsed instead
+    /// of reading the file back.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
         tmp: TempFile,
+        content: Option<&[u8]>,
         expected: &Expected,
         store: &Store,
         commit_lock: &std::sync::Mutex<()>,
@@ -262,7 +267,9 @@ impl Spool {
         let synced = if self.fsync { file.sync_all() } else { Ok(()) };
         drop(file);
         let result = match synced {
-            Ok(()) => self.commit_inner(&path, expected, store, commit_lock, now_ms, due_ms),
+            Ok(()) => {
+                self.commit_inner(&path, content, expected, store, commit_lock, now_ms, due_ms)
+            }
             Err(e) => Err(e.into()),
         };
         if path.exists() {
@@ -271,16 +278,21 @@ impl Spool {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit_inner(
         &self,
         tmp: &Path,
+        content: Option<&[u8]>,
         expected: &Expected,
         store: &Store,
         commit_lock: &std::sync::Mutex<()>,
         now_ms: i64,
         due_ms: i64,
     ) -> Result<InsertOutcome, CommitError> {
-        let mut info = inspect(tmp)?;
+        let mut info = match content {
+            Some(bytes) => inspect_bytes(bytes)?,
+            None => inspect(tmp)?,
+        };
         check_against(&info, expected)?;
         let file_name = file_name_for(&info.row.sop_instance_uid);
         info.row.file_name = file_name.clone();
@@ -392,9 +404,32 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
 /// A crafted file can make the parser panic; the panic is caught and reported as an
 /// unparseable data set rather than taking the daemon down.
 pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        OpenFileOptions::new().open_file(path)
-    }));
+    let size = fs::metadata(path)?.len();
+    describe(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            OpenFileOptions::new().open_file(path)
+        })),
+        size,
+    )
+}
+
+/// [`inspect`] for a file held in memory (preamble included).
+pub fn inspect_bytes(bytes: &[u8]) -> Result<InstanceInfo, InspectError> {
+    if bytes.len() < 132 {
+        return Err(InspectError::Unparseable(
+            "shorter than a file header".into(),
+        ));
+    }
+    describe(
+        std::panic::catch_unwind(|| OpenFileOptions::new().from_reader(&bytes[128..])),
+        bytes.len() as u64,
+    )
+}
+
+fn describe(
+    opened: std::thread::Result<Result<DefaultDicomObject, dicom_object::ReadError>>,
+    size_bytes: u64,
+) -> Result<InstanceInfo, InspectError> {
     let obj = match opened {
         Ok(Ok(obj)) => obj,
         Ok(Err(e)) => return Err(InspectError::Unparseable(error_chain(&e))),
@@ -425,7 +460,6 @@ pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
     if !has_pixels {
         return Err(InspectError::Mismatch("Pixel Data is missing".into()));
     }
-    let size_bytes = fs::metadata(path)?.len();
     Ok(InstanceInfo {
         row: NewInstance {
             sop_instance_uid,
