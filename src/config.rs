@@ -219,7 +219,7 @@ impl Settings {
 }
 
 /// Deep-merge `over` into `base`: tables merge key by key, everything else replaces.
-fn merge(base: &mut toml::Table, over: toml::Table) {
+pub fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),

@@ -12,7 +12,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::{
@@ -20,6 +19,7 @@ use dicom_transfer_syntax_registry::entries::{
 };
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociation, ClientAssociationOptions, Pdu};
+use onfh_edge::dicom::dimse;
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
@@ -33,67 +33,85 @@ fn connect(port: u16, calling: &str) -> ClientAssociation<TcpStream> {
         .expect("association")
 }
 
-fn store_rq(message_id: u16, sop_instance_uid: &str) -> Vec<u8> {
-    let obj = InMemDicomObject::command_from_element_iter([
-        DataElement::new(
-            tags::AFFECTED_SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(uids::MR_IMAGE_STORAGE),
-        ),
-        DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [0x0001])),
-        DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
-        DataElement::new(tags::PRIORITY, VR::US, dicom_value!(U16, [0])),
-        DataElement::new(
-            tags::COMMAND_DATA_SET_TYPE,
-            VR::US,
-            dicom_value!(U16, [0x0000]),
-        ),
-        DataElement::new(
-            tags::AFFECTED_SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(sop_instance_uid),
-        ),
-    ]);
-    let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .unwrap();
-    out
+/// A hand-driven association with one generated instance to send, piece by piece.
+struct Raw {
+    a: ClientAssociation<TcpStream>,
+    pc: u8,
+    inst: Instance,
+    /// The instance's data set, Explicit VR Little Endian.
+    data: Vec<u8>,
+    _dir: tempfile::TempDir,
 }
 
-fn dataset_bytes(inst: &Instance) -> Vec<u8> {
-    let obj = dicom_object::open_file(&inst.path).unwrap();
-    let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
-        .unwrap();
-    out
-}
-
-fn pdv(pc: u8, kind: PDataValueType, is_last: bool, data: Vec<u8>) -> Pdu {
-    Pdu::PData {
-        data: vec![PDataValue {
-            presentation_context_id: pc,
-            value_type: kind,
-            is_last,
-            data,
-        }],
-    }
-}
-
-/// Read the status out of a C-STORE-RSP.
-fn response_status(pdu: Pdu) -> (u16, Option<String>) {
-    let Pdu::PData { data } = pdu else {
-        panic!("expected P-DATA, got {pdu:?}")
-    };
-    let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
-    let obj =
-        InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+impl Raw {
+    /// Generate a `size` x `size` instance and open an association for it.
+    fn new(d: &Daemon, size: u16) -> Raw {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = mr_series(dir.path(), &new_uid(), 1, 1, size).remove(0);
+        let obj = dicom_object::open_file(&inst.path).unwrap();
+        let mut data = Vec::new();
+        obj.write_dataset_with_ts(&mut data, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
             .unwrap();
-    let status = obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap();
-    let comment = obj
-        .element_opt(tags::ERROR_COMMENT)
-        .unwrap()
-        .map(|e| e.to_str().unwrap().to_string());
-    (status, comment)
+        let a = connect(d.port, "RAWSCU");
+        let pc = a.presentation_contexts()[0].id;
+        Raw {
+            a,
+            pc,
+            inst,
+            data,
+            _dir: dir,
+        }
+    }
+
+    /// Send a C-STORE-RQ for `uid` (the instance's own when None).
+    fn command(&mut self, message_id: u16, uid: Option<&str>) {
+        let uid = uid.unwrap_or(&self.inst.sop_instance_uid).to_string();
+        let rq = dimse::store_request(message_id, uids::MR_IMAGE_STORAGE, &uid);
+        self.send(PDataValueType::Command, true, rq);
+    }
+
+    /// Send `bytes` as data fragments of at most 64 KiB; the last one flagged `last`.
+    fn data(&mut self, bytes: &[u8], last: bool) {
+        let chunks: Vec<&[u8]> = bytes.chunks(64 * 1024).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            self.send(
+                PDataValueType::Data,
+                last && i + 1 == chunks.len(),
+                c.to_vec(),
+            );
+        }
+    }
+
+    fn send(&mut self, kind: PDataValueType, is_last: bool, data: Vec<u8>) {
+        self.a
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: self.pc,
+                    value_type: kind,
+                    is_last,
+                    data,
+                }],
+            })
+            .unwrap();
+    }
+
+    /// Receive a C-STORE-RSP: (status, error comment).
+    fn response(&mut self) -> (u16, Option<String>) {
+        let pdu = self.a.receive().unwrap();
+        let Pdu::PData { data } = pdu else {
+            panic!("expected P-DATA, got {pdu:?}")
+        };
+        let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .unwrap();
+        let status = obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap();
+        let comment = obj
+            .element_opt(tags::ERROR_COMMENT)
+            .unwrap()
+            .map(|e| e.to_str().unwrap().to_string());
+        (status, comment)
+    }
 }
 
 fn assert_nothing_stored(d: &Daemon) {
@@ -181,27 +199,18 @@ fn garbage_bytes_get_an_abort_and_the_daemon_lives() {
 #[test]
 fn abort_in_the_middle_of_a_store_leaves_nothing() {
     let mut d = Daemon::start("");
-    let dir = tempfile::tempdir().unwrap();
-    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 256)[0];
-    let data = dataset_bytes(inst);
-    let mut a = connect(d.port, "RAWSCU");
-    let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(
-        pc,
-        PDataValueType::Command,
-        true,
-        store_rq(1, &inst.sop_instance_uid),
-    ))
-    .unwrap();
-    a.send(&pdv(
-        pc,
-        PDataValueType::Data,
-        false,
-        data[..data.len() / 2].to_vec(),
-    ))
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    a.abort().unwrap();
+    // 1600 x 1600 x 2 bytes = 5 MB: beyond what the receiver holds in memory, so the
+    // partial instance is on disk while it streams.
+    let mut r = Raw::new(&d, 1600);
+    let part = r.data.len() * 9 / 10;
+    let data = r.data.clone();
+    r.command(1, None);
+    r.data(&data[..part], false);
+    assert!(
+        wait_until(Duration::from_secs(10), || !d.tmp_files().is_empty()),
+        "the partial instance should be spooling"
+    );
+    r.a.abort().unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || d
             .log()
@@ -209,6 +218,9 @@ fn abort_in_the_middle_of_a_store_leaves_nothing() {
         "{}",
         d.log()
     );
+    assert!(wait_until(Duration::from_secs(5), || d
+        .tmp_files()
+        .is_empty()));
     assert_nothing_stored(&d);
     d.assert_serving();
 }
@@ -216,42 +228,19 @@ fn abort_in_the_middle_of_a_store_leaves_nothing() {
 #[test]
 fn truncated_data_set_is_refused_with_cannot_understand() {
     let mut d = Daemon::start("");
-    let dir = tempfile::tempdir().unwrap();
-    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 128)[0];
-    let data = dataset_bytes(inst);
-    let mut a = connect(d.port, "RAWSCU");
-    let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(
-        pc,
-        PDataValueType::Command,
-        true,
-        store_rq(5, &inst.sop_instance_uid),
-    ))
-    .unwrap();
+    let mut r = Raw::new(&d, 128);
+    let data = r.data.clone();
+    r.command(5, None);
     // The data set claims to be complete but stops inside Pixel Data.
-    a.send(&pdv(
-        pc,
-        PDataValueType::Data,
-        true,
-        data[..data.len() - 1000].to_vec(),
-    ))
-    .unwrap();
-    let (status, comment) = response_status(a.receive().unwrap());
+    r.data(&data[..data.len() - 1000], true);
+    let (status, comment) = r.response();
     assert_eq!(status & 0xF000, 0xC000, "status {status:#06x} {comment:?}");
     assert!(comment.unwrap_or_default().contains("does not parse"));
     // The association is still usable: the whole instance now stores.
-    a.send(&pdv(
-        pc,
-        PDataValueType::Command,
-        true,
-        store_rq(6, &inst.sop_instance_uid),
-    ))
-    .unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, true, data.clone()))
-        .unwrap();
-    let (status, _) = response_status(a.receive().unwrap());
-    assert_eq!(status, 0);
-    a.release().unwrap();
+    r.command(6, None);
+    r.data(&data, true);
+    assert_eq!(r.response().0, 0);
+    r.a.release().unwrap();
     assert!(d.tmp_files().is_empty());
     assert_eq!(d.committed_files().len(), 1);
     assert!(
@@ -264,38 +253,26 @@ fn truncated_data_set_is_refused_with_cannot_understand() {
 #[test]
 fn data_set_without_identifiers_is_refused() {
     let mut d = Daemon::start("");
-    let dir = tempfile::tempdir().unwrap();
-    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 32)[0];
-    let mut obj = dicom_object::open_file(&inst.path).unwrap();
+    let mut r = Raw::new(&d, 32);
+    let mut obj = dicom_object::open_file(&r.inst.path).unwrap();
     obj.remove_element(tags::SERIES_INSTANCE_UID);
     let mut data = Vec::new();
     obj.write_dataset_with_ts(&mut data, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
         .unwrap();
-    let mut a = connect(d.port, "RAWSCU");
-    let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(
-        pc,
-        PDataValueType::Command,
-        true,
-        store_rq(1, &inst.sop_instance_uid),
-    ))
-    .unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, true, data)).unwrap();
-    let (status, comment) = response_status(a.receive().unwrap());
+    r.command(1, None);
+    r.data(&data, true);
+    let (status, comment) = r.response();
     assert_eq!(status, 0xA900, "{comment:?}");
+    // A data set whose SOP Instance UID differs from the command's is refused too.
+    let full = r.data.clone();
+    r.command(2, Some("1.2.3.4.5"));
+    r.data(&full, true);
+    assert_eq!(r.response().0, 0xA900);
     // A UID that is not a UID never reaches the file system.
-    a.send(&pdv(
-        pc,
-        PDataValueType::Command,
-        true,
-        store_rq(2, "../../etc/passwd"),
-    ))
-    .unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, true, vec![0u8; 64]))
-        .unwrap();
-    let (status, _) = response_status(a.receive().unwrap());
-    assert_eq!(status, 0xA900);
-    a.release().unwrap();
+    r.command(3, Some("../../etc/passwd"));
+    r.data(&[0u8; 64], true);
+    assert_eq!(r.response().0, 0xA900);
+    r.a.release().unwrap();
     assert_nothing_stored(&d);
     d.assert_serving();
 }
@@ -402,22 +379,15 @@ fn free_space_floor_refuses_with_out_of_resources() {
 #[test]
 fn silent_peer_mid_transfer_is_aborted_and_cleaned_up() {
     let mut d = Daemon::start("[receiver]\nread_timeout_secs = 2\n");
-    let dir = tempfile::tempdir().unwrap();
-    let inst = &mr_series(dir.path(), &new_uid(), 1, 1, 128)[0];
-    let data = dataset_bytes(inst);
-    let mut a = connect(d.port, "RAWSCU");
-    let pc = a.presentation_contexts()[0].id;
-    a.send(&pdv(
-        pc,
-        PDataValueType::Command,
-        true,
-        store_rq(1, &inst.sop_instance_uid),
-    ))
-    .unwrap();
-    a.send(&pdv(pc, PDataValueType::Data, false, data[..4000].to_vec()))
-        .unwrap();
+    let mut r = Raw::new(&d, 1600);
+    let data = r.data.clone();
+    r.command(1, None);
+    r.data(&data[..data.len() / 2 + 2_500_000], false);
+    assert!(wait_until(Duration::from_secs(10), || !d
+        .tmp_files()
+        .is_empty()));
     // Say nothing more; the daemon must give up, abort, and remove the partial file.
-    let reply = a.receive();
+    let reply = r.a.receive();
     assert!(
         matches!(reply, Ok(Pdu::AbortRQ { .. })),
         "expected A-ABORT after the read timeout, got {reply:?}"

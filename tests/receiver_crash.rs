@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -20,23 +20,7 @@ fn sigkill_mid_send_loses_no_acknowledged_instance() {
 
     let log_path = dir.path().join("storescu.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut scu = Command::new(STORESCU)
-        .args([
-            "-v",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "ONFH_EDGE",
-            "-to",
-            "10",
-            "-ta",
-            "10",
-            "-td",
-            "10",
-        ])
-        .arg("127.0.0.1")
-        .arg(d.port.to_string())
-        .args(&files)
+    let mut scu = storescu_command(d.port, &[], &files)
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()

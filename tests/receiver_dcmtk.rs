@@ -221,3 +221,26 @@ fn compressed_transfer_syntaxes_store_and_decode() {
     assert_eq!(decode_u16(&stored), extra[0].pixels);
     d.assert_serving();
 }
+
+#[test]
+fn instance_larger_than_the_memory_buffer_streams_to_disk_and_stores() {
+    let mut d = Daemon::start("[receiver]\nmax_pdu = 65536\n");
+    let dir = tempfile::tempdir().unwrap();
+    // 1600 x 1600 x 2 bytes = 5.1 MB: more than the receiver keeps in memory.
+    let big = mr_series(dir.path(), &new_uid(), 1, 2, 1600);
+    let files: Vec<PathBuf> = big.iter().map(|i| i.path.clone()).collect();
+    let (log, ok) = storescu(d.port, &[], &files);
+    assert!(ok && stored_ok(&log).len() == 2, "{log}\n{}", d.log());
+    assert!(d.tmp_files().is_empty());
+    assert_eq!(d.committed_files().len(), 2);
+    let file: String = d
+        .db()
+        .query_row(
+            "SELECT file_name FROM instances WHERE sop_instance_uid = ?1",
+            [&big[1].sop_instance_uid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(decode_u16(&d.state_dir().join("spool").join(file)), big[1].pixels);
+    d.assert_serving();
+}

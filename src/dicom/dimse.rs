@@ -140,6 +140,31 @@ fn encode(obj: &InMemDicomObject) -> Vec<u8> {
     out
 }
 
+/// C-STORE-RQ for one instance (the SCU side: the demo's scanner, and tests).
+pub fn store_request(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) -> Vec<u8> {
+    let obj = InMemDicomObject::command_from_element_iter([
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_class_uid),
+        ),
+        DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [C_STORE_RQ])),
+        DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
+        DataElement::new(tags::PRIORITY, VR::US, dicom_value!(U16, [0])),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            dicom_value!(U16, [0x0000]),
+        ),
+        DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_instance_uid),
+        ),
+    ]);
+    encode(&obj)
+}
+
 /// C-ECHO-RSP for `message_id`.
 pub fn echo_response(message_id: u16) -> Vec<u8> {
     let obj = InMemDicomObject::command_from_element_iter([
@@ -220,32 +245,9 @@ pub fn store_response(
 mod tests {
     use super::*;
 
-    fn store_rq(message_id: u16) -> Vec<u8> {
-        let obj = InMemDicomObject::command_from_element_iter([
-            DataElement::new(
-                tags::AFFECTED_SOP_CLASS_UID,
-                VR::UI,
-                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.4"),
-            ),
-            DataElement::new(tags::COMMAND_FIELD, VR::US, dicom_value!(U16, [C_STORE_RQ])),
-            DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
-            DataElement::new(
-                tags::COMMAND_DATA_SET_TYPE,
-                VR::US,
-                dicom_value!(U16, [0x0000]),
-            ),
-            DataElement::new(
-                tags::AFFECTED_SOP_INSTANCE_UID,
-                VR::UI,
-                PrimitiveValue::from("1.2.3.4"),
-            ),
-        ]);
-        encode(&obj)
-    }
-
     #[test]
     fn decodes_store_request() {
-        let cmd = decode(&store_rq(7)).unwrap();
+        let cmd = decode(&store_request(7, "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4")).unwrap();
         assert_eq!(
             cmd,
             Command::Store {

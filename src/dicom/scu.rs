@@ -134,7 +134,7 @@ pub fn store_files(
         let mut data = Vec::new();
         obj.write_dataset_with_ts(&mut data, ts)
             .map_err(|e| file_err(f, format!("cannot encode in {}: {e}", ts.name())))?;
-        let command = store_request(message_id, &class, &uid);
+        let command = dimse::store_request(message_id, &class, &uid);
         assoc
             .send(&Pdu::PData {
                 data: vec![PDataValue {
@@ -172,37 +172,4 @@ pub fn store_files(
     }
     assoc.release().map_err(|e| assoc_err(&e))?;
     Ok(results)
-}
-
-fn store_request(message_id: u16, class: &str, uid: &str) -> Vec<u8> {
-    use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
-    use dicom_dictionary_std::tags;
-    let obj = InMemDicomObject::command_from_element_iter([
-        DataElement::new(
-            tags::AFFECTED_SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(class),
-        ),
-        DataElement::new(
-            tags::COMMAND_FIELD,
-            VR::US,
-            dicom_value!(U16, [dimse::C_STORE_RQ]),
-        ),
-        DataElement::new(tags::MESSAGE_ID, VR::US, dicom_value!(U16, [message_id])),
-        DataElement::new(tags::PRIORITY, VR::US, dicom_value!(U16, [0])),
-        DataElement::new(
-            tags::COMMAND_DATA_SET_TYPE,
-            VR::US,
-            dicom_value!(U16, [0x0000]),
-        ),
-        DataElement::new(
-            tags::AFFECTED_SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(uid),
-        ),
-    ]);
-    let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .expect("writing a command set to memory cannot fail");
-    out
 }

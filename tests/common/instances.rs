@@ -1,5 +1,5 @@
 //! Generated MR instances for tests and benchmarks (the library's synthetic objects).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::Path;
 

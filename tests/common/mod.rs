@@ -1,5 +1,5 @@
 //! Shared test harness: the real daemon on loopback, DCMTK peers, generated instances.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -217,20 +217,10 @@ impl Drop for Daemon {
     }
 }
 
-/// Overlay `extra` TOML onto `base` TOML (tables merge, later keys win).
+/// Overlay `extra` TOML onto `base` TOML the way a site file overlays the defaults.
 fn merge_toml(base: &str, extra: &str) -> String {
-    fn merge(a: &mut toml::Table, b: toml::Table) {
-        for (k, v) in b {
-            match (a.get_mut(&k), v) {
-                (Some(toml::Value::Table(x)), toml::Value::Table(y)) => merge(x, y),
-                (_, v) => {
-                    a.insert(k, v);
-                }
-            }
-        }
-    }
     let mut a: toml::Table = toml::from_str(base).unwrap();
-    merge(&mut a, toml::from_str(extra).unwrap());
+    onfh_edge::config::merge(&mut a, toml::from_str(extra).unwrap());
     toml::to_string(&a).unwrap()
 }
 
@@ -254,26 +244,32 @@ pub fn echo(port: u16, calling: &str, called: &str) -> Output {
         .expect("run echoscu (install dcmtk)")
 }
 
+/// The storescu command line the tests use (verbose, short timeouts).
+pub fn storescu_command(port: u16, extra: &[&str], files: &[PathBuf]) -> Command {
+    let mut cmd = Command::new(STORESCU);
+    cmd.args([
+        "-v",
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "ONFH_EDGE",
+        "-to",
+        "10",
+        "-ta",
+        "10",
+        "-td",
+        "10",
+    ])
+    .args(extra)
+    .arg("127.0.0.1")
+    .arg(port.to_string())
+    .args(files);
+    cmd
+}
+
 /// Run storescu with `files`; returns its combined verbose output and status.
 pub fn storescu(port: u16, extra: &[&str], files: &[PathBuf]) -> (String, bool) {
-    let out = Command::new(STORESCU)
-        .args([
-            "-v",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "ONFH_EDGE",
-            "-to",
-            "10",
-            "-ta",
-            "10",
-            "-td",
-            "10",
-        ])
-        .args(extra)
-        .arg("127.0.0.1")
-        .arg(port.to_string())
-        .args(files)
+    let out = storescu_command(port, extra, files)
         .output()
         .expect("run storescu (install dcmtk)");
     let mut text = String::from_utf8_lossy(&out.stdout).to_string();
