@@ -151,7 +151,9 @@ fn compressed_transfer_syntaxes_store_and_decode() {
     )
     .unwrap();
     let profile_arg = profile.to_str().unwrap();
-    let cases: [(Option<(&str, Vec<&str>)>, Vec<&str>, &str); 4] = [
+    // (tool making the fixture with its options, storescu options, expected syntax)
+    type Case<'a> = (Option<(&'a str, Vec<&'a str>)>, Vec<&'a str>, &'a str);
+    let cases: [Case; 4] = [
         (
             Some(("/usr/bin/dcmcrle", vec![])),
             vec!["-xr"],
@@ -186,7 +188,7 @@ fn compressed_transfer_syntaxes_store_and_decode() {
             }
             None => inst.path.clone(),
         };
-        let (log, ok) = storescu(d.port, scu_args, &[out.clone()]);
+        let (log, ok) = storescu(d.port, scu_args, std::slice::from_ref(&out));
         assert!(ok && stored_ok(&log).len() == 1, "{ts}: {log}\n{}", d.log());
         let file: String = d
             .db()
@@ -241,6 +243,9 @@ fn instance_larger_than_the_memory_buffer_streams_to_disk_and_stores() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(decode_u16(&d.state_dir().join("spool").join(file)), big[1].pixels);
+    assert_eq!(
+        decode_u16(&d.state_dir().join("spool").join(file)),
+        big[1].pixels
+    );
     d.assert_serving();
 }

@@ -103,9 +103,24 @@ fn get_uid(
 }
 
 /// Decode a command set.
+///
+/// The bytes come from the peer: their structure is walked first (see `prescan`) so that a
+/// forged length cannot make the parser allocate what it claims, and a parser panic is
+/// caught.
 pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .map_err(|e| CommandError::Parse(e.to_string()))?;
+    let implicit = super::prescan::Encoding::of("1.2.840.10008.1.2");
+    super::prescan::check(
+        bytes,
+        implicit,
+        Some(bytes.len() as u64),
+        bytes.len() as u64,
+    )
+    .map_err(|e| CommandError::Parse(e.to_string()))?;
+    let obj = std::panic::catch_unwind(|| {
+        InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+    })
+    .map_err(|_| CommandError::Parse("the command parser panicked".into()))?
+    .map_err(|e| CommandError::Parse(e.to_string()))?;
     let command_field = get_u16(&obj, tags::COMMAND_FIELD, "Command Field")?;
     let message_id = get_u16(&obj, tags::MESSAGE_ID, "Message ID");
     let has_data_set = get_u16(&obj, tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type")
@@ -326,5 +341,11 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode(&[0xff; 7]).is_err());
         assert!(decode(&[]).is_err());
+        // A 16-byte command set claiming a 4 GiB UID is refused before any allocation.
+        let mut forged = vec![0x00, 0x00, 0x02, 0x00];
+        forged.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        forged.extend_from_slice(b"1.2.3.4.");
+        let e = decode(&forged).unwrap_err();
+        assert!(e.to_string().contains("runs past its end"), "{e}");
     }
 }

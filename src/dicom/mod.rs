@@ -20,6 +20,7 @@
 mod association;
 pub mod completion;
 pub mod dimse;
+pub mod prescan;
 pub mod scu;
 pub mod spool;
 

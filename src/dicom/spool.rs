@@ -19,14 +19,16 @@
 //! file was refused ([`InspectError`]).
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTable;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use sha2::{Digest, Sha256};
 
+use super::prescan;
 use crate::store::{InsertOutcome, NewInstance, Store};
 
 /// Our implementation class UID, written in every file meta header.
@@ -399,29 +401,100 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Parse a received file fully and read what identifies it.
+/// Largest inflated size walked for a Deflated data set: a deflate bomb stops here.
+const MAX_INFLATED: u64 = 1 << 30;
+
+/// Tag before which parsing stops: the first pixel data element (Float Pixel Data).
+const BEFORE_PIXELS: dicom_core::Tag = dicom_core::Tag(0x7FE0, 0x0008);
+
+/// Read the file meta group from `r` (positioned at the start of the file); returns the
+/// table and the offset of the data set.
+fn read_meta<R: Read>(r: &mut R) -> Result<(FileMetaTable, u64), InspectError> {
+    let mut preamble = [0u8; 128];
+    r.read_exact(&mut preamble)
+        .map_err(|_| InspectError::Unparseable("shorter than a file header".into()))?;
+    let meta = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        FileMetaTable::from_reader(&mut *r)
+    }))
+    .map_err(|_| InspectError::Unparseable("the file meta parser panicked".into()))?
+    .map_err(|e| InspectError::Unparseable(format!("file meta: {}", error_chain(&e))))?;
+    // Preamble, "DICM", the (0002,0000) element (12 bytes), then the rest of group 2.
+    let offset = 128 + 4 + 12 + u64::from(meta.information_group_length);
+    Ok((meta, offset))
+}
+
+/// Walk the data set structure (see [`prescan`]); `r` is positioned at the data set.
+fn walk<R: Read>(r: R, meta: &FileMetaTable, total: u64) -> Result<prescan::Summary, InspectError> {
+    let encoding = prescan::Encoding::of(meta.transfer_syntax());
+    let result = if encoding.deflated {
+        prescan::check(
+            flate2::read::DeflateDecoder::new(r),
+            encoding,
+            None,
+            MAX_INFLATED,
+        )
+    } else {
+        prescan::check(r, encoding, Some(total), total)
+    };
+    match result {
+        Ok(s) if !s.has_pixel_data => Err(InspectError::Mismatch("Pixel Data is missing".into())),
+        Ok(s) => Ok(s),
+        Err(prescan::PrescanError::Malformed(why)) => Err(InspectError::Unparseable(why)),
+        Err(prescan::PrescanError::Io(e))
+            if e.kind() == io::ErrorKind::InvalidInput
+                || e.kind() == io::ErrorKind::InvalidData =>
+        {
+            Err(InspectError::Unparseable(format!("deflate stream: {e}")))
+        }
+        Err(prescan::PrescanError::Io(e)) => Err(InspectError::Io(e)),
+    }
+}
+
+/// Check a received file and read what identifies it.
 ///
-/// A crafted file can make the parser panic; the panic is caught and reported as an
-/// unparseable data set rather than taking the daemon down.
+/// The data set's structure is walked first ([`prescan`]): truncation, forged lengths and
+/// runaway nesting are refused there, without allocating what a header claims. Only then
+/// does the DICOM parser read the attributes before Pixel Data — so memory stays small
+/// whatever the instance size, and a crafted file cannot exhaust it. A parser panic is
+/// caught and reported as an unparseable data set.
 pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
     let size = fs::metadata(path)?.len();
+    let mut f = io::BufReader::with_capacity(64 * 1024, File::open(path)?);
+    let (meta, offset) = read_meta(&mut f)?;
+    if offset > size {
+        return Err(InspectError::Unparseable(
+            "file meta runs past the end of the file".into(),
+        ));
+    }
+    f.seek(io::SeekFrom::Start(offset))?;
+    walk(&mut f, &meta, size - offset)?;
     describe(
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            OpenFileOptions::new().open_file(path)
-        })),
+        std::panic::catch_unwind(|| {
+            OpenFileOptions::new()
+                .read_until(BEFORE_PIXELS)
+                .open_file(path)
+        }),
         size,
     )
 }
 
 /// [`inspect`] for a file held in memory (preamble included).
 pub fn inspect_bytes(bytes: &[u8]) -> Result<InstanceInfo, InspectError> {
-    if bytes.len() < 132 {
-        return Err(InspectError::Unparseable(
-            "shorter than a file header".into(),
-        ));
-    }
+    let mut cursor = io::Cursor::new(bytes);
+    let (meta, offset) = read_meta(&mut cursor)?;
+    let data = usize::try_from(offset)
+        .ok()
+        .and_then(|o| bytes.get(o..))
+        .ok_or_else(|| {
+            InspectError::Unparseable("file meta runs past the end of the file".into())
+        })?;
+    walk(data, &meta, data.len() as u64)?;
     describe(
-        std::panic::catch_unwind(|| OpenFileOptions::new().from_reader(&bytes[128..])),
+        std::panic::catch_unwind(|| {
+            OpenFileOptions::new()
+                .read_until(BEFORE_PIXELS)
+                .from_reader(&bytes[128..])
+        }),
         bytes.len() as u64,
     )
 }
@@ -450,15 +523,6 @@ fn describe(
         if !is_valid_uid(uid) {
             return Err(InspectError::Mismatch(format!("{name} is not a valid UID")));
         }
-    }
-    let has_pixels = obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_some()
-        || obj
-            .element_opt(tags::FLOAT_PIXEL_DATA)
-            .ok()
-            .flatten()
-            .is_some();
-    if !has_pixels {
-        return Err(InspectError::Mismatch("Pixel Data is missing".into()));
     }
     Ok(InstanceInfo {
         row: NewInstance {
