@@ -52,41 +52,44 @@ pub async fn run(
     let spool_dir = settings.storage.spool_dir();
     let fsync = settings.receiver.fsync;
     let quiet_ms = settings.series.quiet_period.as_millis() as i64;
-    let (store, spool) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Store, Spool)> {
-        std::fs::create_dir_all(&state_dir)
-            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
-        let store = Store::open(&db_path)
-            .with_context(|| format!("cannot open database {}", db_path.display()))?;
-        let spool = Spool::open(&spool_dir, fsync)
-            .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;
-        let now = now_ms();
-        let (removed, indexed, deleted) = spool
-            .reconcile(&store, now, now + quiet_ms)
-            .context("cannot reconcile the spool with the database")?;
-        if removed + indexed + deleted > 0 {
-            warn!(
-                partial_removed = removed,
-                unindexed_recovered = indexed,
-                unreadable_deleted = deleted,
-                "repaired the spool after an unclean stop"
-            );
-        }
-        store
-            .audit(
-                now,
-                "daemon_start",
-                &serde_json::json!({
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "partial_removed": removed,
-                    "unindexed_recovered": indexed,
-                    "unreadable_deleted": deleted,
-                })
-                .to_string(),
-            )
-            .context("cannot write the audit log")?;
-        Ok((store, spool))
-    })
-    .await??;
+    let (_lock, store, spool) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(std::fs::File, Store, Spool)> {
+            std::fs::create_dir_all(&state_dir).with_context(|| {
+                format!("cannot create state directory {}", state_dir.display())
+            })?;
+            let lock = lock_state_dir(&state_dir)?;
+            let store = Store::open(&db_path)
+                .with_context(|| format!("cannot open database {}", db_path.display()))?;
+            let spool = Spool::open(&spool_dir, fsync)
+                .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;
+            let now = now_ms();
+            let (removed, indexed, deleted) = spool
+                .reconcile(&store, now, now + quiet_ms)
+                .context("cannot reconcile the spool with the database")?;
+            if removed + indexed + deleted > 0 {
+                warn!(
+                    partial_removed = removed,
+                    unindexed_recovered = indexed,
+                    unreadable_deleted = deleted,
+                    "repaired the spool after an unclean stop"
+                );
+            }
+            store
+                .audit(
+                    now,
+                    "daemon_start",
+                    &serde_json::json!({
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "partial_removed": removed,
+                        "unindexed_recovered": indexed,
+                        "unreadable_deleted": deleted,
+                    })
+                    .to_string(),
+                )
+                .context("cannot write the audit log")?;
+            Ok((lock, store, spool))
+        })
+        .await??;
 
     let r = &settings.receiver;
     if r.allowed_calling_ae_titles.is_empty() {
@@ -126,6 +129,33 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;
     info!("stopped");
     Ok(())
+}
+
+/// Take an exclusive lock on the state directory for the life of the daemon: two
+/// daemons on one spool would delete each other's partial files at start-up and race
+/// their commits. The lock goes with the returned file (and with the process).
+fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("onfh-edge.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            anyhow::bail!(
+                "another onfh-edge is already using the state directory {}",
+                state_dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+    }
+    Ok(file)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

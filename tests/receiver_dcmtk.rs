@@ -72,6 +72,7 @@ fn a_three_series_study_arrives_completely_and_completes() {
     );
 
     // Pending until the quiet period (2 s here) passes, then complete, all three.
+    assert!(d.count("SELECT COUNT(*) FROM series_jobs WHERE state = 'collecting'") > 0);
     assert!(
         wait_until(Duration::from_secs(15), || d
             .count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'")
@@ -96,13 +97,35 @@ fn a_three_series_study_arrives_completely_and_completes() {
         3
     );
 
-    // A late new instance re-opens its series with a new generation, which completes again.
-    let late = mr_series(dir.path(), &study, 9, 1, 64);
-    let (log, ok) = storescu(d.port, &[], &[late[0].path.clone()]);
+    // A late instance of a completed series re-opens it (collecting, generation 2) and it
+    // completes again after the quiet period.
+    let late_path = dir.path().join("late.dcm");
+    let mut late = dicom_object::open_file(&all[20].path).unwrap();
+    let late_uid = new_uid();
+    late.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::SOP_INSTANCE_UID,
+        dicom_core::VR::UI,
+        dicom_core::PrimitiveValue::from(late_uid.as_str()),
+    ));
+    late.meta_mut().media_storage_sop_instance_uid = late_uid.clone();
+    late.write_to_file(&late_path).unwrap();
+    let (log, ok) = storescu(d.port, &[], &[late_path]);
     assert!(ok, "{log}");
-    assert!(wait_until(Duration::from_secs(15), || d.count(
-        "SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'"
-    ) == 4));
+    let job = |d: &Daemon| -> (String, i64) {
+        d.db()
+            .query_row(
+                "SELECT state, generation FROM series_jobs WHERE series_uid = ?1",
+                [&all[20].series_uid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(job(&d), ("collecting".to_string(), 2));
+    assert!(wait_until(Duration::from_secs(15), || job(&d).0 == "complete"));
+    assert_eq!(
+        d.count("SELECT COUNT(*) FROM series_jobs WHERE state = 'complete'"),
+        3
+    );
 
     // The human status output names the counts.
     let out = std::process::Command::new(BIN)
@@ -153,7 +176,7 @@ fn compressed_transfer_syntaxes_store_and_decode() {
     let profile_arg = profile.to_str().unwrap();
     // (tool making the fixture with its options, storescu options, expected syntax)
     type Case<'a> = (Option<(&'a str, Vec<&'a str>)>, Vec<&'a str>, &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             Some(("/usr/bin/dcmcrle", vec![])),
             vec!["-xr"],
@@ -168,6 +191,11 @@ fn compressed_transfer_syntaxes_store_and_decode() {
             Some(("/usr/bin/dcmcjpeg", vec!["+el"])),
             vec!["-xf", profile_arg, "P14ONLY"],
             "1.2.840.10008.1.2.4.57",
+        ),
+        (
+            Some(("/usr/bin/dcmconv", vec!["+tb"])),
+            vec![],
+            "1.2.840.10008.1.2.2",
         ),
         // Deflate happens on the wire: storescu compresses the plain file itself.
         (None, vec!["-xd"], "1.2.840.10008.1.2.1.99"),
@@ -247,5 +275,58 @@ fn instance_larger_than_the_memory_buffer_streams_to_disk_and_stores() {
         decode_u16(&d.state_dir().join("spool").join(file)),
         big[1].pixels
     );
+    d.assert_serving();
+}
+
+#[test]
+fn enhanced_mr_and_jpeg_2000_are_stored() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    // An instance of the Enhanced MR Image Storage class (the receiver does not interpret
+    // the IOD, only its identifiers and pixel data).
+    let emr = write_series(
+        dir.path(),
+        &SeriesSpec {
+            study_uid: &new_uid(),
+            series_number: 7,
+            description: "EMR",
+            count: 1,
+            rows: 64,
+            cols: 64,
+            sop_class_uid: dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE,
+        },
+    );
+    let (log, ok) = storescu(d.port, &[], &[emr[0].path.clone()]);
+    assert!(ok && stored_ok(&log).len() == 1, "{log}");
+    let class: String = d
+        .db()
+        .query_row("SELECT sop_class_uid FROM instances", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(class, dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE);
+
+    // JPEG 2000 lossless, sent as is (-xv proposes it), decodes to the uncompressed pixels.
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let j2k = fixtures.join("MR_small_jp2klossless.dcm");
+    assert_eq!(ts_of(&j2k), "1.2.840.10008.1.2.4.90");
+    let (log, ok) = storescu(d.port, &["-xv"], &[j2k.clone()]);
+    assert!(ok && stored_ok(&log).len() == 1, "{log}\n{}", d.log());
+    let file: String = d
+        .db()
+        .query_row(
+            "SELECT file_name FROM instances WHERE transfer_syntax_uid = '1.2.840.10008.1.2.4.90'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let stored = d.state_dir().join("spool").join(file);
+    let pixels = |p: &std::path::Path| -> Vec<i32> {
+        dicom_object::open_file(p)
+            .unwrap()
+            .decode_pixel_data()
+            .unwrap()
+            .to_vec::<i32>()
+            .unwrap()
+    };
+    assert_eq!(pixels(&stored), pixels(&fixtures.join("MR_small.dcm")));
     d.assert_serving();
 }

@@ -29,6 +29,8 @@ use super::dimse::{self, Command, status};
 use super::spool::{self, CommitError, Expected, InspectError, TempFile};
 use crate::store::{InsertOutcome, now_ms};
 
+/// Time allowed from connection to a complete A-ASSOCIATE-RQ.
+const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest command set accepted (a real one is a few hundred bytes).
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Data set bytes held in memory before they go to a spool file; most MR slices fit, so
@@ -37,12 +39,11 @@ const MEMORY_LIMIT: usize = 4 * 1024 * 1024;
 /// How often (in bytes written) the free-space floor is re-checked during one instance.
 const SPACE_CHECK_INTERVAL: u64 = 16 * 1024 * 1024;
 
-/// Access policy for one connection: called AE, calling AE allow-list, peer IP verdict.
+/// Access policy for one association: our called AE title and the calling-AE allow-list.
+/// (The peer-address allow-list is applied at accept time, before a slot is taken.)
 struct Policy {
     /// Calling AE titles admitted; empty admits any.
     calling: Vec<String>,
-    /// Whether the peer's IP passed the allow-list (decided before negotiation).
-    peer_ok: bool,
 }
 
 impl AccessControl for Policy {
@@ -59,9 +60,6 @@ impl AccessControl for Policy {
         let calling = calling_ae_title.trim();
         if !self.calling.is_empty() && !self.calling.iter().any(|a| a == calling) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        if !self.peer_ok {
-            return Err(AssociationRJServiceUserReason::NoReasonGiven);
         }
         Ok(())
     }
@@ -85,7 +83,7 @@ pub(super) async fn serve(
 ) {
     let span = tracing::info_span!("association", %peer);
     async move {
-        if let Err(e) = serve_inner(socket, peer, &shared, &shutdown).await {
+        if let Err(e) = serve_inner(socket, &shared, &shutdown).await {
             warn!("association ended with an error: {e:#}");
         }
     }
@@ -95,12 +93,10 @@ pub(super) async fn serve(
 
 async fn serve_inner(
     socket: TcpStream,
-    peer: SocketAddr,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
-    let peer_ok = settings.peer_allowed(peer.ip());
     // A second handle on the socket lets us answer a negotiation that dicom-ul gave up on
     // without answering (unparseable first PDU, timeout) with an A-ABORT.
     let std_socket = socket.into_std()?;
@@ -110,7 +106,6 @@ async fn serve_inner(
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(Policy {
             calling: settings.allowed_calling_ae_titles.clone(),
-            peer_ok,
         })
         .ae_title(settings.ae_title.clone())
         .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION)
@@ -125,20 +120,32 @@ async fn serve_inner(
         options = options.with_transfer_syntax(ts.clone());
     }
 
-    let mut assoc = match options.establish_async(socket).await {
-        Ok(a) => a,
-        Err(e) => {
+    // Negotiation gets its own short limit, so a silent connection cannot hold an
+    // association slot for the whole read timeout.
+    let limit = NEGOTIATION_TIMEOUT.min(settings.read_timeout);
+    let established = tokio::time::timeout(limit, options.establish_async(socket)).await;
+    let mut assoc = match established {
+        Ok(Ok(a)) => a,
+        Err(_) => {
+            warn!("no A-ASSOCIATE-RQ within {limit:?}; sending A-ABORT");
+            send_raw_abort(raw, AbortRQServiceProviderReason::ReasonNotSpecified).await;
+            return Ok(());
+        }
+        Ok(Err(e)) => {
             use dicom_ul::association::Error as E;
             match &e {
                 E::Rejected { association_rj, .. } => {
                     warn!(reason = %association_rj.source, "association rejected");
                 }
                 E::ConnectionClosed { .. } => debug!("peer closed before negotiating"),
-                E::UnexpectedPdu { .. } | E::UnknownPdu { .. } => {
-                    warn!("negotiation aborted: {e}");
+                // dicom-ul already answered these with A-ABORT. Only the PDU kind is
+                // logged: its content may carry patient data.
+                E::UnexpectedPdu { pdu, .. } => {
+                    warn!("negotiation aborted: unexpected {}", pdu_name(pdu));
                 }
+                E::UnknownPdu { .. } => warn!("negotiation aborted: unknown PDU type"),
                 _ => {
-                    warn!("negotiation failed, sending A-ABORT: {e}");
+                    warn!("negotiation failed, sending A-ABORT: {}", brief(&e));
                     send_raw_abort(raw, AbortRQServiceProviderReason::UnrecognizedPdu).await;
                 }
             }
@@ -191,6 +198,25 @@ async fn serve_inner(
     Ok(())
 }
 
+/// A dicom-ul error for the log, without any PDU content (which may carry patient data).
+fn brief(e: &dicom_ul::association::Error) -> String {
+    use dicom_ul::association::Error as E;
+    match e {
+        E::UnexpectedPdu { pdu, .. } => format!("unexpected {}", pdu_name(pdu)),
+        E::UnknownPdu { .. } => "unknown PDU type".into(),
+        other => {
+            let mut s = other.to_string();
+            let mut cur = std::error::Error::source(other);
+            while let Some(inner) = cur {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                cur = inner.source();
+            }
+            s
+        }
+    }
+}
+
 /// Write an A-ABORT on a socket that dicom-ul no longer owns.
 async fn send_raw_abort(raw: std::net::TcpStream, reason: AbortRQServiceProviderReason) {
     let mut buf = Vec::new();
@@ -206,30 +232,61 @@ async fn send_raw_abort(raw: std::net::TcpStream, reason: AbortRQServiceProvider
     }
 }
 
-/// Answer a connection we have no room for: read its A-ASSOCIATE-RQ, reply with a
-/// transient rejection (local limit exceeded), close.
-pub(super) async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, max_pdu: u32) {
+/// Why a connection is turned away before negotiation.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Turnaway {
+    /// Every association slot is taken: transient, so the scanner retries later.
+    Busy,
+    /// The peer's address is not on the allow-list: permanent.
+    PeerNotAllowed,
+}
+
+/// Answer a connection we will not serve: read its A-ASSOCIATE-RQ (small, strictly
+/// bounded, briefly), reply with A-ASSOCIATE-RJ, close.
+pub(super) async fn turn_away(mut socket: TcpStream, peer: SocketAddr, why: Turnaway) {
     let mut buf = bytes::BytesMut::new();
     let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, max_pdu, false),
+        std::time::Duration::from_secs(5),
+        dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, 64 * 1024, true),
     )
     .await;
-    if !matches!(read, Ok(Ok(Pdu::AssociationRQ(_)))) {
-        return;
-    }
-    let rj = Pdu::AssociationRJ(AssociationRJ {
-        result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+    let (result, source) = match why {
+        Turnaway::Busy => (
+            AssociationRJResult::Transient,
+            AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
         ),
-    });
+        Turnaway::PeerNotAllowed => (
+            AssociationRJResult::Permanent,
+            AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven),
+        ),
+    };
+    let calling = match read {
+        Ok(Ok(Pdu::AssociationRQ(rq))) => rq.calling_ae_title,
+        _ => {
+            warn!(%peer, reason = ?why, "connection closed without negotiation");
+            return;
+        }
+    };
     let mut out = Vec::new();
-    if dicom_ul::write_pdu(&mut out, &rj).is_ok() {
+    if dicom_ul::write_pdu(
+        &mut out,
+        &Pdu::AssociationRJ(AssociationRJ { result, source }),
+    )
+    .is_ok()
+    {
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(2), socket.write_all(&out)).await;
     }
-    warn!(%peer, "association rejected: too many associations at once (transient)");
+    match why {
+        Turnaway::Busy => {
+            warn!(%peer, calling_ae = %calling.trim(), "association rejected: too many associations at once (transient)")
+        }
+        Turnaway::PeerNotAllowed => {
+            warn!(%peer, calling_ae = %calling.trim(), "association rejected: peer address not in receiver.allowed_peers")
+        }
+    }
 }
 
 /// How the message loop ended.
@@ -340,7 +397,7 @@ async fn message_loop(
                     E::WireRead { .. } => End::Closed,
                     other => End::Abort(
                         AbortRQServiceProviderReason::UnrecognizedPdu,
-                        format!("unreadable PDU: {other}"),
+                        format!("unreadable PDU: {}", brief(&other)),
                     ),
                 };
             }
@@ -596,6 +653,18 @@ async fn on_command(
             message_id,
             has_data_set,
         } => {
+            if command_field == dimse::C_CANCEL_RQ {
+                // Nothing of ours can be cancelled mid-way (C-STORE is answered at once);
+                // C-CANCEL has no response.
+                debug!(message_id, "C-CANCEL ignored");
+                return Ok(());
+            }
+            if command_field & 0x8000 != 0 {
+                return Err(abort(
+                    AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    format!("unexpected response {command_field:#06x} from the requestor"),
+                ));
+            }
             warn!(
                 command_field = format!("{command_field:#06x}"),
                 "unsupported DIMSE command"

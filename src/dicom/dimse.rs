@@ -17,6 +17,8 @@ pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_ECHO_RQ: u16 = 0x0030;
 /// C-ECHO-RSP command field.
 pub const C_ECHO_RSP: u16 = 0x8030;
+/// C-CANCEL-RQ command field.
+pub const C_CANCEL_RQ: u16 = 0x0FFF;
 /// Command Data Set Type meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
 

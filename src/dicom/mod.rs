@@ -132,28 +132,35 @@ impl Receiver {
                 }
             };
             let _ = socket.set_nodelay(true);
-            match self.slots.clone().try_acquire_owned() {
+            // The address allow-list is applied before a slot is taken, so unknown hosts
+            // cannot crowd out the scanner.
+            let why = if !self.shared.settings.peer_allowed(peer.ip()) {
+                association::Turnaway::PeerNotAllowed
+            } else {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = self.shared.clone();
+                        let token = shutdown.clone();
+                        tracker.spawn(async move {
+                            association::serve(socket, peer, shared, token).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    Err(_) => association::Turnaway::Busy,
+                }
+            };
+            match self.reject_slots.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let shared = self.shared.clone();
-                    let token = shutdown.clone();
                     tracker.spawn(async move {
-                        association::serve(socket, peer, shared, token).await;
+                        association::turn_away(socket, peer, why).await;
                         drop(permit);
                     });
                 }
-                Err(_) => match self.reject_slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let max_pdu = self.shared.settings.max_pdu;
-                        tracker.spawn(async move {
-                            association::reject_busy(socket, peer, max_pdu).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, "too many connections; closing without answer");
-                        drop(socket);
-                    }
-                },
+                Err(_) => {
+                    tracing::warn!(%peer, reason = ?why, "too many connections being turned away; closing without answer");
+                    drop(socket);
+                }
             }
         }
         tracing::info!("receiver stopped accepting associations");

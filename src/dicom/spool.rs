@@ -140,15 +140,15 @@ pub fn file_name_for(sop_instance_uid: &str) -> String {
     format!("{}/{}.dcm", &hash[..2], hash)
 }
 
-/// Whether `s` is a syntactically valid DICOM UID (PS3.5 §9.1).
+/// Whether `s` looks like a DICOM UID: 1-64 characters, digits in dot-separated
+/// components. Leading zeros in a component (forbidden by PS3.5 §9.1, but sent by some
+/// scanners) are tolerated: file names are hashes, so this check guards the index, not the
+/// file system.
 pub fn is_valid_uid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.split('.').all(|c| {
-            !c.is_empty()
-                && c.bytes().all(|b| b.is_ascii_digit())
-                && (c == "0" || !c.starts_with('0'))
-        })
+        && s.split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The 128-byte preamble, `DICM`, and a file meta group for a received instance.
@@ -343,6 +343,7 @@ impl Spool {
         let (mut indexed, mut deleted) = (0, 0);
         for i in 0..=255u8 {
             let sub = format!("{i:02x}");
+            let deleted_before = deleted;
             for entry in fs::read_dir(self.root.join(&sub))? {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -374,8 +375,11 @@ impl Spool {
                     }
                 }
             }
+            if self.fsync && deleted > deleted_before {
+                sync_dir(&self.root.join(&sub))?;
+            }
         }
-        if self.fsync && (removed + deleted) > 0 {
+        if self.fsync && removed > 0 {
             sync_dir(&self.tmp)?;
         }
         Ok((removed, indexed, deleted))
@@ -608,7 +612,7 @@ mod tests {
     fn uid_syntax() {
         assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.4"));
         assert!(is_valid_uid("1.2.0.3"));
-        assert!(!is_valid_uid("1.2.03"));
+        assert!(is_valid_uid("1.2.03"), "leading zeros are tolerated");
         assert!(!is_valid_uid("1..2"));
         assert!(!is_valid_uid("../x"));
         assert!(!is_valid_uid(&"1".repeat(65)));

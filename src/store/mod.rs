@@ -1,9 +1,8 @@
 //! The SQLite database: schema, migrations, and every query the daemon makes.
 //!
-//! One file (`onfh-edge.sqlite3` in the state directory), WAL mode, `synchronous=NORMAL`:
-//! a commit survives a crash of the process, and the receiver answers C-STORE success only
-//! after the instance row is committed. A power cut may drop the last commits; instance
-//! rows are then rebuilt from the fsynced spool at start-up (`dicom::spool::Spool::reconcile`). Migrations are numbered and recorded in
+//! One file (`onfh-edge.sqlite3` in the state directory), WAL mode, `synchronous=FULL`:
+//! a commit is on the device when it returns, and the receiver answers C-STORE success only
+//! after the instance row is committed. Migrations are numbered and recorded in
 //! `PRAGMA user_version`; a database written by a newer build is refused rather than
 //! guessed at.
 //!
@@ -200,11 +199,9 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL: commits are atomic and survive a crash of the process; a power cut may
-        // lose the last commits before a checkpoint. That is safe for instance rows because
-        // the spool file is fsynced before success is sent and start-up reconciliation
-        // re-indexes any spool file without a row (see `dicom::spool`).
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: every commit is on the device before it returns, so an instance row is
+        // durable before the receiver answers success.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),

@@ -2,7 +2,6 @@
 #![allow(dead_code, unused_imports)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -13,15 +12,6 @@ pub use instances::*;
 pub const BIN: &str = env!("CARGO_BIN_EXE_onfh-edge");
 pub const STORESCU: &str = "/usr/bin/storescu";
 pub const ECHOSCU: &str = "/usr/bin/echoscu";
-
-/// A free loopback port (bound then released; the daemon binds it next).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The real daemon, started as a child process with its own state directory.
 pub struct Daemon {
@@ -43,10 +33,11 @@ impl Daemon {
     /// Start, ready once the port accepts TCP (for configurations that refuse our echo).
     pub fn start_tcp_ready(extra: &str) -> Daemon {
         let state = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // The daemon binds port 0 and logs the port it got; `spawn` reads it from there.
+        let port = 0;
         let config_path = state.path().join("test.toml");
         let config = format!(
-            "[receiver]\nlisten = \"127.0.0.1:{port}\"\nmin_free_bytes = 0\nread_timeout_secs = 10\n\n[storage]\nstate_dir = \"{}\"\n\n[series]\nquiet_period_secs = 2\n",
+            "[receiver]\nlisten = \"127.0.0.1:0\"\nmin_free_bytes = 0\nread_timeout_secs = 10\n\n[storage]\nstate_dir = \"{}\"\n\n[series]\nquiet_period_secs = 2\n",
             state.path().join("state").display()
         );
         let config = merge_toml(&config, extra);
@@ -69,6 +60,9 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .unwrap();
+        let log_start = std::fs::metadata(&self.log_path)
+            .map(|m| m.len())
+            .unwrap_or(0) as usize;
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -79,14 +73,22 @@ impl Daemon {
             .expect("start onfh-edge");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not listen:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.port = loop {
+            let log = self.log();
+            let fresh = log.get(log_start..).unwrap_or_default();
+            let port = fresh
+                .lines()
+                .filter(|l| l.contains(" receiving "))
+                .find_map(|l| l.split("address=127.0.0.1:").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|p| p.parse::<u16>().ok());
+            if let Some(p) = port {
+                break p;
+            }
+            assert!(self.alive(), "daemon exited:\n{log}");
+            assert!(Instant::now() < deadline, "daemon did not listen:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
     }
 
     /// Wait until C-ECHO succeeds.
