@@ -58,7 +58,7 @@ pub async fn run(
                 format!("cannot create state directory {}", state_dir.display())
             })?;
             let lock = lock_state_dir(&state_dir)?;
-            let store = Store::open(&db_path)
+            let store = Store::open_with(&db_path, fsync)
                 .with_context(|| format!("cannot open database {}", db_path.display()))?;
             let spool = Spool::open(&spool_dir, fsync)
                 .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;

@@ -308,7 +308,7 @@ fn enhanced_mr_and_jpeg_2000_are_stored() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let j2k = fixtures.join("MR_small_jp2klossless.dcm");
     assert_eq!(ts_of(&j2k), "1.2.840.10008.1.2.4.90");
-    let (log, ok) = storescu(d.port, &["-xv"], &[j2k.clone()]);
+    let (log, ok) = storescu(d.port, &["-xv"], std::slice::from_ref(&j2k));
     assert!(ok && stored_ok(&log).len() == 1, "{log}\n{}", d.log());
     let file: String = d
         .db()

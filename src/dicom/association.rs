@@ -1,12 +1,17 @@
 //! One association: negotiation, the DIMSE message loop, and its clean-up.
 //!
-//! The loop is a small state machine over P-DATA values: command fragments are gathered
-//! (capped at 64 KiB), decoded, and a C-STORE's data fragments are streamed straight into
-//! a spool temporary file — never held whole in memory — while their size is checked
-//! against the instance cap and the disk against its floor. When the last fragment
-//! arrives the file is fsynced, checked and committed off the async threads, and only then
-//! is the response sent. Any way the association ends (release, abort, timeout, garbage)
-//! removes a temporary file in flight.
+//! Negotiation has its own time limit (`NEGOTIATION_TIMEOUT`), separate from the read
+//! timeout, so a silent connection cannot sit on an association slot. After it, the loop
+//! is a small state machine over P-DATA values: command fragments are gathered (capped at
+//! 64 KiB), decoded, and a C-STORE's data fragments are gathered in memory up to
+//! `MEMORY_LIMIT` (4 MiB, most MR slices) and streamed into a spool temporary file beyond
+//! that — an instance is never held whole in memory — while its size is checked against the
+//! instance cap and the disk against its floor. When the last fragment arrives the data
+//! set is written, fsynced, checked and committed in one trip to the blocking pool, and
+//! only then is the response sent. Any way the association ends (release, abort, timeout,
+//! garbage) removes a temporary file in flight.
+//!
+//! Peer-supplied PDU content is never logged (it may carry patient data); only its kind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -191,6 +191,14 @@ pub struct SeriesRow {
 impl Store {
     /// Open (creating if needed) the database at `path` and bring it to the current schema.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// [`Store::open`], choosing whether commits wait for the device (`durable`, the
+    /// default) or only for the OS (`synchronous=NORMAL`: still atomic and crash-safe for
+    /// the process, but a power cut can drop the newest commits). Only a site that turned
+    /// `receiver.fsync` off gets the latter.
+    pub fn open_with(path: &Path, durable: bool) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent)?;
@@ -201,7 +209,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every commit is on the device before it returns, so an instance row is
         // durable before the receiver answers success.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let synchronous = if durable { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", synchronous)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
