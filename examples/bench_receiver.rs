@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release && cargo run --release --example bench_receiver -- [--instances 500] [--rounds 3]
 //! cargo run --release --example bench_receiver -- --generate-only DIR   # just write the files
+//! ... -- --with-storescp-as-shipped   # also storescp with Nagle on (slow: ~22 s a round)
 //! ```
 //!
 //! Prints the wall time of each storescu run, throughput, and the ratio to storescp.
@@ -17,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Args {
+    as_shipped: bool,
     generate_only: Option<PathBuf>,
     instances: usize,
     rounds: usize,
@@ -25,6 +27,7 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = Args {
+        as_shipped: false,
         generate_only: None,
         instances: 500,
         rounds: 3,
@@ -32,6 +35,10 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
+        if a == "--with-storescp-as-shipped" {
+            args.as_shipped = true;
+            continue;
+        }
         let v = it.next().unwrap_or_default();
         match a.as_str() {
             "--instances" => args.instances = v.parse().expect("--instances N"),
@@ -75,6 +82,7 @@ enum Peer {
     OnfhFsync,
     OnfhNoFsync,
     Storescp,
+    StorescpAsShipped,
 }
 
 impl Peer {
@@ -83,6 +91,7 @@ impl Peer {
             Peer::OnfhFsync => "onfh-edge (fsync on)",
             Peer::OnfhNoFsync => "onfh-edge (fsync off)",
             Peer::Storescp => "DCMTK storescp",
+            Peer::StorescpAsShipped => "storescp (Nagle on)",
         }
     }
 }
@@ -92,11 +101,13 @@ fn start(peer: Peer, bin: &Path, work: &Path, port: u16) -> (Child, String) {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     match peer {
-        Peer::Storescp => {
+        Peer::Storescp | Peer::StorescpAsShipped => {
             // Debian's DCMTK leaves Nagle's algorithm on unless TCP_NODELAY=1 is set, which
-            // costs a delayed-ACK wait (~40 ms) per response; give storescp its best setting.
+            // costs a delayed-ACK wait (~40 ms) per response. The baseline gets its best
+            // setting; the as-shipped row is shown only for what an integrator meets.
+            let nodelay = if peer == Peer::Storescp { "1" } else { "0" };
             let child = Command::new("/usr/bin/storescp")
-                .env("TCP_NODELAY", "1")
+                .env("TCP_NODELAY", nodelay)
                 .args(["-aet", "STORESCP", "-od"])
                 .arg(&out)
                 .arg(port.to_string())
@@ -215,7 +226,10 @@ fn main() {
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())
         .sum();
-    let peers = [Peer::Storescp, Peer::OnfhFsync, Peer::OnfhNoFsync];
+    let mut peers = vec![Peer::Storescp, Peer::OnfhFsync, Peer::OnfhNoFsync];
+    if args.as_shipped {
+        peers.push(Peer::StorescpAsShipped);
+    }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     for round in 0..args.rounds {
         for k in 0..peers.len() {
