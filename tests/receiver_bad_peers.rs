@@ -114,6 +114,16 @@ impl Raw {
     }
 }
 
+/// After a refusal: no partial file (given a moment to be removed), nothing stored, and the
+/// daemon still answers C-ECHO.
+fn assert_clean_and_serving(d: &mut Daemon) {
+    assert!(wait_until(Duration::from_secs(5), || d
+        .tmp_files()
+        .is_empty()));
+    assert_nothing_stored(d);
+    d.assert_serving();
+}
+
 fn assert_nothing_stored(d: &Daemon) {
     assert!(
         d.tmp_files().is_empty(),
@@ -249,11 +259,7 @@ fn abort_in_the_middle_of_a_store_leaves_nothing() {
         "{}",
         d.log()
     );
-    assert!(wait_until(Duration::from_secs(5), || d
-        .tmp_files()
-        .is_empty()));
-    assert_nothing_stored(&d);
-    d.assert_serving();
+    assert_clean_and_serving(&mut d);
 }
 
 #[test]
@@ -397,11 +403,7 @@ fn oversize_instance_on_disk_is_refused_and_its_partial_file_removed() {
     assert_eq!(status, 0xA700, "{comment:?}");
     assert!(comment.unwrap_or_default().contains("larger than"));
     r.a.release().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || d
-        .tmp_files()
-        .is_empty()));
-    assert_nothing_stored(&d);
-    d.assert_serving();
+    assert_clean_and_serving(&mut d);
 }
 
 #[test]
@@ -414,11 +416,7 @@ fn truncated_large_data_set_on_disk_is_refused_and_removed() {
     let (status, comment) = r.response();
     assert_eq!(status, 0xC000, "{comment:?}");
     r.a.release().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || d
-        .tmp_files()
-        .is_empty()));
-    assert_nothing_stored(&d);
-    d.assert_serving();
+    assert_clean_and_serving(&mut d);
 }
 
 #[test]
@@ -481,11 +479,7 @@ fn silent_peer_mid_transfer_is_aborted_and_cleaned_up() {
         matches!(reply, Ok(Pdu::AbortRQ { .. })),
         "expected A-ABORT after the read timeout, got {reply:?}"
     );
-    assert!(wait_until(Duration::from_secs(5), || d
-        .tmp_files()
-        .is_empty()));
-    assert_nothing_stored(&d);
-    d.assert_serving();
+    assert_clean_and_serving(&mut d);
 }
 
 #[test]
