@@ -51,6 +51,7 @@ pub async fn run(
     let db_path = settings.storage.database_path();
     let spool_dir = settings.storage.spool_dir();
     let fsync = settings.receiver.fsync;
+    let max_instance_bytes = settings.receiver.max_instance_bytes;
     let quiet_ms = settings.series.quiet_period.as_millis() as i64;
     let (_lock, store, spool) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(std::fs::File, Store, Spool)> {
@@ -60,7 +61,7 @@ pub async fn run(
             let lock = lock_state_dir(&state_dir)?;
             let store = Store::open_with(&db_path, fsync)
                 .with_context(|| format!("cannot open database {}", db_path.display()))?;
-            let spool = Spool::open(&spool_dir, fsync)
+            let spool = Spool::open(&spool_dir, fsync, max_instance_bytes)
                 .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;
             let now = now_ms();
             let (removed, indexed, deleted) = spool

@@ -250,8 +250,13 @@ pub(super) enum Turnaway {
 /// bounded, briefly), reply with A-ASSOCIATE-RJ, close.
 pub(super) async fn turn_away(mut socket: TcpStream, peer: SocketAddr, why: Turnaway) {
     let mut buf = bytes::BytesMut::new();
+    // A host that is not allowed gets less patience than a scanner told to retry.
+    let patience = match why {
+        Turnaway::Busy => std::time::Duration::from_secs(5),
+        Turnaway::PeerNotAllowed => std::time::Duration::from_secs(2),
+    };
     let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
+        patience,
         dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, 64 * 1024, true),
     )
     .await;
@@ -653,17 +658,19 @@ async fn on_command(
             };
             Ok(())
         }
+        Command::Cancel {
+            message_id_being_responded_to,
+        } => {
+            // Nothing of ours can be cancelled mid-way (a C-STORE is answered as soon as it
+            // is complete); C-CANCEL has no response.
+            debug!(message_id_being_responded_to, "C-CANCEL ignored");
+            Ok(())
+        }
         Command::Other {
             command_field,
             message_id,
             has_data_set,
         } => {
-            if command_field == dimse::C_CANCEL_RQ {
-                // Nothing of ours can be cancelled mid-way (C-STORE is answered at once);
-                // C-CANCEL has no response.
-                debug!(message_id, "C-CANCEL ignored");
-                return Ok(());
-            }
             if command_field & 0x8000 != 0 {
                 return Err(abort(
                     AbortRQServiceProviderReason::UnexpectedPduParameter,

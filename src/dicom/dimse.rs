@@ -58,6 +58,11 @@ pub enum Command {
         /// Whether a data set follows (it must, for a store).
         has_data_set: bool,
     },
+    /// C-CANCEL-RQ (no response is due).
+    Cancel {
+        /// The message it would cancel.
+        message_id_being_responded_to: u16,
+    },
     /// Any other command; we do not serve it.
     Other {
         /// Its command field.
@@ -141,6 +146,14 @@ pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
                 "Affected SOP Instance UID",
             )?,
             has_data_set,
+        }),
+        C_CANCEL_RQ => Ok(Command::Cancel {
+            message_id_being_responded_to: get_u16(
+                &obj,
+                tags::MESSAGE_ID_BEING_RESPONDED_TO,
+                "Message ID Being Responded To",
+            )
+            .unwrap_or(0),
         }),
         other => Ok(Command::Other {
             command_field: other,

@@ -75,8 +75,11 @@ pub struct Receiver {
     shared: Arc<Shared>,
     /// Bounds concurrent associations.
     slots: Arc<Semaphore>,
-    /// Bounds connections being turned away, so a flood cannot spawn without limit.
-    reject_slots: Arc<Semaphore>,
+    /// Bounds connections being turned away because all slots are taken.
+    busy_slots: Arc<Semaphore>,
+    /// Bounds connections being turned away for their address, separately, so that
+    /// disallowed hosts cannot keep the scanner from hearing "busy, retry".
+    stranger_slots: Arc<Semaphore>,
 }
 
 impl Receiver {
@@ -89,7 +92,8 @@ impl Receiver {
     ) -> Receiver {
         Receiver {
             slots: Arc::new(Semaphore::new(settings.max_associations)),
-            reject_slots: Arc::new(Semaphore::new(16)),
+            busy_slots: Arc::new(Semaphore::new(16)),
+            stranger_slots: Arc::new(Semaphore::new(16)),
             shared: Arc::new(Shared {
                 settings: settings.clone(),
                 quiet_period: series.quiet_period,
@@ -150,7 +154,11 @@ impl Receiver {
                     Err(_) => association::Turnaway::Busy,
                 }
             };
-            match self.reject_slots.clone().try_acquire_owned() {
+            let pool = match why {
+                association::Turnaway::Busy => &self.busy_slots,
+                association::Turnaway::PeerNotAllowed => &self.stranger_slots,
+            };
+            match pool.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tracker.spawn(async move {
                         association::turn_away(socket, peer, why).await;

@@ -22,6 +22,12 @@ use dicom_dictionary_std::StandardDataDictionary;
 
 /// Deepest sequence nesting accepted (real MR objects nest a handful of levels).
 pub const MAX_DEPTH: u32 = 16;
+/// Most elements plus items accepted in one data set. The parser keeps a map entry for
+/// each (about 100 bytes); an Enhanced MR with thousands of frames has a few hundred
+/// thousand.
+pub const MAX_ELEMENTS: u64 = 500_000;
+/// Most bytes accepted before Pixel Data: the part the parser holds in memory.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024 * 1024;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
@@ -55,11 +61,15 @@ impl Encoding {
                 big_endian: true,
                 deflated: false,
             },
-            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.8.1" => Encoding {
-                explicit: true,
-                big_endian: false,
-                deflated: true,
-            },
+            // Deflated Explicit VR LE, and the two JPIP Referenced Deflate syntaxes. (Deflated
+            // Image Frame Compression, 1.2.840.10008.1.2.8.1, deflates frames, not the data set.)
+            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" | "1.2.840.10008.1.2.4.202" => {
+                Encoding {
+                    explicit: true,
+                    big_endian: false,
+                    deflated: true,
+                }
+            }
             _ => Encoding {
                 explicit: true,
                 big_endian: false,
@@ -96,7 +106,9 @@ pub struct Summary {
 /// Walk a data set read from `r`.
 ///
 /// `total`: the data set's exact length when known (a file or buffer); `None` for a stream
-/// (a deflated data set), in which case at most `max_stream` bytes are read.
+/// (a deflated data set), in which case at most `max_stream` bytes are read. Beyond the
+/// length checks, the walk refuses more than [`MAX_ELEMENTS`] elements and items, and more
+/// than [`MAX_HEADER_BYTES`] before Pixel Data.
 pub fn check<R: Read>(
     r: R,
     encoding: Encoding,
@@ -109,6 +121,7 @@ pub fn check<R: Read>(
         enc: encoding,
         limit: total.unwrap_or(max_stream),
         has_pixel_data: false,
+        elements: 0,
     };
     w.elements(total, 0, false)?;
     Ok(Summary {
@@ -125,6 +138,8 @@ struct Walker<R> {
     limit: u64,
     /// Set when a top-level pixel data element is seen.
     has_pixel_data: bool,
+    /// Elements and items seen so far.
+    elements: u64,
 }
 
 impl<R: Read> Walker<R> {
@@ -146,7 +161,39 @@ impl<R: Read> Walker<R> {
             }
         }
         self.pos += got as u64;
+        self.bounded()?;
         Ok(true)
+    }
+
+    /// Refuse input beyond the limits that are not declared lengths: the stream limit
+    /// (headers count too, so a deflate bomb of empty elements stops) and the size of the
+    /// part before Pixel Data.
+    fn bounded(&self) -> Result<(), PrescanError> {
+        if self.pos > self.limit {
+            return Err(malformed(
+                self.pos,
+                format!("data set larger than {} bytes", self.limit),
+            ));
+        }
+        if !self.has_pixel_data && self.pos > MAX_HEADER_BYTES {
+            return Err(malformed(
+                self.pos,
+                format!("more than {MAX_HEADER_BYTES} bytes before Pixel Data"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Count an element or item.
+    fn count(&mut self) -> Result<(), PrescanError> {
+        self.elements += 1;
+        if self.elements > MAX_ELEMENTS {
+            return Err(malformed(
+                self.pos,
+                format!("more than {MAX_ELEMENTS} elements and items"),
+            ));
+        }
+        Ok(())
     }
 
     fn u16(&self, b: [u8; 2]) -> u16 {
@@ -184,6 +231,7 @@ impl<R: Read> Walker<R> {
     fn skip(&mut self, n: u64) -> Result<(), PrescanError> {
         let copied = io::copy(&mut (&mut self.r).take(n), &mut io::sink())?;
         self.pos += copied;
+        self.bounded()?;
         if copied < n {
             return Err(malformed(
                 self.pos,
@@ -241,6 +289,7 @@ impl<R: Read> Walker<R> {
                 ));
             }
             let (vr, len) = self.header()?;
+            self.count()?;
             if depth == 0
                 && !in_item
                 && tag.0 == 0x7FE0
@@ -337,6 +386,7 @@ impl<R: Read> Walker<R> {
             };
             let at = self.pos - 4;
             let len = self.len32()?;
+            self.count()?;
             match tag {
                 SEQ_END if end.is_none() => return Ok(()),
                 ITEM if len == UNDEFINED => self.elements(None, depth, true)?,
@@ -487,6 +537,26 @@ mod tests {
         assert!(ok(&cmd, IMPLICIT).is_err());
         // A stream with no known total is bounded by `max_stream`.
         assert!(check(&ds[..], EXPLICIT, None, 64).is_err());
+    }
+
+    #[test]
+    fn many_empty_elements_are_bounded_by_the_stream_limit_and_count() {
+        // Zero-length elements: no declared length to catch, only the byte and count limits.
+        let one = explicit_short((0x0009, 0x0010), b"LO", b"");
+        let ds: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+        assert!(
+            check(&ds[..], EXPLICIT, None, 4000).is_err(),
+            "stream limit"
+        );
+        assert!(check(&ds[..], EXPLICIT, None, 1 << 20).is_ok());
+        let many: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * (MAX_ELEMENTS as usize + 1))
+            .collect();
+        let e = check(&many[..], EXPLICIT, None, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("elements and items"), "{e}");
     }
 
     #[test]

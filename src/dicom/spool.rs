@@ -19,7 +19,7 @@
 //! file was refused ([`InspectError`]).
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,6 +47,8 @@ pub struct Spool {
     fsync: bool,
     /// Counter for unique temporary names within this process.
     counter: AtomicU64,
+    /// Largest decoded (inflated) data set accepted: the instance size cap.
+    max_inflated: u64,
 }
 
 /// A file being received.
@@ -75,6 +77,8 @@ pub struct Expected {
 /// Identifying attributes read back from a received file.
 #[derive(Debug, Clone)]
 pub struct InstanceInfo {
+    /// Source AE title recorded in the file meta (who sent it), if any.
+    pub source_ae_title: Option<String>,
     /// Index row to write.
     pub row: NewInstance,
 }
@@ -175,8 +179,9 @@ pub fn file_header(
 }
 
 impl Spool {
-    /// Create (if needed) the spool layout under `root`.
-    pub fn open(root: &Path, fsync: bool) -> io::Result<Spool> {
+    /// Create (if needed) the spool layout under `root`. `max_instance_bytes` also bounds a
+    /// deflated data set once inflated.
+    pub fn open(root: &Path, fsync: bool, max_instance_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(root)?;
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
@@ -193,6 +198,7 @@ impl Spool {
             tmp,
             fsync,
             counter: AtomicU64::new(0),
+            max_inflated: max_instance_bytes,
         })
     }
 
@@ -292,8 +298,8 @@ impl Spool {
         due_ms: i64,
     ) -> Result<InsertOutcome, CommitError> {
         let mut info = match content {
-            Some(bytes) => inspect_bytes(bytes)?,
-            None => inspect(tmp)?,
+            Some(bytes) => inspect_bytes(bytes, self.max_inflated)?,
+            None => inspect(tmp, self.max_inflated)?,
         };
         check_against(&info, expected)?;
         let file_name = file_name_for(&info.row.sop_instance_uid);
@@ -357,13 +363,14 @@ impl Spool {
                     Err(e) => return Err(io::Error::other(e)),
                 }
                 let path = entry.path();
-                let ok = inspect(&path)
+                let ok = inspect(&path, self.max_inflated)
                     .ok()
                     .filter(|info| file_name_for(&info.row.sop_instance_uid) == rel);
                 match ok {
                     Some(mut info) => {
                         info.row.file_name = rel.clone();
-                        info.row.calling_ae_title = source_ae_title(&path).unwrap_or_default();
+                        info.row.calling_ae_title =
+                            info.source_ae_title.clone().unwrap_or_default();
                         store
                             .insert_instance(&info.row, now_ms, due_ms)
                             .map_err(io::Error::other)?;
@@ -386,16 +393,6 @@ impl Spool {
     }
 }
 
-fn source_ae_title(path: &Path) -> Option<String> {
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PATIENT_NAME)
-        .open_file(path)
-        .ok()?;
-    obj.meta()
-        .source_application_entity_title()
-        .map(|s| s.trim().to_string())
-}
-
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
     obj.element_opt(tag)
         .ok()
@@ -405,37 +402,64 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Largest inflated size walked for a Deflated data set: a deflate bomb stops here.
-const MAX_INFLATED: u64 = 1 << 30;
-
 /// Tag before which parsing stops: the first pixel data element (Float Pixel Data).
 const BEFORE_PIXELS: dicom_core::Tag = dicom_core::Tag(0x7FE0, 0x0008);
 
-/// Read the file meta group from `r` (positioned at the start of the file); returns the
-/// table and the offset of the data set.
-fn read_meta<R: Read>(r: &mut R) -> Result<(FileMetaTable, u64), InspectError> {
-    let mut preamble = [0u8; 128];
-    r.read_exact(&mut preamble)
-        .map_err(|_| InspectError::Unparseable("shorter than a file header".into()))?;
-    let meta = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        FileMetaTable::from_reader(&mut *r)
-    }))
-    .map_err(|_| InspectError::Unparseable("the file meta parser panicked".into()))?
-    .map_err(|e| InspectError::Unparseable(format!("file meta: {}", error_chain(&e))))?;
-    // Preamble, "DICM", the (0002,0000) element (12 bytes), then the rest of group 2.
-    let offset = 128 + 4 + 12 + u64::from(meta.information_group_length);
-    Ok((meta, offset))
+/// Largest file meta group accepted (a real one is a few hundred bytes).
+const MAX_META_GROUP: u64 = 64 * 1024;
+
+/// Read the file meta group from `r` (positioned at the start of a file of `file_len`
+/// bytes); returns the table and the offset of the data set.
+///
+/// The group is checked before the dicom-rs meta parser sees it: it must open with its
+/// (0002,0000) group length, be at most 64 KiB and inside the file, and its elements must
+/// walk cleanly as Explicit VR Little Endian ending exactly at the group's end — so the
+/// parser can neither allocate a forged length nor stop anywhere but at the data set.
+fn read_meta<R: Read>(r: &mut R, file_len: u64) -> Result<(FileMetaTable, u64), InspectError> {
+    let bad = |why: &str| InspectError::Unparseable(format!("file meta: {why}"));
+    let mut head = [0u8; 144];
+    r.read_exact(&mut head)
+        .map_err(|_| bad("shorter than a file header"))?;
+    if &head[128..132] != b"DICM" {
+        return Err(bad("no DICM prefix"));
+    }
+    if head[132..140] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
+        return Err(bad("does not open with its group length"));
+    }
+    let group_len = u64::from(u32::from_le_bytes([
+        head[140], head[141], head[142], head[143],
+    ]));
+    if group_len > MAX_META_GROUP || 144 + group_len > file_len {
+        return Err(bad("group length out of bounds"));
+    }
+    let mut bytes = Vec::with_capacity(16 + group_len as usize);
+    bytes.extend_from_slice(&head[128..144]);
+    bytes.resize(16 + group_len as usize, 0);
+    r.read_exact(&mut bytes[16..])
+        .map_err(|_| bad("shorter than its group length"))?;
+    let explicit_le = prescan::Encoding::of("1.2.840.10008.1.2.1");
+    prescan::check(&bytes[16..], explicit_le, Some(group_len), group_len)
+        .map_err(|e| bad(&e.to_string()))?;
+    let meta = std::panic::catch_unwind(|| FileMetaTable::from_reader(&bytes[..]))
+        .map_err(|_| bad("the parser panicked"))?
+        .map_err(|e| bad(&error_chain(&e)))?;
+    Ok((meta, 144 + group_len))
 }
 
 /// Walk the data set structure (see [`prescan`]); `r` is positioned at the data set.
-fn walk<R: Read>(r: R, meta: &FileMetaTable, total: u64) -> Result<prescan::Summary, InspectError> {
+fn walk<R: Read>(
+    r: R,
+    meta: &FileMetaTable,
+    total: u64,
+    max_inflated: u64,
+) -> Result<prescan::Summary, InspectError> {
     let encoding = prescan::Encoding::of(meta.transfer_syntax());
     let result = if encoding.deflated {
         prescan::check(
             flate2::read::DeflateDecoder::new(r),
             encoding,
             None,
-            MAX_INFLATED,
+            max_inflated,
         )
     } else {
         prescan::check(r, encoding, Some(total), total)
@@ -456,55 +480,49 @@ fn walk<R: Read>(r: R, meta: &FileMetaTable, total: u64) -> Result<prescan::Summ
 
 /// Check a received file and read what identifies it.
 ///
-/// The data set's structure is walked first ([`prescan`]): truncation, forged lengths and
-/// runaway nesting are refused there, without allocating what a header claims. Only then
-/// does the DICOM parser read the attributes before Pixel Data — so memory stays small
-/// whatever the instance size, and a crafted file cannot exhaust it. A parser panic is
-/// caught and reported as an unparseable data set.
-pub fn inspect(path: &Path) -> Result<InstanceInfo, InspectError> {
+/// The data set's structure is walked first ([`prescan`]): truncation, forged lengths,
+/// runaway nesting and oversized headers are refused there, without allocating what a
+/// header claims. Only then does the DICOM parser read the attributes before Pixel Data —
+/// so memory is bounded by the prescan's limits (64 MiB before Pixel Data, 500 000
+/// elements), not by the instance size or by what a header says. A parser panic is caught
+/// and reported as an unparseable data set.
+pub fn inspect(path: &Path, max_inflated: u64) -> Result<InstanceInfo, InspectError> {
     let size = fs::metadata(path)?.len();
     let mut f = io::BufReader::with_capacity(64 * 1024, File::open(path)?);
-    let (meta, offset) = read_meta(&mut f)?;
-    if offset > size {
-        return Err(InspectError::Unparseable(
-            "file meta runs past the end of the file".into(),
-        ));
-    }
-    f.seek(io::SeekFrom::Start(offset))?;
-    walk(&mut f, &meta, size - offset)?;
+    let (meta, offset) = read_meta(&mut f, size)?;
+    walk(&mut f, &meta, size - offset, max_inflated)?;
     describe(
         std::panic::catch_unwind(|| {
             OpenFileOptions::new()
                 .read_until(BEFORE_PIXELS)
                 .open_file(path)
         }),
+        &meta,
         size,
     )
 }
 
 /// [`inspect`] for a file held in memory (preamble included).
-pub fn inspect_bytes(bytes: &[u8]) -> Result<InstanceInfo, InspectError> {
+pub fn inspect_bytes(bytes: &[u8], max_inflated: u64) -> Result<InstanceInfo, InspectError> {
     let mut cursor = io::Cursor::new(bytes);
-    let (meta, offset) = read_meta(&mut cursor)?;
-    let data = usize::try_from(offset)
-        .ok()
-        .and_then(|o| bytes.get(o..))
-        .ok_or_else(|| {
-            InspectError::Unparseable("file meta runs past the end of the file".into())
-        })?;
-    walk(data, &meta, data.len() as u64)?;
+    let (meta, offset) = read_meta(&mut cursor, bytes.len() as u64)?;
+    // read_meta checked that the group ends inside the buffer.
+    let data = &bytes[offset as usize..];
+    walk(data, &meta, data.len() as u64, max_inflated)?;
     describe(
         std::panic::catch_unwind(|| {
             OpenFileOptions::new()
                 .read_until(BEFORE_PIXELS)
                 .from_reader(&bytes[128..])
         }),
+        &meta,
         bytes.len() as u64,
     )
 }
 
 fn describe(
     opened: std::thread::Result<Result<DefaultDicomObject, dicom_object::ReadError>>,
+    meta: &FileMetaTable,
     size_bytes: u64,
 ) -> Result<InstanceInfo, InspectError> {
     let obj = match opened {
@@ -529,6 +547,9 @@ fn describe(
         }
     }
     Ok(InstanceInfo {
+        source_ae_title: meta
+            .source_application_entity_title()
+            .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string()),
         row: NewInstance {
             sop_instance_uid,
             sop_class_uid,
