@@ -17,5 +17,6 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dicom;
+pub mod phantom;
 pub mod store;
 pub mod synth;

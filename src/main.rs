@@ -40,6 +40,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write synthetic hip MRI studies (DICOM series + truth.json) for tests, demo and training.
+    Phantom {
+        /// Output folder (one sub-folder per study).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Number of studies.
+        #[arg(long, default_value_t = 1)]
+        studies: usize,
+        /// Seed of the first study; study i uses seed + i.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Validate a configuration and print the effective settings.
     CheckConfig {
         /// Site configuration (TOML) applied over the embedded defaults.
@@ -84,6 +96,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { config, json } => {
             let settings = load(config.as_deref())?;
             status(&settings, json)
+        }
+        Cmd::Phantom { out, studies, seed } => {
+            let truths = onfh_edge::phantom::generate(&out, studies, seed)?;
+            for t in &truths {
+                let heads: Vec<String> = t
+                    .heads
+                    .iter()
+                    .map(|h| format!("{} stage {}", h.side, h.stage.label()))
+                    .collect();
+                println!(
+                    "seed {:>6}  {:<20} {} series  {}",
+                    t.seed,
+                    t.scanner,
+                    t.series.len(),
+                    heads.join(", ")
+                );
+            }
+            println!(
+                "{} studies written to {} ({})",
+                truths.len(),
+                out.display(),
+                onfh_edge::phantom::DISCLAIMER
+            );
+            Ok(())
         }
         Cmd::CheckConfig { config } => {
             let settings = load(config.as_deref())?;

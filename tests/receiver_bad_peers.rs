@@ -147,10 +147,9 @@ fn wrong_called_ae_is_rejected() {
     assert!(text.contains("Called AE Title Not Recognized"), "{text}");
     // The rejection reaches the peer before the daemon logs it: give the log a moment.
     assert!(
-        wait_until(Duration::from_secs(5), || d
-            .log()
-            .lines()
-            .any(|l| l.contains("association rejected") && l.contains("peer=127.0.0.1"))),
+        wait_until(Duration::from_secs(5), || d.log().lines().any(|l| l
+            .contains("association rejected")
+            && l.contains("peer=127.0.0.1"))),
         "rejection must be logged with the peer address:\n{}",
         d.log()
     );
