@@ -20,3 +20,4 @@ pub mod dicom;
 pub mod phantom;
 pub mod store;
 pub mod synth;
+pub mod volume;

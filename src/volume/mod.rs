@@ -1,0 +1,76 @@
+//! From DICOM files to a 3D volume in patient space.
+//!
+//! - `scan`: read the headers of a set of files, group instances into series, and describe
+//!   each series (description, sequence, timing, image type, orientation, slice count).
+//! - `select`: choose the T2-weighted series to analyse by configurable rules and record
+//!   why every other series was passed over.
+//! - `assemble`: decode one series into a volume — slices ordered by their position along
+//!   the slice normal (never by Instance Number), spacing checked, rescale applied — with the
+//!   voxel-to-patient (LPS mm) affine.
+//!
+//! This module reads files and computes; it never touches the network or the database.
+
+pub mod assemble;
+pub mod scan;
+pub mod select;
+
+pub use assemble::{Volume, VolumeError, assemble, assemble_files};
+pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
+pub use select::{Rules, Selection, SeriesVerdict, Verdict, select};
+
+/// A 3-vector of f64 (patient millimetres or directions).
+pub type V3 = [f64; 3];
+
+/// Slice orientation, from the slice normal's dominant patient axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plane {
+    /// Normal mostly along y (anterior-posterior).
+    Coronal,
+    /// Normal mostly along z (inferior-superior).
+    Axial,
+    /// Normal mostly along x (right-left).
+    Sagittal,
+}
+
+impl Plane {
+    /// The plane of a slice with row direction `row` and column direction `col`.
+    pub fn of(row: V3, col: V3) -> Plane {
+        let n = cross(row, col);
+        let (ax, ay, az) = (n[0].abs(), n[1].abs(), n[2].abs());
+        if az >= ax && az >= ay {
+            Plane::Axial
+        } else if ay >= ax {
+            Plane::Coronal
+        } else {
+            Plane::Sagittal
+        }
+    }
+}
+
+pub(crate) fn cross(a: V3, b: V3) -> V3 {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
+pub(crate) fn dot(a: V3, b: V3) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_from_orientation() {
+        assert_eq!(Plane::of([1.0, 0.0, 0.0], [0.0, 0.0, -1.0]), Plane::Coronal);
+        assert_eq!(Plane::of([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]), Plane::Axial);
+        assert_eq!(
+            Plane::of([0.0, 1.0, 0.0], [0.0, 0.0, -1.0]),
+            Plane::Sagittal
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Reading headers and grouping instances into series.
+//!
+//! Only the attributes before Pixel Data are read here, so scanning a study is cheap;
+//! pixel data is decoded later, for the one series that is assembled. Files that are not
+//! DICOM are skipped and counted, never fatal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+
+use super::{Plane, V3};
+
+/// What the scan knows about one instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The file.
+    pub path: PathBuf,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Instance Number, if present (informative only; never used to order slices).
+    pub instance_number: Option<i64>,
+    /// Image Position (Patient).
+    pub position: Option<V3>,
+    /// Row and column direction cosines from Image Orientation (Patient).
+    pub orientation: Option<(V3, V3)>,
+    /// Number of frames (1 for classic images).
+    pub frames: u32,
+}
+
+/// One series and the attributes the selection rules look at.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Accession Number.
+    pub accession_number: Option<String>,
+    /// Series Number.
+    pub number: Option<i64>,
+    /// Series Description.
+    pub description: String,
+    /// Protocol Name.
+    pub protocol: String,
+    /// Modality.
+    pub modality: String,
+    /// SOP Class UID (of the first instance).
+    pub sop_class_uid: String,
+    /// Image Type values, upper case.
+    pub image_type: Vec<String>,
+    /// Scanning Sequence values.
+    pub scanning_sequence: Vec<String>,
+    /// Scan Options values.
+    pub scan_options: Vec<String>,
+    /// Repetition Time (ms).
+    pub repetition_time: Option<f64>,
+    /// Echo Time (ms).
+    pub echo_time: Option<f64>,
+    /// The instances.
+    pub instances: Vec<Instance>,
+}
+
+impl Series {
+    /// The planes of the instances (one entry per distinct plane).
+    pub fn planes(&self) -> Vec<Plane> {
+        let mut out: Vec<Plane> = Vec::new();
+        for i in &self.instances {
+            if let Some((r, c)) = i.orientation {
+                let p = Plane::of(r, c);
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of slices (frames across instances).
+    pub fn slices(&self) -> usize {
+        self.instances
+            .iter()
+            .map(|i| i.frames.max(1) as usize)
+            .sum()
+    }
+}
+
+/// Result of scanning a set of files.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    /// Series found, ordered by series number then UID.
+    pub series: Vec<Series>,
+    /// Files that are not readable DICOM.
+    pub skipped: usize,
+}
+
+/// All regular files under the given paths (folders are searched recursively), sorted.
+pub fn collect_files(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for root in roots {
+        walk(root, &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(p)?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            walk(&e?.path(), out)?;
+        }
+    } else if meta.is_file() {
+        out.push(p.to_owned());
+    }
+    Ok(())
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn multi(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Vec<String> {
+    text(obj, tag)
+        .map(|s| s.split('\\').map(|v| v.trim().to_uppercase()).collect())
+        .unwrap_or_default()
+}
+
+fn floats(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
+}
+
+/// Read the headers of `files` and group them into series. Unreadable files are counted
+/// in `skipped`.
+pub fn scan_files(files: &[PathBuf]) -> ScanReport {
+    let mut by_series: BTreeMap<String, Series> = BTreeMap::new();
+    let mut skipped = 0;
+    for path in files {
+        let opened = std::panic::catch_unwind(|| {
+            OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .open_file(path)
+        });
+        let Ok(Ok(obj)) = opened else {
+            skipped += 1;
+            continue;
+        };
+        let (Some(series_uid), Some(sop)) = (
+            text(&obj, tags::SERIES_INSTANCE_UID),
+            text(&obj, tags::SOP_INSTANCE_UID),
+        ) else {
+            skipped += 1;
+            continue;
+        };
+        let position = floats(&obj, tags::IMAGE_POSITION_PATIENT)
+            .filter(|v| v.len() == 3)
+            .map(|v| [v[0], v[1], v[2]]);
+        let orientation = floats(&obj, tags::IMAGE_ORIENTATION_PATIENT)
+            .filter(|v| v.len() == 6)
+            .map(|v| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]));
+        let instance = Instance {
+            path: path.clone(),
+            sop_instance_uid: sop,
+            instance_number: text(&obj, tags::INSTANCE_NUMBER).and_then(|s| s.parse().ok()),
+            position,
+            orientation,
+            frames: text(&obj, tags::NUMBER_OF_FRAMES)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
+        };
+        let entry = by_series
+            .entry(series_uid.clone())
+            .or_insert_with(|| Series {
+                series_uid,
+                study_uid: text(&obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+                accession_number: text(&obj, tags::ACCESSION_NUMBER),
+                number: text(&obj, tags::SERIES_NUMBER).and_then(|s| s.parse().ok()),
+                description: text(&obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
+                protocol: text(&obj, tags::PROTOCOL_NAME).unwrap_or_default(),
+                modality: text(&obj, tags::MODALITY).unwrap_or_default(),
+                sop_class_uid: text(&obj, tags::SOP_CLASS_UID).unwrap_or_default(),
+                image_type: multi(&obj, tags::IMAGE_TYPE),
+                scanning_sequence: multi(&obj, tags::SCANNING_SEQUENCE),
+                scan_options: multi(&obj, tags::SCAN_OPTIONS),
+                repetition_time: floats(&obj, tags::REPETITION_TIME)
+                    .and_then(|v| v.first().copied()),
+                echo_time: floats(&obj, tags::ECHO_TIME).and_then(|v| v.first().copied()),
+                instances: Vec::new(),
+            });
+        entry.instances.push(instance);
+    }
+    let mut series: Vec<Series> = by_series.into_values().collect();
+    series.sort_by(|a, b| {
+        a.number
+            .cmp(&b.number)
+            .then(a.series_uid.cmp(&b.series_uid))
+    });
+    ScanReport { series, skipped }
+}

@@ -1,0 +1,286 @@
+//! Choosing the T2-weighted series to analyse, with a reason for every other series.
+//!
+//! A series is usable when it is MR, not a localizer or derived image, identified as
+//! T2-weighted (by its description or protocol, or by its timing), has timing inside the
+//! T2 ranges when timing is present, holds one orientation, and has enough slices. Among
+//! usable series the preferred orientation wins (coronal first, as the paper), then the
+//! one with more slices, then the lower series number. Rules are data (`Rules`), with
+//! defaults that fit common vendor naming.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Plane, Series};
+
+/// Selection rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// Case-insensitive words in description or protocol that mark a T2-weighted series.
+    pub include: Vec<String>,
+    /// Case-insensitive words that mark a series as something else (checked first).
+    pub exclude: Vec<String>,
+    /// Repetition time range for T2 weighting (ms).
+    pub repetition_time_ms: [f64; 2],
+    /// Echo time range for T2 weighting (ms).
+    pub echo_time_ms: [f64; 2],
+    /// Fewest slices for a usable volume.
+    pub min_slices: usize,
+    /// Orientations in order of preference; one not listed is not usable.
+    pub orientations: Vec<Plane>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            include: vec!["t2".into()],
+            exclude: vec![
+                "loc".into(),
+                "survey".into(),
+                "scout".into(),
+                "3-pl".into(),
+                "t1".into(),
+                "pd".into(),
+                "dwi".into(),
+                "adc".into(),
+            ],
+            repetition_time_ms: [1500.0, 12000.0],
+            echo_time_ms: [50.0, 200.0],
+            min_slices: 12,
+            orientations: vec![Plane::Coronal, Plane::Axial, Plane::Sagittal],
+        }
+    }
+}
+
+/// What the selection decided about one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The series to analyse.
+    Chosen,
+    /// Usable, but another was preferred (why).
+    Passed(String),
+    /// Not usable (why).
+    Rejected(String),
+}
+
+/// One series and its verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeriesVerdict {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Series Number.
+    pub number: Option<i64>,
+    /// Series Description.
+    pub description: String,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// The outcome of selection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Selection {
+    /// Index (into the scanned series) of the chosen one, if any.
+    pub chosen: Option<usize>,
+    /// A verdict per scanned series, in scan order.
+    pub verdicts: Vec<SeriesVerdict>,
+}
+
+fn words_match(text: &str, words: &[String]) -> Option<String> {
+    let t = text.to_lowercase();
+    words
+        .iter()
+        .find(|w| {
+            let w = w.to_lowercase();
+            // A word matches where a word starts, so "loc" does not match "block", while
+            // "t2" still matches "T2W_TSE" and "loc" matches "localizer".
+            t.match_indices(&w).any(|(i, _)| {
+                !t[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+            })
+        })
+        .cloned()
+}
+
+/// Why a series is not usable, or None when it is.
+fn unusable(s: &Series, rules: &Rules) -> Option<String> {
+    if s.modality != "MR" {
+        return Some(format!("modality {:?} is not MR", s.modality));
+    }
+    if s.image_type.iter().any(|v| v == "LOCALIZER") {
+        return Some("localizer (Image Type)".into());
+    }
+    if s.image_type.first().is_some_and(|v| v == "DERIVED")
+        || s.image_type.get(1).is_some_and(|v| v == "SECONDARY")
+    {
+        return Some("derived or secondary image (Image Type)".into());
+    }
+    let name = format!("{} {}", s.description, s.protocol);
+    if let Some(w) = words_match(&name, &rules.exclude) {
+        return Some(format!("description {:?} says {w:?}", s.description));
+    }
+    let timing = match (s.repetition_time, s.echo_time) {
+        (Some(tr), Some(te)) => Some((tr, te)),
+        _ => None,
+    };
+    if let Some((tr, te)) = timing {
+        let [tr0, tr1] = rules.repetition_time_ms;
+        let [te0, te1] = rules.echo_time_ms;
+        if !(tr0..=tr1).contains(&tr) || !(te0..=te1).contains(&te) {
+            return Some(format!(
+                "TR {tr} ms / TE {te} ms is not T2 weighting (TR {tr0}-{tr1}, TE {te0}-{te1})"
+            ));
+        }
+    }
+    if words_match(&name, &rules.include).is_none() && timing.is_none() {
+        return Some("not identified as T2-weighted (no matching name, no timing)".into());
+    }
+    let planes = s.planes();
+    match planes.as_slice() {
+        [] => return Some("no Image Orientation (Patient)".into()),
+        [p] if !rules.orientations.contains(p) => {
+            return Some(format!("{p:?} orientation is not allowed"));
+        }
+        [_] => {}
+        _ => return Some("mixed orientations".into()),
+    }
+    if s.slices() < rules.min_slices {
+        return Some(format!(
+            "only {} slices (at least {})",
+            s.slices(),
+            rules.min_slices
+        ));
+    }
+    None
+}
+
+/// Choose the series to analyse.
+pub fn select(series: &[Series], rules: &Rules) -> Selection {
+    let verdicts_raw: Vec<Option<String>> = series.iter().map(|s| unusable(s, rules)).collect();
+    let rank = |s: &Series| {
+        let plane = s.planes()[0];
+        let pref = rules
+            .orientations
+            .iter()
+            .position(|p| *p == plane)
+            .unwrap_or(usize::MAX);
+        (
+            pref,
+            std::cmp::Reverse(s.slices()),
+            s.number.unwrap_or(i64::MAX),
+        )
+    };
+    let chosen = series
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| verdicts_raw[*i].is_none())
+        .min_by_key(|(_, s)| rank(s))
+        .map(|(i, _)| i);
+    let verdicts = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SeriesVerdict {
+            series_uid: s.series_uid.clone(),
+            number: s.number,
+            description: s.description.clone(),
+            verdict: match (&verdicts_raw[i], chosen) {
+                (Some(why), _) => Verdict::Rejected(why.clone()),
+                (None, Some(c)) if c == i => Verdict::Chosen,
+                (None, Some(c)) => Verdict::Passed(format!(
+                    "usable, but series {} ({}) is preferred",
+                    series[c].number.map(|n| n.to_string()).unwrap_or_default(),
+                    series[c].description
+                )),
+                (None, None) => unreachable!("a usable series means something was chosen"),
+            },
+        })
+        .collect();
+    Selection { chosen, verdicts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Instance;
+
+    fn series(desc: &str, tr: f64, te: f64, row: [f64; 3], col: [f64; 3], n: usize) -> Series {
+        Series {
+            series_uid: format!("1.2.{}", desc.len()),
+            study_uid: "1.2".into(),
+            accession_number: None,
+            number: Some(n as i64),
+            description: desc.into(),
+            protocol: String::new(),
+            modality: "MR".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            image_type: vec!["ORIGINAL".into(), "PRIMARY".into()],
+            scanning_sequence: vec![],
+            scan_options: vec![],
+            repetition_time: Some(tr),
+            echo_time: Some(te),
+            instances: (0..n)
+                .map(|k| Instance {
+                    path: format!("/x/{k}").into(),
+                    sop_instance_uid: format!("1.3.{k}"),
+                    instance_number: Some(k as i64),
+                    position: Some([0.0, k as f64, 0.0]),
+                    orientation: Some((row, col)),
+                    frames: 1,
+                })
+                .collect(),
+        }
+    }
+
+    const COR: ([f64; 3], [f64; 3]) = ([1.0, 0.0, 0.0], [0.0, 0.0, -1.0]);
+    const AX: ([f64; 3], [f64; 3]) = ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]);
+
+    #[test]
+    fn coronal_t2_wins_and_everything_else_has_a_reason() {
+        let all = vec![
+            series("localizer", 8.0, 4.0, COR.0, COR.1, 3),
+            series("t1_tse_cor", 550.0, 12.0, COR.0, COR.1, 20),
+            series("AX T2 FSE FS", 3800.0, 75.0, AX.0, AX.1, 30),
+            series("t2_tse_fs_cor", 3800.0, 75.0, COR.0, COR.1, 24),
+            series("t2 few", 3800.0, 75.0, COR.0, COR.1, 5),
+        ];
+        let s = select(&all, &Rules::default());
+        assert_eq!(s.chosen, Some(3));
+        assert!(matches!(&s.verdicts[0].verdict, Verdict::Rejected(r) if r.contains("loc")));
+        assert!(matches!(&s.verdicts[1].verdict, Verdict::Rejected(r) if r.contains("t1")));
+        assert!(matches!(&s.verdicts[2].verdict, Verdict::Passed(r) if r.contains("preferred")));
+        assert!(
+            matches!(&s.verdicts[4].verdict, Verdict::Rejected(r) if r.contains("only 5 slices"))
+        );
+    }
+
+    #[test]
+    fn timing_decides_when_names_say_nothing() {
+        let a = series("SE 3", 4000.0, 90.0, COR.0, COR.1, 20);
+        let b = series("SE 4", 500.0, 10.0, COR.0, COR.1, 20);
+        let s = select(&[a, b], &Rules::default());
+        assert_eq!(s.chosen, Some(0));
+        assert!(matches!(&s.verdicts[1].verdict, Verdict::Rejected(r) if r.contains("TR 500")));
+    }
+
+    #[test]
+    fn mixed_orientations_and_no_candidates() {
+        let mut m = series("t2 mixed", 3800.0, 75.0, COR.0, COR.1, 20);
+        m.instances[3].orientation = Some(AX);
+        let s = select(&[m], &Rules::default());
+        assert_eq!(s.chosen, None);
+        assert!(
+            matches!(&s.verdicts[0].verdict, Verdict::Rejected(r) if r == "mixed orientations")
+        );
+    }
+
+    #[test]
+    fn words_match_at_boundaries() {
+        let w = vec!["loc".to_string(), "t2".to_string()];
+        assert_eq!(words_match("3-pl LOC", &w).as_deref(), Some("loc"));
+        assert!(words_match("block", &w).is_none());
+        assert_eq!(words_match("t2_tse_fs_cor", &w).as_deref(), Some("t2"));
+        assert_eq!(words_match("T2W_TSE_SPAIR_COR", &w).as_deref(), Some("t2"));
+    }
+}
