@@ -130,6 +130,23 @@ fn coronal_study_round_trips_and_heads_land_on_the_heads() {
             head.side
         );
     }
+    // The model's tensor (resampled, cropped, resized, windowed): the centres still land on
+    // the heads.
+    let pre1 = volume::preprocess(&t1v, &volume::Preprocess::default());
+    let pre2 = volume::preprocess(&t2v, &volume::Preprocess::default());
+    assert_eq!(pre2.dims, [112, 64, 32]);
+    for head in &truth.heads {
+        let c = head.center_lps_mm;
+        let at = pre2.patient_to_voxel(c);
+        assert!(
+            (0..3).all(|a| at[a] >= 0.0 && at[a] <= (pre2.dims[a] - 1) as f64),
+            "{at:?}"
+        );
+        let (t1c, t2c) = (mean_near(&pre1, c, 3.0), mean_near(&pre2, c, 3.0));
+        assert!(t1c > 0.9, "{} tensor T1 centre {t1c}", head.side);
+        assert!(t2c < 0.52, "{} tensor T2 centre {t2c}", head.side);
+    }
+
     // Left is patient left: the L head has the larger x (LPS).
     let l = truth.heads.iter().find(|h| h.side == "L").unwrap();
     let r = truth.heads.iter().find(|h| h.side == "R").unwrap();

@@ -11,10 +11,12 @@
 //! This module reads files and computes; it never touches the network or the database.
 
 pub mod assemble;
+pub mod preprocess;
 pub mod scan;
 pub mod select;
 
 pub use assemble::{Volume, VolumeError, assemble, assemble_files};
+pub use preprocess::{Preprocess, preprocess};
 pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
 pub use select::{Rules, Selection, SeriesVerdict, Verdict, select};
 

@@ -1,0 +1,300 @@
+//! The paper's preprocessing: resample to a canonical orientation and spacing, central
+//! crop, resize to the model's input, intensity window (level 300 / width 1500), and an
+//! optional robust percentile normalisation for scanners with another intensity scale.
+//!
+//! Resampling, crop and resize are one step: an output grid is laid out in patient space
+//! (canonical coronal orientation, centred on the series' centre) and every output voxel is
+//! sampled from the input by trilinear interpolation, averaging sub-samples where the output
+//! is coarser than the input. The result is a [`Volume`] whose affine maps every voxel of
+//! the model's tensor back to patient millimetres.
+//!
+//! Tensor layout: (depth, height, width) = anterior→posterior slices, superior→inferior
+//! rows, patient right→left columns — coronal images with both hips side by side. The
+//! paper's "32 x 112 x 64" is read as 32 slices of 112 (right-left) by 64 (superior-
+//! inferior) voxels: `shape = [32, 64, 112]` as (D, H, W).
+
+use serde::{Deserialize, Serialize};
+
+use super::{V3, Volume};
+
+/// Preprocessing parameters (from the model manifest; these defaults follow the paper).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Preprocess {
+    /// Output (depth, height, width).
+    pub shape: [usize; 3],
+    /// Field of view covered, mm: (anterior-posterior, superior-inferior, right-left).
+    pub field_of_view_mm: [f64; 3],
+    /// Shift of the crop centre from the series centre, patient LPS mm.
+    pub center_offset_mm: [f64; 3],
+    /// Intensity window level.
+    pub window_level: f64,
+    /// Intensity window width.
+    pub window_width: f64,
+    /// Robust normalisation before the window: map these percentiles of the body's
+    /// intensities onto `reference`. None = off (the paper's setting).
+    pub percentiles: Option<[f64; 2]>,
+    /// Intensities the percentiles are mapped onto.
+    pub reference: [f64; 2],
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            shape: [32, 64, 112],
+            field_of_view_mm: [96.0, 160.0, 280.0],
+            center_offset_mm: [0.0, 0.0, 0.0],
+            window_level: 300.0,
+            window_width: 1500.0,
+            percentiles: None,
+            reference: [0.0, 1200.0],
+        }
+    }
+}
+
+/// Axis directions of the canonical grid in LPS: columns go to patient left (+x), rows
+/// go inferior (-z), slices go posterior (+y).
+const COLS: V3 = [1.0, 0.0, 0.0];
+const ROWS: V3 = [0.0, 0.0, -1.0];
+const SLICES: V3 = [0.0, 1.0, 0.0];
+
+/// The centre of a volume in patient mm.
+pub fn center(v: &Volume) -> V3 {
+    v.voxel_to_patient([
+        (v.dims[0] as f64 - 1.0) / 2.0,
+        (v.dims[1] as f64 - 1.0) / 2.0,
+        (v.dims[2] as f64 - 1.0) / 2.0,
+    ])
+}
+
+/// Trilinear sample at a fractional voxel coordinate; `None` outside the volume.
+fn sample(v: &Volume, c: [f64; 3]) -> Option<f32> {
+    let [nx, ny, nz] = v.dims;
+    let lim = |x: f64, n: usize| x >= -0.5 && x <= n as f64 - 0.5;
+    if !lim(c[0], nx) || !lim(c[1], ny) || !lim(c[2], nz) {
+        return None;
+    }
+    let cl = |x: f64, n: usize| x.clamp(0.0, (n - 1) as f64);
+    let (x, y, z) = (cl(c[0], nx), cl(c[1], ny), cl(c[2], nz));
+    let (x0, y0, z0) = (x.floor() as usize, y.floor() as usize, z.floor() as usize);
+    let (x1, y1, z1) = (
+        (x0 + 1).min(nx - 1),
+        (y0 + 1).min(ny - 1),
+        (z0 + 1).min(nz - 1),
+    );
+    let (fx, fy, fz) = (
+        (x - x0 as f64) as f32,
+        (y - y0 as f64) as f32,
+        (z - z0 as f64) as f32,
+    );
+    let g = |i, j, k| v.get(i, j, k);
+    let c00 = g(x0, y0, z0) * (1.0 - fx) + g(x1, y0, z0) * fx;
+    let c10 = g(x0, y1, z0) * (1.0 - fx) + g(x1, y1, z0) * fx;
+    let c01 = g(x0, y0, z1) * (1.0 - fx) + g(x1, y0, z1) * fx;
+    let c11 = g(x0, y1, z1) * (1.0 - fx) + g(x1, y1, z1) * fx;
+    let c0 = c00 * (1.0 - fy) + c10 * fy;
+    let c1 = c01 * (1.0 - fy) + c11 * fy;
+    Some(c0 * (1.0 - fz) + c1 * fz)
+}
+
+/// Resample `v` onto the canonical grid and apply the intensity steps. Voxels outside the
+/// acquired volume are 0 after windowing (air).
+pub fn preprocess(v: &Volume, p: &Preprocess) -> Volume {
+    let [d, h, w] = p.shape;
+    let step = [
+        p.field_of_view_mm[0] / d as f64,
+        p.field_of_view_mm[1] / h as f64,
+        p.field_of_view_mm[2] / w as f64,
+    ];
+    let c = center(v);
+    let c = [
+        c[0] + p.center_offset_mm[0],
+        c[1] + p.center_offset_mm[1],
+        c[2] + p.center_offset_mm[2],
+    ];
+    // Output voxel (i=col, j=row, k=slice) → patient mm.
+    let origin = [0, 1, 2].map(|a| {
+        c[a] - COLS[a] * step[2] * (w as f64 - 1.0) / 2.0
+            - ROWS[a] * step[1] * (h as f64 - 1.0) / 2.0
+            - SLICES[a] * step[0] * (d as f64 - 1.0) / 2.0
+    });
+    let affine = [
+        [
+            COLS[0] * step[2],
+            ROWS[0] * step[1],
+            SLICES[0] * step[0],
+            origin[0],
+        ],
+        [
+            COLS[1] * step[2],
+            ROWS[1] * step[1],
+            SLICES[1] * step[0],
+            origin[1],
+        ],
+        [
+            COLS[2] * step[2],
+            ROWS[2] * step[1],
+            SLICES[2] * step[0],
+            origin[2],
+        ],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    let mut out = Volume {
+        data: vec![0.0; d * h * w],
+        dims: [w, h, d],
+        affine,
+        series_uid: v.series_uid.clone(),
+        study_uid: v.study_uid.clone(),
+    };
+    // Sub-samples per output axis where the output is coarser than the input.
+    let sp = v.spacing();
+    let fine = sp.iter().cloned().fold(f64::MAX, f64::min);
+    let subs = [step[2], step[1], step[0]].map(|s| ((s / fine).round() as usize).clamp(1, 3));
+    let mut inside = vec![false; d * h * w];
+    for k in 0..d {
+        for j in 0..h {
+            for i in 0..w {
+                let (mut sum, mut n) = (0.0f32, 0u32);
+                for sk in 0..subs[2] {
+                    for sj in 0..subs[1] {
+                        for si in 0..subs[0] {
+                            let off = |s: usize, n: usize| (s as f64 + 0.5) / n as f64 - 0.5;
+                            let q = out.voxel_to_patient([
+                                i as f64 + off(si, subs[0]),
+                                j as f64 + off(sj, subs[1]),
+                                k as f64 + off(sk, subs[2]),
+                            ]);
+                            if let Some(x) = sample(v, v.patient_to_voxel(q)) {
+                                sum += x;
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+                let idx = (k * h + j) * w + i;
+                if n > 0 {
+                    out.data[idx] = sum / n as f32;
+                    inside[idx] = true;
+                }
+            }
+        }
+    }
+    normalise(&mut out.data, &inside, p);
+    out
+}
+
+/// Percentile mapping (optional) then the window, to [0, 1]; outside voxels become 0.
+fn normalise(data: &mut [f32], inside: &[bool], p: &Preprocess) {
+    if let Some([lo_pct, hi_pct]) = p.percentiles {
+        // Percentiles of the body: voxels inside the acquisition and above the noise floor.
+        let mut body: Vec<f32> = data
+            .iter()
+            .zip(inside)
+            .filter(|(x, ins)| **ins && **x > 0.0)
+            .map(|(x, _)| *x)
+            .collect();
+        if body.len() > 10 {
+            body.sort_by(f32::total_cmp);
+            let at = |q: f64| body[((q / 100.0) * (body.len() - 1) as f64).round() as usize] as f64;
+            let (lo, hi) = (at(lo_pct), at(hi_pct));
+            if hi > lo {
+                let [r0, r1] = p.reference;
+                for x in data.iter_mut() {
+                    *x = ((*x as f64 - lo) / (hi - lo) * (r1 - r0) + r0) as f32;
+                }
+            }
+        }
+    }
+    let low = p.window_level - p.window_width / 2.0;
+    for (x, ins) in data.iter_mut().zip(inside) {
+        *x = if *ins {
+            (((*x as f64) - low) / p.window_width).clamp(0.0, 1.0) as f32
+        } else {
+            0.0
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp() -> Volume {
+        // 20 x 20 x 10 voxels of 2 mm, axial, value = x index * 100.
+        let dims = [20, 20, 10];
+        let mut data = Vec::new();
+        for _k in 0..dims[2] {
+            for _j in 0..dims[1] {
+                for i in 0..dims[0] {
+                    data.push(i as f32 * 100.0);
+                }
+            }
+        }
+        Volume {
+            data,
+            dims,
+            affine: [
+                [2.0, 0.0, 0.0, -19.0],
+                [0.0, 2.0, 0.0, -19.0],
+                [0.0, 0.0, 2.0, -9.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            series_uid: String::new(),
+            study_uid: String::new(),
+        }
+    }
+
+    #[test]
+    fn output_voxels_map_back_to_the_input_position() {
+        let v = ramp();
+        let p = Preprocess {
+            shape: [4, 6, 8],
+            field_of_view_mm: [8.0, 12.0, 16.0],
+            window_level: 1000.0,
+            window_width: 2000.0,
+            ..Preprocess::default()
+        };
+        let out = preprocess(&v, &p);
+        assert_eq!(out.dims, [8, 6, 4]);
+        for i in 0..8 {
+            let q = out.voxel_to_patient([i as f64, 2.0, 1.0]);
+            // Input value at that x, windowed: (x_index*100 - 0) / 2000.
+            let x_index = (q[0] + 19.0) / 2.0;
+            let expected = (x_index * 100.0 / 2000.0) as f32;
+            assert!(
+                (out.get(i, 2, 1) - expected).abs() < 0.01,
+                "{i}: {} vs {expected}",
+                out.get(i, 2, 1)
+            );
+        }
+        // Canonical orientation: columns to patient left, rows inferior, slices posterior.
+        let a = out.voxel_to_patient([1.0, 0.0, 0.0]);
+        let b = out.voxel_to_patient([0.0, 1.0, 0.0]);
+        let c = out.voxel_to_patient([0.0, 0.0, 1.0]);
+        let o = out.voxel_to_patient([0.0, 0.0, 0.0]);
+        assert!(a[0] > o[0] && b[2] < o[2] && c[1] > o[1]);
+    }
+
+    #[test]
+    fn window_and_percentiles() {
+        let p = Preprocess::default();
+        let mut d = vec![-450.0f32, 300.0, 1050.0, 5000.0];
+        normalise(&mut d, &[true; 4], &p);
+        assert_eq!(d, vec![0.0, 0.5, 1.0, 1.0]);
+        // With percentile mapping, a scanner at twice the scale lands where the reference does.
+        let q = Preprocess {
+            percentiles: Some([0.0, 100.0]),
+            reference: [0.0, 1000.0],
+            ..Preprocess::default()
+        };
+        let mut a: Vec<f32> = (1..=100).map(|x| x as f32 * 10.0).collect();
+        let mut b: Vec<f32> = (1..=100).map(|x| x as f32 * 20.0).collect();
+        normalise(&mut a, &[true; 100], &q);
+        normalise(&mut b, &[true; 100], &q);
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+        // Outside the acquisition is air.
+        let mut e = vec![700.0f32];
+        normalise(&mut e, &[false], &p);
+        assert_eq!(e, vec![0.0]);
+    }
+}
