@@ -324,3 +324,102 @@ fn mutated_headers_never_panic() {
         assert!(assemble(&files).is_err());
     }
 }
+
+#[test]
+fn nifti_reads_back_in_nibabel_with_the_dicom_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = study(dir.path(), 15, Orientation::Axial, true);
+    let files = series_files(dir.path(), &truth, "t2");
+    let v = assemble(&files).unwrap();
+    let nii = dir.path().join("t2.nii");
+    onfh_edge::volume::nifti::write(&v, &nii, onfh_edge::phantom::DISCLAIMER).unwrap();
+    // An independent reader: nibabel (installed by .ci/run from PyPI).
+    let script = r#"
+import sys, json, nibabel as nib, numpy as np
+img = nib.load(sys.argv[1])
+ijk = [int(x) for x in sys.argv[2:5]]
+print(json.dumps({
+  "sform": img.get_sform().tolist(), "qform": img.get_qform().tolist(),
+  "shape": list(img.shape), "value": float(np.asarray(img.dataobj)[tuple(ijk)]),
+  "codes": [int(img.header["sform_code"]), int(img.header["qform_code"])],
+}))
+"#;
+    let (i, j, k) = (37usize, 101usize, 13usize);
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&nii)
+        .args([i.to_string(), j.to_string(), k.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "nibabel could not read the file (pip install nibabel): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["shape"], serde_json::json!(v.dims));
+    assert_eq!(r["codes"], serde_json::json!([1, 1]));
+    assert_eq!(r["value"].as_f64().unwrap() as f32, v.get(i, j, k));
+    // The DICOM geometry of voxel (i, j, k), straight from the file's own tags.
+    let sorted: Vec<(f64, PathBuf)> = {
+        let mut s: Vec<(f64, PathBuf)> = files
+            .iter()
+            .map(|p| {
+                let o = dicom_object::open_file(p).unwrap();
+                let ipp = o
+                    .element(tags::IMAGE_POSITION_PATIENT)
+                    .unwrap()
+                    .to_multi_float64()
+                    .unwrap();
+                let iop = o
+                    .element(tags::IMAGE_ORIENTATION_PATIENT)
+                    .unwrap()
+                    .to_multi_float64()
+                    .unwrap();
+                let n = [
+                    iop[1] * iop[5] - iop[2] * iop[4],
+                    iop[2] * iop[3] - iop[0] * iop[5],
+                    iop[0] * iop[4] - iop[1] * iop[3],
+                ];
+                (ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2], p.clone())
+            })
+            .collect();
+        s.sort_by(|a, b| a.0.total_cmp(&b.0));
+        s
+    };
+    let o = dicom_object::open_file(&sorted[k].1).unwrap();
+    let ipp = o
+        .element(tags::IMAGE_POSITION_PATIENT)
+        .unwrap()
+        .to_multi_float64()
+        .unwrap();
+    let iop = o
+        .element(tags::IMAGE_ORIENTATION_PATIENT)
+        .unwrap()
+        .to_multi_float64()
+        .unwrap();
+    let ps = o
+        .element(tags::PIXEL_SPACING)
+        .unwrap()
+        .to_multi_float64()
+        .unwrap();
+    let lps: Vec<f64> = (0..3)
+        .map(|a| ipp[a] + iop[a] * ps[1] * i as f64 + iop[3 + a] * ps[0] * j as f64)
+        .collect();
+    let ras_expected = [-lps[0], -lps[1], lps[2]];
+    for form in ["sform", "qform"] {
+        let m = &r[form];
+        let ras: Vec<f64> = (0..3)
+            .map(|row| {
+                let g = |c: usize| m[row][c].as_f64().unwrap();
+                g(0) * i as f64 + g(1) * j as f64 + g(2) * k as f64 + g(3)
+            })
+            .collect();
+        for a in 0..3 {
+            assert!(
+                (ras[a] - ras_expected[a]).abs() < 0.05,
+                "{form}: voxel maps to {ras:?}, DICOM says {ras_expected:?}"
+            );
+        }
+    }
+}
