@@ -14,7 +14,9 @@ use onfh_edge::phantom::{self, Options, Orientation};
 use onfh_edge::volume::{self, Volume};
 
 fn slice_through(v: &Volume, p: [f64; 3], window: (f32, f32)) -> (usize, usize, Vec<u8>) {
-    let k = v.patient_to_voxel(p)[2].round().clamp(0.0, (v.dims[2] - 1) as f64) as usize;
+    let k = v.patient_to_voxel(p)[2]
+        .round()
+        .clamp(0.0, (v.dims[2] - 1) as f64) as usize;
     let (lo, width) = (window.0 - window.1 / 2.0, window.1);
     let mut out = Vec::with_capacity(v.dims[0] * v.dims[1]);
     for j in 0..v.dims[1] {
@@ -47,7 +49,12 @@ fn main() {
             let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
             volume::assemble_files(&refs).unwrap()
         };
-        let left = truth.heads.iter().find(|h| h.side == "L").unwrap().center_lps_mm;
+        let left = truth
+            .heads
+            .iter()
+            .find(|h| h.side == "L")
+            .unwrap()
+            .center_lps_mm;
         let (w, h, t1) = slice_through(&load("t1"), left, (700.0, 1600.0));
         let (_, _, t2) = slice_through(&load("t2"), left, (700.0, 1600.0));
         let mut both = Vec::with_capacity(2 * w * h);

@@ -61,7 +61,12 @@ fn pydicom_mr_samples_and_dcmtk_transcodes_read_alike() {
         let v = volume_of(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert_eq!(v.dims, reference.dims, "{}", f.display());
         assert_eq!(v.affine, reference.affine, "{}", f.display());
-        assert_eq!(v.data, reference.data, "{} decodes to other pixels", f.display());
+        assert_eq!(
+            v.data,
+            reference.data,
+            "{} decodes to other pixels",
+            f.display()
+        );
     }
     // The scan groups them by series and the rules say why one slice is not a volume.
     let report = volume::scan_files(&[src.join("MR_small.dcm")]);

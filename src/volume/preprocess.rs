@@ -150,6 +150,23 @@ pub fn preprocess(v: &Volume, p: &Preprocess) -> Volume {
     let sp = v.spacing();
     let fine = sp.iter().cloned().fold(f64::MAX, f64::min);
     let subs = [step[2], step[1], step[0]].map(|s| ((s / fine).round() as usize).clamp(1, 3));
+    // Output voxel → input voxel, composed once: inverse(input affine) · output affine.
+    let origin_in = v.patient_to_voxel(out.voxel_to_patient([0.0, 0.0, 0.0]));
+    let axis_in = [0, 1, 2].map(|a| {
+        let mut e = [0.0; 3];
+        e[a] = 1.0;
+        let q = v.patient_to_voxel(out.voxel_to_patient(e));
+        [
+            q[0] - origin_in[0],
+            q[1] - origin_in[1],
+            q[2] - origin_in[2],
+        ]
+    });
+    let to_input = |x: [f64; 3]| -> [f64; 3] {
+        [0, 1, 2].map(|r| {
+            origin_in[r] + axis_in[0][r] * x[0] + axis_in[1][r] * x[1] + axis_in[2][r] * x[2]
+        })
+    };
     let mut inside = vec![false; d * h * w];
     for k in 0..d {
         for j in 0..h {
@@ -159,12 +176,12 @@ pub fn preprocess(v: &Volume, p: &Preprocess) -> Volume {
                     for sj in 0..subs[1] {
                         for si in 0..subs[0] {
                             let off = |s: usize, n: usize| (s as f64 + 0.5) / n as f64 - 0.5;
-                            let q = out.voxel_to_patient([
+                            let q = to_input([
                                 i as f64 + off(si, subs[0]),
                                 j as f64 + off(sj, subs[1]),
                                 k as f64 + off(sk, subs[2]),
                             ]);
-                            if let Some(x) = sample(v, v.patient_to_voxel(q)) {
+                            if let Some(x) = sample(v, q) {
                                 sum += x;
                                 n += 1;
                             }
