@@ -46,6 +46,8 @@ pub enum ConfigError {
 struct RawConfig {
     receiver: RawReceiver,
     series: RawSeries,
+    selection: crate::volume::Rules,
+    preprocess: crate::volume::Preprocess,
     storage: RawStorage,
     log: RawLog,
 }
@@ -92,6 +94,10 @@ pub struct Settings {
     pub receiver: ReceiverSettings,
     /// Series completion settings.
     pub series: SeriesSettings,
+    /// Which series is analysed.
+    pub selection: crate::volume::Rules,
+    /// How the analysed series becomes the model's input.
+    pub preprocess: crate::volume::Preprocess,
     /// Where state lives.
     pub storage: StorageSettings,
     /// Default log filter.
@@ -326,6 +332,46 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be at least 1024",
         ));
     }
+    let sel = &raw.selection;
+    for (key, [lo, hi]) in [
+        ("selection.repetition_time_ms", sel.repetition_time_ms),
+        ("selection.echo_time_ms", sel.echo_time_ms),
+    ] {
+        if !(lo >= 0.0 && lo < hi) {
+            return Err(invalid(key, "must be [low, high] with 0 <= low < high"));
+        }
+    }
+    if sel.min_slices == 0 {
+        return Err(invalid("selection.min_slices", "must be at least 1"));
+    }
+    if sel.orientations.is_empty() {
+        return Err(invalid("selection.orientations", "must list at least one"));
+    }
+    let pre = &raw.preprocess;
+    if pre.shape.iter().any(|n| *n == 0 || *n > 1024) {
+        return Err(invalid("preprocess.shape", "each size must be 1 to 1024"));
+    }
+    if pre
+        .field_of_view_mm
+        .iter()
+        .any(|f| !(*f > 0.0 && *f <= 1000.0))
+    {
+        return Err(invalid(
+            "preprocess.field_of_view_mm",
+            "each must be 0 to 1000 mm",
+        ));
+    }
+    if !(pre.window_width > 0.0) {
+        return Err(invalid("preprocess.window_width", "must be positive"));
+    }
+    if let Some([lo, hi]) = pre.percentiles {
+        if !(0.0..100.0).contains(&lo) || !(lo < hi && hi <= 100.0) {
+            return Err(invalid(
+                "preprocess.percentiles",
+                "must be [low, high] with 0 <= low < high <= 100",
+            ));
+        }
+    }
     let s = raw.series;
     if s.quiet_period_secs == 0 || s.quiet_period_secs > 24 * 3600 {
         return Err(invalid(
@@ -371,6 +417,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         series: SeriesSettings {
             quiet_period: Duration::from_secs(s.quiet_period_secs),
         },
+        selection: raw.selection,
+        preprocess: raw.preprocess,
         storage: StorageSettings { state_dir },
         log_level: raw.log.level,
     })
@@ -391,6 +439,22 @@ mod tests {
         assert_eq!(s.receiver.listen, "127.0.0.1:11112".parse().unwrap());
         assert_eq!(s.series.quiet_period, Duration::from_secs(30));
         assert!(s.receiver.fsync);
+    }
+
+    #[test]
+    fn embedded_defaults_match_the_code_defaults() {
+        // The TOML documents the defaults; the Default impls serve library callers. They
+        // must not drift apart.
+        let s = Settings::defaults().unwrap();
+        assert_eq!(
+            serde_json::to_value(&s.selection).unwrap(),
+            serde_json::to_value(crate::volume::Rules::default()).unwrap()
+        );
+        assert_eq!(s.preprocess, crate::volume::Preprocess::default());
+        let e = with_site("[preprocess]\npercentiles = [99.0, 1.0]\n").unwrap_err();
+        assert!(e.to_string().starts_with("preprocess.percentiles:"), "{e}");
+        let e = with_site("[selection]\norientations = [\"oblique\"]\n").unwrap_err();
+        assert!(e.to_string().starts_with("selection.orientations"), "{e}");
     }
 
     #[test]
