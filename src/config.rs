@@ -361,11 +361,11 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "each must be 0 to 1000 mm",
         ));
     }
-    if !(pre.window_width > 0.0) {
+    if pre.window_width.is_nan() || pre.window_width <= 0.0 {
         return Err(invalid("preprocess.window_width", "must be positive"));
     }
     if let Some([lo, hi]) = pre.percentiles {
-        if !(0.0..100.0).contains(&lo) || !(lo < hi && hi <= 100.0) {
+        if !((0.0..100.0).contains(&lo) && lo < hi && hi <= 100.0) {
             return Err(invalid(
                 "preprocess.percentiles",
                 "must be [low, high] with 0 <= low < high <= 100",
