@@ -17,6 +17,7 @@ fn study(dir: &Path, seed: u64, t2: Orientation, reverse: bool) -> StudyTruth {
             stages: Some([Stage::S0, Stage::S2]),
             t2_orientation: Some(t2),
             reverse_numbering: Some(reverse),
+            enhanced_t2: Some(false),
         },
     )
     .unwrap()
@@ -407,7 +408,11 @@ print(json.dumps({
         .map(|a| ipp[a] + iop[a] * ps[1] * i as f64 + iop[3 + a] * ps[0] * j as f64)
         .collect();
     let ras_expected = [-lps[0], -lps[1], lps[2]];
-    for form in ["sform", "qform"] {
+    // The sform is the exact affine. The qform is a unit quaternion whose first component
+    // NIfTI does not store; for a rotation near 180 degrees (any axial or coronal LPS
+    // stack seen from RAS) that component is recomputed from float32 values near 1 and
+    // loses precision, so it is held to half a millimetre.
+    for (form, tolerance) in [("sform", 0.05), ("qform", 0.5)] {
         let m = &r[form];
         let ras: Vec<f64> = (0..3)
             .map(|row| {
@@ -417,9 +422,72 @@ print(json.dumps({
             .collect();
         for a in 0..3 {
             assert!(
-                (ras[a] - ras_expected[a]).abs() < 0.05,
+                (ras[a] - ras_expected[a]).abs() < tolerance,
                 "{form}: voxel maps to {ras:?}, DICOM says {ras_expected:?}"
             );
         }
     }
+}
+
+#[test]
+fn enhanced_mr_multi_frame_t2_is_selected_and_assembled_from_its_functional_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = phantom::generate_study(
+        dir.path(),
+        16,
+        &Options {
+            stages: Some([Stage::S2, Stage::S1]),
+            t2_orientation: Some(Orientation::Coronal),
+            reverse_numbering: Some(true),
+            enhanced_t2: Some(true),
+        },
+    )
+    .unwrap();
+    let t2 = truth.series.iter().find(|s| s.kind == "t2").unwrap();
+    let files = series_files(dir.path(), &truth, "t2");
+    assert_eq!(files.len(), 1, "one multi-frame instance");
+    let report = volume::scan_files(&volume::collect_files(&[dir.path().to_owned()]).unwrap());
+    let sel = volume::select(&report.series, &Rules::default());
+    let chosen = &report.series[sel.chosen.unwrap()];
+    assert_eq!(chosen.series_uid, t2.series_uid);
+    assert_eq!(chosen.slices(), t2.instances);
+    assert_eq!(chosen.sop_class_uid, dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE);
+    let v = volume::assemble(chosen).unwrap();
+    assert_eq!(v.dims[2], t2.instances);
+    let t1v = assemble(&series_files(dir.path(), &truth, "t1")).unwrap();
+    for head in &truth.heads {
+        let c = head.center_lps_mm;
+        assert!(mean_near(&v, c, 4.0) < 400.0, "{} enhanced T2 centre", head.side);
+        assert!(mean_near(&t1v, c, 4.0) > 900.0, "{} T1 centre", head.side);
+    }
+    // Frames were written posterior-first; the volume still runs along +normal.
+    let a = v.voxel_to_patient([0.0, 0.0, 0.0]);
+    let b = v.voxel_to_patient([0.0, 0.0, 1.0]);
+    let normal = volume::Plane::Coronal;
+    assert_eq!(chosen.planes(), vec![normal]);
+    assert!(b[1] > a[1], "slices ordered anterior to posterior");
+}
+
+#[test]
+fn enhanced_mr_without_geometry_is_a_clear_error() {
+    // pydicom-data's emri_small style: a multi-frame object whose functional groups were
+    // stripped. Made here from a phantom file by removing them.
+    let dir = tempfile::tempdir().unwrap();
+    let truth = phantom::generate_study(
+        dir.path(),
+        17,
+        &Options {
+            enhanced_t2: Some(true),
+            t2_orientation: Some(Orientation::Coronal),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let file = series_files(dir.path(), &truth, "t2").remove(0);
+    let bare = dir.path().join("bare.dcm");
+    rewrite(&file, &bare, |o| {
+        o.remove_element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+        o.remove_element(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    });
+    expect_err(&[bare], |e| matches!(e, VolumeError::MissingGeometry { .. }));
 }

@@ -62,8 +62,10 @@ pub struct Options {
     pub stages: Option<[Stage; 2]>,
     /// Orientation of the main T2 series.
     pub t2_orientation: Option<Orientation>,
-    /// Write instance numbers in reverse anatomical order.
+    /// Write instance numbers (or frames) in reverse anatomical order.
     pub reverse_numbering: Option<bool>,
+    /// Write the main T2 series as one Enhanced MR multi-frame instance.
+    pub enhanced_t2: Option<bool>,
 }
 
 /// Ground truth for one head.
@@ -330,6 +332,8 @@ pub fn generate_study(
         Orientation::Axial
     });
     let extra_axial = t2_orientation == Orientation::Coronal && rng.random_bool(0.3);
+    let enhanced_draw = rng.random_bool(0.2);
+    let enhanced = options.enhanced_t2.unwrap_or(enhanced_draw);
     let reverse = options
         .reverse_numbering
         .unwrap_or_else(|| rng.random_bool(0.5));
@@ -451,23 +455,32 @@ pub fn generate_study(
                 style.noise,
                 noise_seed ^ (n as u64) ^ (*o as u64) << 8,
             );
+            let ctx = SliceCtx {
+                style: &style,
+                study_uid: &study_uid,
+                series_uid: &series_uid,
+                frame_uid: &frame_uid,
+                accession: &accession,
+                seed,
+                series_number: (n + 1) as i32,
+                description: desc,
+                kind,
+            };
+            if t2 && n == 2 && enhanced {
+                let mut order: Vec<usize> = (0..g.slices).collect();
+                if reverse {
+                    order.reverse();
+                }
+                write_enhanced(&sdir.join("IM0001.dcm"), &ctx, g, &slices, &order)?;
+                count += g.slices;
+                continue;
+            }
             for (k, pixels) in slices.iter().enumerate() {
                 count += 1;
                 let number = if reverse && kind != "localizer" {
                     g.slices - k
                 } else {
                     count
-                };
-                let ctx = SliceCtx {
-                    style: &style,
-                    study_uid: &study_uid,
-                    series_uid: &series_uid,
-                    frame_uid: &frame_uid,
-                    accession: &accession,
-                    seed,
-                    series_number: (n + 1) as i32,
-                    description: desc,
-                    kind,
                 };
                 let path = sdir.join(format!("IM{number:04}.dcm"));
                 write_slice(&path, &ctx, g, k, number, pixels)?;
@@ -618,6 +631,16 @@ fn ds(v: f64) -> String {
     if s.len() > 16 { format!("{v:.3}") } else { s }
 }
 
+type Element = DataElement<InMemDicomObject>;
+
+/// Stored values of one slice under the style's rescale slope.
+fn stored(values: &[f64], slope: f64) -> Vec<u16> {
+    values
+        .iter()
+        .map(|v| (v / slope).round().clamp(0.0, 4095.0) as u16)
+        .collect()
+}
+
 fn write_slice(
     path: &Path,
     c: &SliceCtx,
@@ -626,12 +649,200 @@ fn write_slice(
     number: usize,
     values: &[f64],
 ) -> Result<(), PhantomError> {
-    let slope = c.style.rescale_slope;
-    let pixels: Vec<u16> = values
-        .iter()
-        .map(|v| (v / slope).round().clamp(0.0, 4095.0) as u16)
-        .collect();
     let sop = crate::synth::new_uid();
+    let mut elements = slice_elements(c, g, k, number, &sop, uids::MR_IMAGE_STORAGE);
+    let slope = c.style.rescale_slope;
+    if (slope - 1.0).abs() > 1e-9 {
+        let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+        elements.push(text(tags::RESCALE_INTERCEPT, VR::DS, "0"));
+        elements.push(text(tags::RESCALE_SLOPE, VR::DS, &ds(slope)));
+        elements.push(text(tags::RESCALE_TYPE, VR::LO, "US"));
+    }
+    elements.push(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(stored(values, slope).into()),
+    ));
+    save(path, c, elements, &sop, uids::MR_IMAGE_STORAGE)
+}
+
+/// Write a whole series as one Enhanced MR multi-frame instance: geometry, timing and
+/// rescale move into the functional groups (orientation, spacing, timing and rescale shared;
+/// position per frame). Frames are written in `order`.
+fn write_enhanced(
+    path: &Path,
+    c: &SliceCtx,
+    g: &Geometry,
+    slices: &[Vec<f64>],
+    order: &[usize],
+) -> Result<(), PhantomError> {
+    use dicom_core::value::DataSetSequence;
+    let sop = crate::synth::new_uid();
+    let cls = uids::ENHANCED_MR_IMAGE_STORAGE;
+    let moved = [
+        tags::IMAGE_POSITION_PATIENT,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        tags::PIXEL_SPACING,
+        tags::SLICE_THICKNESS,
+        tags::SPACING_BETWEEN_SLICES,
+        tags::SLICE_LOCATION,
+        tags::REPETITION_TIME,
+        tags::ECHO_TIME,
+        tags::WINDOW_CENTER,
+        tags::WINDOW_WIDTH,
+    ];
+    let mut elements: Vec<Element> = slice_elements(c, g, 0, 1, &sop, cls)
+        .into_iter()
+        .filter(|e| !moved.contains(&e.header().tag))
+        .collect();
+    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    let item = |els: Vec<Element>| InMemDicomObject::from_element_iter(els);
+    let seq = |tag, items: Vec<InMemDicomObject>| {
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    };
+    let (tr, te) = if c.kind == "t1" {
+        (550.0, 12.0)
+    } else {
+        (3800.0, 75.0)
+    };
+    let mut shared = vec![
+        seq(
+            tags::PIXEL_MEASURES_SEQUENCE,
+            vec![item(vec![
+                text(tags::SLICE_THICKNESS, VR::DS, &ds(g.thickness_mm)),
+                text(
+                    tags::PIXEL_SPACING,
+                    VR::DS,
+                    &format!("{}\\{}", ds(g.pixel_mm), ds(g.pixel_mm)),
+                ),
+                text(tags::SPACING_BETWEEN_SLICES, VR::DS, &ds(g.spacing_mm)),
+            ])],
+        ),
+        seq(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(vec![text(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                &[g.row[0], g.row[1], g.row[2], g.col[0], g.col[1], g.col[2]]
+                    .iter()
+                    .map(|v| ds(*v))
+                    .collect::<Vec<_>>()
+                    .join("\\"),
+            )])],
+        ),
+        seq(
+            tags::MR_TIMING_AND_RELATED_PARAMETERS_SEQUENCE,
+            vec![item(vec![DataElement::new(
+                tags::REPETITION_TIME,
+                VR::FD,
+                PrimitiveValue::from(tr),
+            )])],
+        ),
+        seq(
+            tags::MR_ECHO_SEQUENCE,
+            vec![item(vec![DataElement::new(
+                tags::EFFECTIVE_ECHO_TIME,
+                VR::FD,
+                PrimitiveValue::from(te),
+            )])],
+        ),
+    ];
+    let slope = c.style.rescale_slope;
+    shared.push(seq(
+        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+        vec![item(vec![
+            text(tags::RESCALE_INTERCEPT, VR::DS, "0"),
+            text(tags::RESCALE_SLOPE, VR::DS, &ds(slope)),
+            text(tags::RESCALE_TYPE, VR::LO, "US"),
+        ])],
+    ));
+    shared.sort_by_key(|e| e.header().tag);
+    let per_frame: Vec<InMemDicomObject> = order
+        .iter()
+        .map(|&k| {
+            let pos = g.position(k);
+            item(vec![
+                seq(
+                    tags::FRAME_CONTENT_SEQUENCE,
+                    vec![item(vec![
+                        text(tags::STACK_ID, VR::SH, "1"),
+                        DataElement::new(
+                            tags::IN_STACK_POSITION_NUMBER,
+                            VR::UL,
+                            dicom_value!(U32, [(k + 1) as u32]),
+                        ),
+                        DataElement::new(
+                            tags::TEMPORAL_POSITION_INDEX,
+                            VR::UL,
+                            dicom_value!(U32, [1]),
+                        ),
+                    ])],
+                ),
+                seq(
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![item(vec![text(
+                        tags::IMAGE_POSITION_PATIENT,
+                        VR::DS,
+                        &pos.iter().map(|v| ds(*v)).collect::<Vec<_>>().join("\\"),
+                    )])],
+                ),
+            ])
+        })
+        .collect();
+    elements.push(text(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        &order.len().to_string(),
+    ));
+    elements.push(seq(
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        vec![item(shared)],
+    ));
+    elements.push(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
+    let mut pixels = Vec::with_capacity(order.len() * g.rows * g.cols);
+    for &k in order {
+        pixels.extend(stored(&slices[k], slope));
+    }
+    elements.push(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(pixels.into()),
+    ));
+    save(path, c, elements, &sop, cls)
+}
+
+fn save(
+    path: &Path,
+    c: &SliceCtx,
+    elements: Vec<Element>,
+    sop: &str,
+    cls: &str,
+) -> Result<(), PhantomError> {
+    let ts = if c.style.implicit_vr {
+        "1.2.840.10008.1.2"
+    } else {
+        "1.2.840.10008.1.2.1"
+    };
+    let file = InMemDicomObject::from_element_iter(elements)
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(ts)
+                .media_storage_sop_class_uid(cls)
+                .media_storage_sop_instance_uid(sop),
+        )
+        .map_err(|e| werr(path, e))?;
+    file.write_to_file(path).map_err(|e| werr(path, e))
+}
+
+/// The attributes of one classic slice, without pixel data and rescale.
+fn slice_elements(
+    c: &SliceCtx,
+    g: &Geometry,
+    k: usize,
+    number: usize,
+    sop: &str,
+    cls: &str,
+) -> Vec<Element> {
     let pos = g.position(k);
     let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
     let (tr, te, seq_var, options, image_type) = match c.kind {
@@ -646,11 +857,11 @@ fn write_slice(
         .join("\\");
     let ipp = pos.iter().map(|v| ds(*v)).collect::<Vec<_>>().join("\\");
     let slice_location = crate::phantom::anatomy::dot(pos, g.normal);
-    let mut elements = vec![
+    vec![
         text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
         text(tags::IMAGE_TYPE, VR::CS, image_type),
-        text(tags::SOP_CLASS_UID, VR::UI, uids::MR_IMAGE_STORAGE),
-        text(tags::SOP_INSTANCE_UID, VR::UI, &sop),
+        text(tags::SOP_CLASS_UID, VR::UI, cls),
+        text(tags::SOP_INSTANCE_UID, VR::UI, sop),
         text(tags::STUDY_DATE, VR::DA, "20260101"),
         text(tags::STUDY_TIME, VR::TM, "120000"),
         text(tags::ACCESSION_NUMBER, VR::SH, c.accession),
@@ -705,29 +916,5 @@ fn write_slice(
         DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [0])),
         text(tags::WINDOW_CENTER, VR::DS, "600"),
         text(tags::WINDOW_WIDTH, VR::DS, "1400"),
-    ];
-    if (slope - 1.0).abs() > 1e-9 {
-        elements.push(text(tags::RESCALE_INTERCEPT, VR::DS, "0"));
-        elements.push(text(tags::RESCALE_SLOPE, VR::DS, &ds(slope)));
-        elements.push(text(tags::RESCALE_TYPE, VR::LO, "US"));
-    }
-    elements.push(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(pixels.into()),
-    ));
-    let ts = if c.style.implicit_vr {
-        "1.2.840.10008.1.2"
-    } else {
-        "1.2.840.10008.1.2.1"
-    };
-    let file = InMemDicomObject::from_element_iter(elements)
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(ts)
-                .media_storage_sop_class_uid(uids::MR_IMAGE_STORAGE)
-                .media_storage_sop_instance_uid(sop.as_str()),
-        )
-        .map_err(|e| werr(path, e))?;
-    file.write_to_file(path).map_err(|e| werr(path, e))
+    ]
 }

@@ -122,12 +122,6 @@ pub enum VolumeError {
         /// Which attribute.
         what: &'static str,
     },
-    /// Multi-frame instances need per-frame geometry.
-    #[error("{path}: multi-frame (Enhanced MR) instances are not assembled yet")]
-    MultiFrame {
-        /// The file.
-        path: PathBuf,
-    },
     /// Slices differ in orientation.
     #[error("{path}: orientation differs from the rest of the series")]
     MixedOrientation {
@@ -198,17 +192,13 @@ fn decode_err(path: &Path, e: impl std::fmt::Display) -> VolumeError {
     }
 }
 
-fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
+/// Read the slices of one file: one for a classic image, one per frame for a multi-frame
+/// (Enhanced MR) image, whose geometry comes from its functional groups.
+fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
     use dicom_dictionary_std::tags;
     let obj = std::panic::catch_unwind(|| dicom_object::open_file(path))
         .map_err(|_| decode_err(path, "the parser panicked"))?
         .map_err(|e| decode_err(path, e))?;
-    let floats = |tag| -> Option<Vec<f64>> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_multi_float64().ok())
-    };
     let missing = |what| VolumeError::MissingGeometry {
         path: path.to_owned(),
         what,
@@ -218,26 +208,6 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
             path: path.to_owned(),
         });
     }
-    let frames: u32 = obj
-        .element_opt(tags::NUMBER_OF_FRAMES)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_int().ok())
-        .unwrap_or(1);
-    if frames > 1 {
-        return Err(VolumeError::MultiFrame {
-            path: path.to_owned(),
-        });
-    }
-    let position = floats(tags::IMAGE_POSITION_PATIENT)
-        .filter(|v| v.len() == 3)
-        .ok_or_else(|| missing("Image Position (Patient)"))?;
-    let orient = floats(tags::IMAGE_ORIENTATION_PATIENT)
-        .filter(|v| v.len() == 6)
-        .ok_or_else(|| missing("Image Orientation (Patient)"))?;
-    let spacing = floats(tags::PIXEL_SPACING)
-        .filter(|v| v.len() == 2 && v[0] > 0.0 && v[1] > 0.0)
-        .ok_or_else(|| missing("Pixel Spacing"))?;
     let rows = obj
         .element(tags::ROWS)
         .ok()
@@ -258,28 +228,92 @@ fn read_slice(path: &Path) -> Result<Slice, VolumeError> {
             path: path.to_owned(),
         });
     }
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        obj.decode_pixel_data()
-            .and_then(|d| d.to_vec_frame::<f32>(0))
-    }))
-    .map_err(|_| decode_err(path, "the pixel decoder panicked"))?
-    .map_err(|e| decode_err(path, e))?;
-    if decoded.len() != rows * cols {
-        return Err(decode_err(
-            path,
-            format!("{} pixels for a {rows}x{cols} image", decoded.len()),
-        ));
+    let frames: usize = obj
+        .element_opt(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1)
+        .max(1) as usize;
+    let top = |tag| -> Option<Vec<f64>> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_multi_float64().ok())
+    };
+    let enhanced = super::frames::per_frame_items(&obj) > 0;
+    if enhanced && super::frames::per_frame_items(&obj) != frames {
+        return Err(missing("one Per-frame Functional Groups item per frame"));
     }
-    Ok(Slice {
-        path: path.to_owned(),
-        position: [position[0], position[1], position[2]],
-        row: [orient[0], orient[1], orient[2]],
-        col: [orient[3], orient[4], orient[5]],
-        rows,
-        cols,
-        spacing: [spacing[0], spacing[1]],
-        pixels: decoded,
-    })
+    if frames > 1 && !enhanced {
+        return Err(missing("per-frame geometry (Per-frame Functional Groups)"));
+    }
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+            .map_err(|_| decode_err(path, "the pixel decoder panicked"))?
+            .map_err(|e| decode_err(path, e))?;
+    let mut out = Vec::with_capacity(frames);
+    for f in 0..frames {
+        let geo = |seq, attr, top_tag| {
+            if enhanced {
+                super::frames::floats(&obj, f, seq, attr)
+            } else {
+                top(top_tag)
+            }
+        };
+        let position = geo(
+            tags::PLANE_POSITION_SEQUENCE,
+            tags::IMAGE_POSITION_PATIENT,
+            tags::IMAGE_POSITION_PATIENT,
+        )
+        .filter(|v| v.len() == 3)
+        .ok_or_else(|| missing("Image Position (Patient)"))?;
+        let orient = geo(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            tags::IMAGE_ORIENTATION_PATIENT,
+        )
+        .filter(|v| v.len() == 6)
+        .ok_or_else(|| missing("Image Orientation (Patient)"))?;
+        let spacing = geo(
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::PIXEL_SPACING,
+            tags::PIXEL_SPACING,
+        )
+        .filter(|v| v.len() == 2 && v[0] > 0.0 && v[1] > 0.0)
+        .ok_or_else(|| missing("Pixel Spacing"))?;
+        let row = [orient[0], orient[1], orient[2]];
+        let col = [orient[3], orient[4], orient[5]];
+        let unit = |v: V3| ((dot(v, v)) - 1.0).abs() < 0.01;
+        if !unit(row) || !unit(col) || dot(row, col).abs() > 0.01 {
+            return Err(decode_err(
+                path,
+                "Image Orientation (Patient) is not two orthogonal unit vectors",
+            ));
+        }
+        let pixels = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoded.to_vec_frame::<f32>(f as u32)
+        }))
+        .map_err(|_| decode_err(path, "the pixel decoder panicked"))?
+        .map_err(|e| decode_err(path, e))?;
+        if pixels.len() != rows * cols {
+            return Err(decode_err(
+                path,
+                format!("{} pixels for a {rows}x{cols} image", pixels.len()),
+            ));
+        }
+        out.push(Slice {
+            path: path.to_owned(),
+            position: [position[0], position[1], position[2]],
+            row,
+            col,
+            rows,
+            cols,
+            spacing: [spacing[0], spacing[1]],
+            pixels,
+        });
+    }
+    Ok(out)
 }
 
 fn close(a: V3, b: V3, tol: f64) -> bool {
@@ -297,10 +331,10 @@ pub fn assemble(series: &Series) -> Result<Volume, VolumeError> {
 
 /// Decode files (one series, any order) into a volume.
 pub fn assemble_files(paths: &[&Path]) -> Result<Volume, VolumeError> {
-    let mut slices = paths
-        .iter()
-        .map(|p| read_slice(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut slices = Vec::new();
+    for p in paths {
+        slices.extend(read_slices(p)?);
+    }
     let first = slices.first().ok_or(VolumeError::Empty)?;
     let (row, col) = (first.row, first.col);
     let normal = cross(row, col);

@@ -11,6 +11,7 @@
 //! This module reads files and computes; it never touches the network or the database.
 
 pub mod assemble;
+mod frames;
 pub mod nifti;
 pub mod preprocess;
 pub mod scan;

@@ -161,12 +161,35 @@ pub fn scan_files(files: &[PathBuf]) -> ScanReport {
             skipped += 1;
             continue;
         };
-        let position = floats(&obj, tags::IMAGE_POSITION_PATIENT)
+        // Multi-frame objects keep geometry and timing in their functional groups; the first
+        // frame stands for the instance here (assembly checks every frame).
+        let enhanced = super::frames::per_frame_items(&obj) > 0;
+        let attr = |seq, tag| {
+            if enhanced {
+                super::frames::floats(&obj, 0, seq, tag).or_else(|| floats(&obj, tag))
+            } else {
+                floats(&obj, tag)
+            }
+        };
+        let position = attr(tags::PLANE_POSITION_SEQUENCE, tags::IMAGE_POSITION_PATIENT)
             .filter(|v| v.len() == 3)
             .map(|v| [v[0], v[1], v[2]]);
-        let orientation = floats(&obj, tags::IMAGE_ORIENTATION_PATIENT)
-            .filter(|v| v.len() == 6)
-            .map(|v| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]));
+        let orientation = attr(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            tags::IMAGE_ORIENTATION_PATIENT,
+        )
+        .filter(|v| v.len() == 6)
+        .map(|v| ([v[0], v[1], v[2]], [v[3], v[4], v[5]]));
+        let repetition_time = attr(
+            tags::MR_TIMING_AND_RELATED_PARAMETERS_SEQUENCE,
+            tags::REPETITION_TIME,
+        )
+        .and_then(|v| v.first().copied());
+        let echo_time = floats(&obj, tags::ECHO_TIME)
+            .or_else(|| {
+                super::frames::floats(&obj, 0, tags::MR_ECHO_SEQUENCE, tags::EFFECTIVE_ECHO_TIME)
+            })
+            .and_then(|v| v.first().copied());
         let instance = Instance {
             path: path.clone(),
             sop_instance_uid: sop,
@@ -191,9 +214,8 @@ pub fn scan_files(files: &[PathBuf]) -> ScanReport {
                 image_type: multi(&obj, tags::IMAGE_TYPE),
                 scanning_sequence: multi(&obj, tags::SCANNING_SEQUENCE),
                 scan_options: multi(&obj, tags::SCAN_OPTIONS),
-                repetition_time: floats(&obj, tags::REPETITION_TIME)
-                    .and_then(|v| v.first().copied()),
-                echo_time: floats(&obj, tags::ECHO_TIME).and_then(|v| v.first().copied()),
+                repetition_time,
+                echo_time,
                 instances: Vec::new(),
             });
         entry.instances.push(instance);
