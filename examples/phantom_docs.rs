@@ -40,7 +40,7 @@ fn main() {
                 stages: Some([Stage::S0, stage]),
                 t2_orientation: Some(Orientation::Coronal),
                 reverse_numbering: Some(false),
-            enhanced_t2: Some(false),
+                enhanced_t2: Some(false),
             },
         )
         .unwrap();

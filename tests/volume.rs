@@ -451,13 +451,20 @@ fn enhanced_mr_multi_frame_t2_is_selected_and_assembled_from_its_functional_grou
     let chosen = &report.series[sel.chosen.unwrap()];
     assert_eq!(chosen.series_uid, t2.series_uid);
     assert_eq!(chosen.slices(), t2.instances);
-    assert_eq!(chosen.sop_class_uid, dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE);
+    assert_eq!(
+        chosen.sop_class_uid,
+        dicom_dictionary_std::uids::ENHANCED_MR_IMAGE_STORAGE
+    );
     let v = volume::assemble(chosen).unwrap();
     assert_eq!(v.dims[2], t2.instances);
     let t1v = assemble(&series_files(dir.path(), &truth, "t1")).unwrap();
     for head in &truth.heads {
         let c = head.center_lps_mm;
-        assert!(mean_near(&v, c, 4.0) < 400.0, "{} enhanced T2 centre", head.side);
+        assert!(
+            mean_near(&v, c, 4.0) < 400.0,
+            "{} enhanced T2 centre",
+            head.side
+        );
         assert!(mean_near(&t1v, c, 4.0) > 900.0, "{} T1 centre", head.side);
     }
     // Frames were written posterior-first; the volume still runs along +normal.
@@ -489,5 +496,7 @@ fn enhanced_mr_without_geometry_is_a_clear_error() {
         o.remove_element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
         o.remove_element(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
     });
-    expect_err(&[bare], |e| matches!(e, VolumeError::MissingGeometry { .. }));
+    expect_err(&[bare], |e| {
+        matches!(e, VolumeError::MissingGeometry { .. })
+    });
 }

@@ -100,17 +100,28 @@ fn sample(v: &Volume, c: [f64; 3]) -> Option<f32> {
 /// Resample `v` onto the canonical grid and apply the intensity steps. Voxels outside the
 /// acquired volume are 0 after windowing (air).
 pub fn preprocess(v: &Volume, p: &Preprocess) -> Volume {
-    let [d, h, w] = p.shape;
-    let step = [
-        p.field_of_view_mm[0] / d as f64,
-        p.field_of_view_mm[1] / h as f64,
-        p.field_of_view_mm[2] / w as f64,
-    ];
     let c = center(v);
     let c = [
         c[0] + p.center_offset_mm[0],
         c[1] + p.center_offset_mm[1],
         c[2] + p.center_offset_mm[2],
+    ];
+    let (mut out, inside) = resample(v, c, p.field_of_view_mm, p.shape);
+    normalise(&mut out.data, &inside, p);
+    out
+}
+
+/// Resample `v` onto a canonical grid of `shape` (D, H, W) covering `fov_mm`
+/// (anterior-posterior, superior-inferior, right-left) centred on `center` (LPS mm):
+/// trilinear, averaging sub-samples where the grid is coarser than the input. Returns the
+/// volume (its affine maps every voxel to patient mm) and which voxels fell inside the input
+/// (the others are 0). Crops around a femoral head use this too.
+pub fn resample(v: &Volume, c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> (Volume, Vec<bool>) {
+    let [d, h, w] = shape;
+    let step = [
+        fov_mm[0] / d as f64,
+        fov_mm[1] / h as f64,
+        fov_mm[2] / w as f64,
     ];
     // Output voxel (i=col, j=row, k=slice) → patient mm.
     let origin = [0, 1, 2].map(|a| {
@@ -196,8 +207,7 @@ pub fn preprocess(v: &Volume, p: &Preprocess) -> Volume {
             }
         }
     }
-    normalise(&mut out.data, &inside, p);
-    out
+    (out, inside)
 }
 
 /// Percentile mapping (optional) then the window, to [0, 1]; outside voxels become 0.
