@@ -41,6 +41,7 @@ fn main() {
                 t2_orientation: Some(Orientation::Coronal),
                 reverse_numbering: Some(false),
                 enhanced_t2: Some(false),
+                style: None,
             },
         )
         .unwrap();

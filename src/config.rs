@@ -341,6 +341,17 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             return Err(invalid(key, "must be [low, high] with 0 <= low < high"));
         }
     }
+    for (key, words) in [
+        ("selection.include", &sel.include),
+        ("selection.exclude", &sel.exclude),
+    ] {
+        if words.iter().any(|w| w.trim().is_empty()) {
+            return Err(invalid(
+                key,
+                "words must not be empty (an empty word matches every name)",
+            ));
+        }
+    }
     if sel.min_slices == 0 {
         return Err(invalid("selection.min_slices", "must be at least 1"));
     }

@@ -68,6 +68,45 @@ fn pydicom_mr_samples_and_dcmtk_transcodes_read_alike() {
             f.display()
         );
     }
+    // Independently of dicom-rs: pydicom's pixel values (rescaled) and the geometry tags.
+    let script = r#"
+import sys, json, pydicom
+ds = pydicom.dcmread(sys.argv[1])
+px = ds.pixel_array.astype(float) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+print(json.dumps({"sum": float(px.sum()), "first": float(px[0, 0]), "last": float(px[-1, -1]),
+  "ipp": [float(x) for x in ds.ImagePositionPatient], "iop": [float(x) for x in ds.ImageOrientationPatient],
+  "ps": [float(x) for x in ds.PixelSpacing], "shape": list(px.shape)}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(src.join("MR_small.dcm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sum: f64 = reference.data.iter().map(|x| *x as f64).sum();
+    assert!((sum - py["sum"].as_f64().unwrap()).abs() < 1e-3 * sum.abs().max(1.0));
+    assert_eq!(reference.get(0, 0, 0) as f64, py["first"].as_f64().unwrap());
+    assert_eq!(
+        reference.get(63, 63, 0) as f64,
+        py["last"].as_f64().unwrap()
+    );
+    let f = |k: &str, i: usize| py[k][i].as_f64().unwrap();
+    // Voxel (i, j) = IPP + i * PixelSpacing[1] * row + j * PixelSpacing[0] * col.
+    let p = reference.voxel_to_patient([5.0, 9.0, 0.0]);
+    for (a, got) in p.iter().enumerate() {
+        let expected =
+            f("ipp", a) + 5.0 * f("ps", 1) * f("iop", a) + 9.0 * f("ps", 0) * f("iop", 3 + a);
+        assert!(
+            (got - expected).abs() < 1e-6,
+            "axis {a}: {got} vs {expected}"
+        );
+    }
+
     // The scan groups them by series and the rules say why one slice is not a volume.
     let report = volume::scan_files(&[src.join("MR_small.dcm")]);
     assert_eq!(report.series.len(), 1);

@@ -3,8 +3,9 @@
 //!
 //! A study is drawn from a seed: the pelvis pose (position, rotation, size), each femoral
 //! head's size and Ficat-Arlet stage (`anatomy`), and a scanner style (vendor-like tags,
-//! field strength and noise, bias field, resolution, slice thickness, orientation of the T2
-//! series, rescale slope, transfer syntax, instance numbering). It is rendered with partial
+//! field strength and noise, bias field, resolution, rectangular and anisotropic matrices,
+//! slice thickness, orientation of the T2 series, rescale slope, implicit or explicit VR,
+//! instance numbering, classic or Enhanced MR storage of the T2). It is rendered with partial
 //! volume and slice profile, Rician noise and a smooth bias field, and written as real DICOM
 //! series — localizer, coronal T1, fat-suppressed T2 (coronal or axial; some studies add an
 //! axial T2) — sharing one Frame of Reference, plus `truth.json` with each head's stage,
@@ -15,7 +16,8 @@
 //! the stager must learn (oedema-like signal for stage I; a demarcated anterosuperior segment
 //! with double line and sclerotic margin for stage II) are present, varied and known.
 //!
-//! Deterministic: the same seed gives the same study, byte for byte apart from file times.
+//! Deterministic: the same seed (and options) gives the same study, byte for byte — UIDs
+//! are derived from the seed under [`UID_ROOT`].
 
 pub mod anatomy;
 
@@ -29,6 +31,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+/// UID root of phantom objects (their UIDs add the seed and a position).
+pub const UID_ROOT: &str = "1.2.826.0.1.3680043.10.1382.98";
+
 /// What the phantom says about every study it writes.
 pub const DISCLAIMER: &str = "synthetic hip phantom - not patient data";
 
@@ -40,7 +45,7 @@ pub enum Orientation {
     Coronal,
     /// Slices stack inferior to superior.
     Axial,
-    /// Slices stack right to left.
+    /// Slices stack from the patient's left to right (the normal is -x in LPS).
     Sagittal,
 }
 
@@ -66,7 +71,12 @@ pub struct Options {
     pub reverse_numbering: Option<bool>,
     /// Write the main T2 series as one Enhanced MR multi-frame instance.
     pub enhanced_t2: Option<bool>,
+    /// Scanner style, by name (see [`STYLE_NAMES`]).
+    pub style: Option<&'static str>,
 }
+
+/// Names of the scanner styles, for [`Options::style`].
+pub const STYLE_NAMES: [&str; 3] = ["siemens-like 3T", "ge-like 1.5T", "philips-like 1.5T"];
 
 /// Ground truth for one head.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +234,10 @@ struct Geometry {
     center: V3,
     rows: usize,
     cols: usize,
+    /// Distance between columns, along the row direction (Pixel Spacing[1]).
     pixel_mm: f64,
+    /// Distance between rows, along the column direction (Pixel Spacing[0]).
+    row_spacing_mm: f64,
     slices: usize,
     spacing_mm: f64,
     thickness_mm: f64,
@@ -233,7 +246,7 @@ struct Geometry {
 impl Geometry {
     fn position(&self, k: usize) -> V3 {
         let half_w = (self.cols as f64 - 1.0) / 2.0 * self.pixel_mm;
-        let half_h = (self.rows as f64 - 1.0) / 2.0 * self.pixel_mm;
+        let half_h = (self.rows as f64 - 1.0) / 2.0 * self.row_spacing_mm;
         let off = (k as f64 - (self.slices as f64 - 1.0) / 2.0) * self.spacing_mm;
         add(
             add(self.center, scale(self.normal, off)),
@@ -259,7 +272,15 @@ pub fn generate_study(
     options: &Options,
 ) -> Result<StudyTruth, PhantomError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let style = STYLES[rng.random_range(0..STYLES.len())].clone();
+    let drawn = rng.random_range(0..STYLES.len());
+    let style = match options.style {
+        Some(name) => STYLES
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or(&STYLES[drawn])
+            .clone(),
+        None => STYLES[drawn].clone(),
+    };
     let stages = options.stages.unwrap_or_else(|| {
         let mut draw = || match rng.random_range(0..3) {
             0 => Stage::S0,
@@ -348,18 +369,32 @@ pub fn generate_study(
         rng.random_range(-0.04..0.04),
     );
     let pixel_mm: f64 = rng.random_range(1.1..1.5);
-    // A 380 mm field of view over both hips and the body wall.
-    let matrix = (380.0 / pixel_mm / 2.0).round() as usize * 2;
+    // A 380 mm wide field of view over both hips and the body wall, a little less high,
+    // with rows sometimes farther apart than columns: rectangular, anisotropic matrices.
+    let cols = (380.0 / pixel_mm / 2.0).round() as usize * 2;
+    let row_mm: f64 = pixel_mm * rng.random_range(1.0..1.25);
+    let rows = (330.0 / row_mm / 2.0).round() as usize * 2;
     let thickness: f64 = rng.random_range(3.0..4.0);
     let gap: f64 = rng.random_range(0.0..0.6);
     let noise_seed: u64 = rng.random();
 
-    let study_uid = crate::synth::new_uid();
-    let frame_uid = crate::synth::new_uid();
+    // UIDs derive from the seed, so a study is the same byte for byte each time.
+    let uid = |parts: &[usize]| {
+        let tail: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        format!("{UID_ROOT}.{seed}.{}", tail.join("."))
+    };
+    let study_uid = uid(&[0, 1]);
+    let frame_uid = uid(&[0, 2]);
     let accession = format!("PH{seed:08}");
     let heads_center = pose.to_patient([0.0, 0.0, 0.0]);
 
-    let geom = |o: Orientation, slices: usize, pixel: f64, n: usize| -> Geometry {
+    let geom = |o: Orientation,
+                slices: usize,
+                pixel: f64,
+                row_mm: f64,
+                rows: usize,
+                cols: usize|
+     -> Geometry {
         let (r, c) = o.axes();
         let row = apply(&tilt, r);
         let col = apply(&tilt, c);
@@ -368,9 +403,10 @@ pub fn generate_study(
             col,
             normal: cross(row, col),
             center: add(heads_center, [0.0, 0.0, -20.0]),
-            rows: n,
-            cols: n,
+            rows,
+            cols,
             pixel_mm: pixel,
+            row_spacing_mm: row_mm,
             slices,
             spacing_mm: thickness + gap,
             thickness_mm: thickness,
@@ -381,13 +417,20 @@ pub fn generate_study(
             "localizer",
             Orientation::Coronal,
             style.loc_desc,
-            geom(Orientation::Coronal, 1, 360.0 / 128.0, 128),
+            geom(
+                Orientation::Coronal,
+                1,
+                360.0 / 128.0,
+                360.0 / 128.0,
+                128,
+                128,
+            ),
         ),
         (
             "t1",
             Orientation::Coronal,
             style.t1_desc,
-            geom(Orientation::Coronal, 20, pixel_mm, matrix),
+            geom(Orientation::Coronal, 20, pixel_mm, row_mm, rows, cols),
         ),
         (
             "t2",
@@ -405,7 +448,9 @@ pub fn generate_study(
                     30
                 },
                 pixel_mm,
-                matrix,
+                row_mm,
+                rows,
+                cols,
             ),
         ),
     ];
@@ -414,14 +459,14 @@ pub fn generate_study(
             "t2",
             Orientation::Axial,
             style.t2_ax_desc,
-            geom(Orientation::Axial, 30, pixel_mm, matrix),
+            geom(Orientation::Axial, 30, pixel_mm, row_mm, rows, cols),
         ));
     }
 
     std::fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
     let mut written = Vec::new();
     for (n, (kind, orientation, desc, g)) in series.into_iter().enumerate() {
-        let series_uid = crate::synth::new_uid();
+        let series_uid = uid(&[n + 1]);
         let folder = format!(
             "{:02}_{}_{}",
             n + 1,
@@ -438,13 +483,13 @@ pub fn generate_study(
                 Orientation::Sagittal,
             ]
             .into_iter()
-            .map(|o| (o, geom(o, 1, g.pixel_mm, g.rows)))
+            .map(|o| (o, geom(o, 1, g.pixel_mm, g.row_spacing_mm, g.rows, g.cols)))
             .collect()
         } else {
             vec![(orientation, g.clone())]
         };
         let mut count = 0;
-        for (o, g) in &planes {
+        for (plane, (o, g)) in planes.iter().enumerate() {
             let t2 = kind == "t2";
             let slices = render(
                 &anatomy,
@@ -471,7 +516,8 @@ pub fn generate_study(
                 if reverse {
                     order.reverse();
                 }
-                write_enhanced(&sdir.join("IM0001.dcm"), &ctx, g, &slices, &order)?;
+                let sop = uid(&[n + 1, 1, 0]);
+                write_enhanced(&sdir.join("IM0001.dcm"), &ctx, &sop, g, &slices, &order)?;
                 count += g.slices;
                 continue;
             }
@@ -483,7 +529,8 @@ pub fn generate_study(
                     count
                 };
                 let path = sdir.join(format!("IM{number:04}.dcm"));
-                write_slice(&path, &ctx, g, k, number, pixels)?;
+                let sop = uid(&[n + 1, plane + 1, k + 1]);
+                write_slice(&path, &ctx, &sop, g, k, number, pixels)?;
             }
         }
         written.push(SeriesTruth {
@@ -552,8 +599,9 @@ fn render(
     seed: u64,
 ) -> Vec<Vec<f64>> {
     // Slice profile: sub-samples through the slab thickness.
-    let subs = ((g.thickness_mm / g.pixel_mm).ceil() as usize).clamp(1, 5);
-    let vox = g.pixel_mm / pose.scale;
+    let fine = g.pixel_mm.min(g.row_spacing_mm);
+    let subs = ((g.thickness_mm / fine).ceil() as usize).clamp(1, 5);
+    let vox = fine / pose.scale;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -579,7 +627,7 @@ fn render(
                                 origin,
                                 add(
                                     scale(g.row, i2 as f64 * g.pixel_mm),
-                                    scale(g.col, j as f64 * g.pixel_mm),
+                                    scale(g.col, j as f64 * g.row_spacing_mm),
                                 ),
                             );
                             let mut v = 0.0;
@@ -641,16 +689,17 @@ fn stored(values: &[f64], slope: f64) -> Vec<u16> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_slice(
     path: &Path,
     c: &SliceCtx,
+    sop: &str,
     g: &Geometry,
     k: usize,
     number: usize,
     values: &[f64],
 ) -> Result<(), PhantomError> {
-    let sop = crate::synth::new_uid();
-    let mut elements = slice_elements(c, g, k, number, &sop, uids::MR_IMAGE_STORAGE);
+    let mut elements = slice_elements(c, g, k, number, sop, uids::MR_IMAGE_STORAGE);
     let slope = c.style.rescale_slope;
     if (slope - 1.0).abs() > 1e-9 {
         let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
@@ -663,7 +712,7 @@ fn write_slice(
         VR::OW,
         PrimitiveValue::U16(stored(values, slope).into()),
     ));
-    save(path, c, elements, &sop, uids::MR_IMAGE_STORAGE)
+    save(path, c, elements, sop, uids::MR_IMAGE_STORAGE)
 }
 
 /// Write a whole series as one Enhanced MR multi-frame instance: geometry, timing and
@@ -672,12 +721,12 @@ fn write_slice(
 fn write_enhanced(
     path: &Path,
     c: &SliceCtx,
+    sop: &str,
     g: &Geometry,
     slices: &[Vec<f64>],
     order: &[usize],
 ) -> Result<(), PhantomError> {
     use dicom_core::value::DataSetSequence;
-    let sop = crate::synth::new_uid();
     let cls = uids::ENHANCED_MR_IMAGE_STORAGE;
     let moved = [
         tags::IMAGE_POSITION_PATIENT,
@@ -691,7 +740,7 @@ fn write_enhanced(
         tags::WINDOW_CENTER,
         tags::WINDOW_WIDTH,
     ];
-    let mut elements: Vec<Element> = slice_elements(c, g, 0, 1, &sop, cls)
+    let mut elements: Vec<Element> = slice_elements(c, g, 0, 1, sop, cls)
         .into_iter()
         .filter(|e| !moved.contains(&e.header().tag))
         .collect();
@@ -713,7 +762,7 @@ fn write_enhanced(
                 text(
                     tags::PIXEL_SPACING,
                     VR::DS,
-                    &format!("{}\\{}", ds(g.pixel_mm), ds(g.pixel_mm)),
+                    &format!("{}\\{}", ds(g.row_spacing_mm), ds(g.pixel_mm)),
                 ),
                 text(tags::SPACING_BETWEEN_SLICES, VR::DS, &ds(g.spacing_mm)),
             ])],
@@ -808,7 +857,7 @@ fn write_enhanced(
         VR::OW,
         PrimitiveValue::U16(pixels.into()),
     ));
-    save(path, c, elements, &sop, cls)
+    save(path, c, elements, sop, cls)
 }
 
 fn save(
@@ -908,7 +957,7 @@ fn slice_elements(
         text(
             tags::PIXEL_SPACING,
             VR::DS,
-            &format!("{}\\{}", ds(g.pixel_mm), ds(g.pixel_mm)),
+            &format!("{}\\{}", ds(g.row_spacing_mm), ds(g.pixel_mm)),
         ),
         DataElement::new(tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [16])),
         DataElement::new(tags::BITS_STORED, VR::US, dicom_value!(U16, [12])),

@@ -239,7 +239,7 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
         obj.element_opt(tag)
             .ok()
             .flatten()
-            .and_then(|e| e.to_multi_float64().ok())
+            .and_then(|e| e.to_multi_finite_float64().ok())
     };
     let enhanced = super::frames::per_frame_items(&obj) > 0;
     if enhanced && super::frames::per_frame_items(&obj) != frames {
@@ -284,13 +284,19 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
         .ok_or_else(|| missing("Pixel Spacing"))?;
         let row = [orient[0], orient[1], orient[2]];
         let col = [orient[3], orient[4], orient[5]];
-        let unit = |v: V3| ((dot(v, v)) - 1.0).abs() < 0.01;
+        let unit = |v: V3| (dot(v, v) - 1.0).abs() < 0.01;
         if !unit(row) || !unit(col) || dot(row, col).abs() > 0.01 {
             return Err(decode_err(
                 path,
                 "Image Orientation (Patient) is not two orthogonal unit vectors",
             ));
         }
+        // Rounded direction cosines are renormalised so they do not scale the spacing.
+        let norm = |v: V3| {
+            let n = dot(v, v).sqrt();
+            [v[0] / n, v[1] / n, v[2] / n]
+        };
+        let (row, col) = (norm(row), norm(col));
         let pixels = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decoded.to_vec_frame::<f32>(f as u32)
         }))

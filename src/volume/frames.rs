@@ -38,7 +38,7 @@ pub(crate) fn floats(
         .element_opt(attr)
         .ok()
         .flatten()?
-        .to_multi_float64()
+        .to_multi_finite_float64()
         .ok()
 }
 

@@ -96,25 +96,35 @@ pub struct ScanReport {
 }
 
 /// All regular files under the given paths (folders are searched recursively), sorted.
+/// A path given that does not exist is an error; inside folders, entries that cannot be
+/// read (a dangling link, no permission) are skipped — like files that are not DICOM.
 pub fn collect_files(roots: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for root in roots {
-        walk(root, &mut out)?;
+        std::fs::metadata(root)?;
+        walk(root, &mut out, 0);
     }
     out.sort();
     Ok(out)
 }
 
-fn walk(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let meta = std::fs::metadata(p)?;
+fn walk(p: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+    // Deep enough for any PACS export; a bound against link loops.
+    if depth > 32 {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(p) else {
+        return;
+    };
     if meta.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            walk(&e?.path(), out)?;
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                walk(&e.path(), out, depth + 1);
+            }
         }
     } else if meta.is_file() {
         out.push(p.to_owned());
     }
-    Ok(())
 }
 
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
@@ -136,7 +146,7 @@ fn floats(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
     obj.element_opt(tag)
         .ok()
         .flatten()
-        .and_then(|e| e.to_multi_float64().ok())
+        .and_then(|e| e.to_multi_finite_float64().ok())
 }
 
 /// Read the headers of `files` and group them into series. Unreadable files are counted

@@ -1,8 +1,10 @@
 //! Choosing the T2-weighted series to analyse, with a reason for every other series.
 //!
-//! A series is usable when it is MR, not a localizer or derived image, identified as
-//! T2-weighted (by its description or protocol, or by its timing), has timing inside the
-//! T2 ranges when timing is present, holds one orientation, and has enough slices. Among
+//! A series is usable when it is an MR image, not a localizer or derived image, not named
+//! as something else (exclude words, in the Series Description), not of a ruled-out
+//! Scanning Sequence (echo planar), identified as T2-weighted (by description or protocol
+//! words, or by timing), has timing inside the T2 ranges when timing is present, holds one
+//! orientation, and has enough slices. Among
 //! usable series the preferred orientation wins (coronal first, as the paper), then the
 //! one with more slices, then the lower series number. Rules are data (`Rules`), with
 //! defaults that fit common vendor naming.
@@ -27,6 +29,8 @@ pub struct Rules {
     pub min_slices: usize,
     /// Orientations in order of preference; one not listed is not usable.
     pub orientations: Vec<Plane>,
+    /// Scanning Sequence values that rule a series out (echo planar: diffusion, perfusion).
+    pub reject_scanning_sequences: Vec<String>,
 }
 
 impl Default for Rules {
@@ -47,6 +51,7 @@ impl Default for Rules {
             echo_time_ms: [50.0, 200.0],
             min_slices: 12,
             orientations: vec![Plane::Coronal, Plane::Axial, Plane::Sagittal],
+            reject_scanning_sequences: vec!["EP".into()],
         }
     }
 }
@@ -109,6 +114,14 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
     if s.modality != "MR" {
         return Some(format!("modality {:?} is not MR", s.modality));
     }
+    const IMAGE_CLASSES: [&str; 3] = [
+        "1.2.840.10008.5.1.4.1.1.4",   // MR Image Storage
+        "1.2.840.10008.5.1.4.1.1.4.1", // Enhanced MR Image Storage
+        "1.2.840.10008.5.1.4.1.1.4.4", // Legacy Converted Enhanced MR Image Storage
+    ];
+    if !IMAGE_CLASSES.contains(&s.sop_class_uid.as_str()) {
+        return Some(format!("SOP class {} is not an MR image", s.sop_class_uid));
+    }
     if s.image_type.iter().any(|v| v == "LOCALIZER") {
         return Some("localizer (Image Type)".into());
     }
@@ -117,10 +130,26 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
     {
         return Some("derived or secondary image (Image Type)".into());
     }
-    let name = format!("{} {}", s.description, s.protocol);
-    if let Some(w) = words_match(&name, &rules.exclude) {
-        return Some(format!("description {:?} says {w:?}", s.description));
+    // Exclusions read the Series Description: a Protocol Name is often the whole exam's
+    // ("HIP T1 T2") and would exclude every series. It stands in only when there is no
+    // description. Inclusion may come from either.
+    let own_name = if s.description.trim().is_empty() {
+        &s.protocol
+    } else {
+        &s.description
+    };
+    if let Some(w) = words_match(own_name, &rules.exclude) {
+        return Some(format!("description {own_name:?} says {w:?}"));
     }
+    if let Some(v) = s.scanning_sequence.iter().find(|v| {
+        rules
+            .reject_scanning_sequences
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(v))
+    }) {
+        return Some(format!("Scanning Sequence {v} is ruled out"));
+    }
+    let name = format!("{} {}", s.description, s.protocol);
     let timing = match (s.repetition_time, s.echo_time) {
         (Some(tr), Some(te)) => Some((tr, te)),
         _ => None,
@@ -273,6 +302,21 @@ mod tests {
         assert!(
             matches!(&s.verdicts[0].verdict, Verdict::Rejected(r) if r == "mixed orientations")
         );
+    }
+
+    #[test]
+    fn exam_wide_protocol_names_do_not_exclude_everything() {
+        let mut t2 = series("COR T2 FS", 3800.0, 75.0, COR.0, COR.1, 20);
+        t2.protocol = "HIP T1 T2".into();
+        let mut dwi = series("DWI cor", 4000.0, 80.0, COR.0, COR.1, 20);
+        dwi.description = "diffusion cor t2".into();
+        dwi.scanning_sequence = vec!["SE".into(), "EP".into()];
+        let mut other = series("t2 secondary", 3800.0, 75.0, COR.0, COR.1, 20);
+        other.sop_class_uid = "1.2.840.10008.5.1.4.1.1.7".into();
+        let s = select(&[t2, dwi, other], &Rules::default());
+        assert_eq!(s.chosen, Some(0));
+        assert!(matches!(&s.verdicts[1].verdict, Verdict::Rejected(r) if r.contains("EP")));
+        assert!(matches!(&s.verdicts[2].verdict, Verdict::Rejected(r) if r.contains("SOP class")));
     }
 
     #[test]
