@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dicom;
+pub mod model;
 pub mod phantom;
 pub mod store;
 pub mod synth;

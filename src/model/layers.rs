@@ -1,0 +1,287 @@
+//! 3D layers on Candle, which has no conv3d or 3D pooling.
+//!
+//! Activations are kept depth-major, `(N, D, C, H, W)`, so that a 3D convolution is one
+//! 2D convolution: the `kD` depth taps of every output slice are gathered into the channel
+//! axis with `index_select` (`(N·Do, kD·C, H, W)`) and convolved with the weight reshaped
+//! to `(Co, kD·Ci, kH, kW)`. It runs on CPU and CUDA from the same code, and is
+//! differentiable (`index_select`'s backward is `index_add`). Weights are stored in
+//! PyTorch's layout, `(Co, Ci, kD, kH, kW)`, under PyTorch's names (`weight`, `bias`;
+//! batch norm `weight`, `bias`, `running_mean`, `running_var`), so a PyTorch twin of a network
+//! loads the same file.
+//!
+//! Pooling reshapes each pooled axis into (out, k) and reduces; it supports kernel = stride
+//! (the networks use strided convolutions otherwise). Candle's `max_pool2d` is avoided: its
+//! backward is scaled wrongly.
+//!
+//! Pure tensor code: no I/O, no knowledge of the networks built from it.
+
+use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Configuration of a 3D convolution. Height and width share kernel, stride and padding
+/// (Candle's conv2d takes one value for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv3dConfig {
+    /// Kernel (depth, in-plane).
+    pub kernel: (usize, usize),
+    /// Stride (depth, in-plane).
+    pub stride: (usize, usize),
+    /// Zero padding (depth, in-plane).
+    pub padding: (usize, usize),
+    /// Whether there is a bias.
+    pub bias: bool,
+}
+
+impl Conv3dConfig {
+    /// A cubic kernel `k` with stride `s` and "same"-style padding `k / 2`.
+    pub fn cube(k: usize, s: usize) -> Self {
+        Conv3dConfig {
+            kernel: (k, k),
+            stride: (s, s),
+            padding: (k / 2, k / 2),
+            bias: false,
+        }
+    }
+}
+
+/// A 3D convolution over `(N, D, C, H, W)`.
+#[derive(Debug, Clone)]
+pub struct Conv3d {
+    /// `(Co, kD·Ci, kH, kW)`: the PyTorch weight with the depth taps moved next to the
+    /// input channels, ready for conv2d.
+    weight2d: Tensor,
+    /// `(1, 1, Co, 1, 1)`.
+    bias: Option<Tensor>,
+    cfg: Conv3dConfig,
+    in_channels: usize,
+}
+
+impl Conv3d {
+    /// Load or create `weight` `(Co, Ci, kD, k, k)` (and `bias` `(Co)`) under `vb`.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        cfg: Conv3dConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (kd, k) = cfg.kernel;
+        let fan_in = (in_channels * kd * k * k) as f64;
+        let init = candle_nn::Init::Kaiming {
+            dist: candle_nn::init::NormalOrUniform::Uniform,
+            fan: candle_nn::init::FanInOut::FanIn,
+            non_linearity: candle_nn::init::NonLinearity::ReLU,
+        };
+        let weight = vb.get_with_hints((out_channels, in_channels, kd, k, k), "weight", init)?;
+        let bias = if cfg.bias {
+            let bound = 1.0 / fan_in.sqrt();
+            Some(
+                vb.get_with_hints(
+                    out_channels,
+                    "bias",
+                    candle_nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?
+                .reshape((1, 1, out_channels, 1, 1))?,
+            )
+        } else {
+            None
+        };
+        Self::from_weights(&weight, bias.as_ref(), cfg)
+    }
+
+    /// Build from explicit tensors (PyTorch layout).
+    pub fn from_weights(weight: &Tensor, bias: Option<&Tensor>, cfg: Conv3dConfig) -> Result<Self> {
+        let (co, ci, kd, kh, kw) = weight.dims5()?;
+        if kh != kw || (kd, kh) != cfg.kernel {
+            candle_core::bail!(
+                "conv3d weight {:?} does not match kernel {:?}",
+                weight.shape(),
+                cfg.kernel
+            );
+        }
+        let weight2d = weight
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((co, kd * ci, kh, kw))?;
+        let bias = match bias {
+            Some(b) => Some(b.reshape((1, 1, co, 1, 1))?),
+            None => None,
+        };
+        Ok(Conv3d {
+            weight2d,
+            bias,
+            cfg,
+            in_channels: ci,
+        })
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, d, c, h, w) = x.dims5()?;
+        if c != self.in_channels {
+            candle_core::bail!(
+                "conv3d expects {} channels, got {c} ({:?})",
+                self.in_channels,
+                x.shape()
+            );
+        }
+        let (kd, _) = self.cfg.kernel;
+        let (sd, s) = self.cfg.stride;
+        let (pd, p) = self.cfg.padding;
+        let x = if pd > 0 {
+            x.pad_with_zeros(1, pd, pd)?
+        } else {
+            x.clone()
+        };
+        let dp = d + 2 * pd;
+        if dp < kd {
+            candle_core::bail!(
+                "conv3d: depth {d} (+2x{pd} padding) is smaller than the kernel {kd}"
+            );
+        }
+        let dout = (dp - kd) / sd + 1;
+        let idx: Vec<u32> = (0..dout)
+            .flat_map(|o| (0..kd).map(move |t| (o * sd + t) as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx, dout * kd, x.device())?;
+        let taps = x.index_select(&idx, 1)?.reshape((n * dout, kd * c, h, w))?;
+        let k = self.cfg.kernel.1;
+        if h + 2 * p < k || w + 2 * p < k {
+            candle_core::bail!(
+                "conv3d: plane {h}x{w} (+2x{p} padding) is smaller than the kernel {k}"
+            );
+        }
+        // Candle's conv2d backward sizes the input gradient as (out - 1) * stride - 2 * pad +
+        // kernel, which is short when the last window leaves rows or columns unused. Such
+        // trailing rows take no part in the forward pass, so pad explicitly and drop them
+        // first; their gradient is then zero, as it should be.
+        let (rh, rw) = ((h + 2 * p - k) % s, (w + 2 * p - k) % s);
+        let y = if rh == 0 && rw == 0 {
+            taps.conv2d(&self.weight2d, p, s, 1, 1)?
+        } else {
+            let padded = if p > 0 {
+                taps.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
+            } else {
+                taps
+            };
+            padded
+                .narrow(2, 0, h + 2 * p - rh)?
+                .narrow(3, 0, w + 2 * p - rw)?
+                .conv2d(&self.weight2d, 0, s, 1, 1)?
+        };
+        let (_, co, ho, wo) = y.dims4()?;
+        let y = y.reshape((n, dout, co, ho, wo))?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Batch normalisation over the channel axis of `(N, D, C, H, W)` (train and eval).
+#[derive(Debug, Clone)]
+pub struct BatchNorm3d {
+    inner: candle_nn::BatchNorm,
+}
+
+impl BatchNorm3d {
+    /// Load or create `weight`, `bias`, `running_mean`, `running_var` under `vb`
+    /// (PyTorch defaults: eps 1e-5, momentum 0.1).
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        let cfg = candle_nn::BatchNormConfig {
+            eps: 1e-5,
+            remove_mean: true,
+            affine: true,
+            momentum: 0.1,
+        };
+        Ok(BatchNorm3d {
+            inner: candle_nn::batch_norm(channels, cfg, vb)?,
+        })
+    }
+}
+
+impl ModuleT for BatchNorm3d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // Candle's batch norm wants channels at axis 1.
+        let y = x.transpose(1, 2)?.contiguous()?;
+        let y = self.inner.forward_t(&y, train)?;
+        y.transpose(1, 2)?.contiguous()
+    }
+}
+
+/// 3D max pooling with kernel = stride `(kd, k)` over `(N, D, C, H, W)`; trailing voxels
+/// that do not fill a window are dropped (PyTorch's floor mode).
+pub fn max_pool3d(x: &Tensor, kd: usize, k: usize) -> Result<Tensor> {
+    pool3d(x, kd, k, true)
+}
+
+/// 3D average pooling with kernel = stride `(kd, k)`.
+pub fn avg_pool3d(x: &Tensor, kd: usize, k: usize) -> Result<Tensor> {
+    pool3d(x, kd, k, false)
+}
+
+fn pool3d(x: &Tensor, kd: usize, k: usize, max: bool) -> Result<Tensor> {
+    let (n, d, c, h, w) = x.dims5()?;
+    let (od, oh, ow) = (d / kd, h / k, w / k);
+    if od == 0 || oh == 0 || ow == 0 {
+        candle_core::bail!(
+            "pool3d: input {:?} smaller than the window ({kd}, {k}, {k})",
+            x.shape()
+        );
+    }
+    let x = x
+        .narrow(1, 0, od * kd)?
+        .narrow(3, 0, oh * k)?
+        .narrow(4, 0, ow * k)?
+        .reshape(vec![n, od, kd, c, oh, k, ow, k])?;
+    let reduce = |t: Tensor, dim: usize| if max { t.max(dim) } else { t.mean(dim) };
+    let y = reduce(x, 7)?;
+    let y = reduce(y, 5)?;
+    reduce(y, 2)
+}
+
+/// Global average pooling: `(N, D, C, H, W)` → `(N, C)`.
+pub fn global_avg_pool3d(x: &Tensor) -> Result<Tensor> {
+    x.mean(D::Minus1)?.mean(D::Minus1)?.mean(1)
+}
+
+/// Nearest-neighbour upsampling by integer factors `(fd, f)`.
+pub fn upsample_nearest3d(x: &Tensor, fd: usize, f: usize) -> Result<Tensor> {
+    let (n, d, c, h, w) = x.dims5()?;
+    x.reshape(vec![n, d, 1, c, h, 1, w, 1])?
+        .broadcast_as(vec![n, d, fd, c, h, f, w, f])?
+        .reshape((n, d * fd, c, h * f, w * f))
+}
+
+/// Trilinear resize to `(od, oh, ow)` (align_corners = false): bilinear over (H, W), then
+/// linear over D. Forward only (Candle's bilinear upsampling has no backward); used for
+/// Grad-CAM heatmaps.
+pub fn resize_trilinear(x: &Tensor, od: usize, oh: usize, ow: usize) -> Result<Tensor> {
+    let (n, d, c, h, w) = x.dims5()?;
+    let y = x
+        .reshape((n * d, c, h, w))?
+        .upsample_bilinear2d(oh, ow, false)?
+        .reshape((n, d, c, oh, ow))?;
+    if od == d {
+        return Ok(y);
+    }
+    // Linear along D: output slice o samples input position (o + 0.5) * d / od - 0.5.
+    let mut slices = Vec::with_capacity(od);
+    for o in 0..od {
+        let src = ((o as f64 + 0.5) * d as f64 / od as f64 - 0.5).clamp(0.0, (d - 1) as f64);
+        let i0 = src.floor() as usize;
+        let i1 = (i0 + 1).min(d - 1);
+        let f = src - i0 as f64;
+        let a = y.narrow(1, i0, 1)?;
+        let b = y.narrow(1, i1, 1)?;
+        slices.push(((a * (1.0 - f))? + (b * f)?)?);
+    }
+    Tensor::cat(&slices, 1)
+}
+
+/// `(N, C, D, H, W)` (PyTorch) → `(N, D, C, H, W)` (ours), and back with the same call.
+pub fn swap_depth_channels(x: &Tensor) -> Result<Tensor> {
+    x.transpose(1, 2)?.contiguous()
+}
