@@ -255,3 +255,71 @@ fn shapes_and_nearest_upsampling() {
     .unwrap();
     assert!(conv.forward(&x).is_err());
 }
+
+/// A dense block and a MulPoolFusion block against their PyTorch twins
+/// (`reference/twin.py`, fixtures by `reference/golden_blocks.py`): same weight names,
+/// training-mode forward, and gradients for the input and every parameter.
+#[test]
+fn dense_block_and_mulpoolfusion_match_pytorch() {
+    use onfh_edge::model::blocks::{DenseBlock, MulPoolFusion};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden/blocks.safetensors");
+    let g = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    for name in ["dense", "mpf"] {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let block: Box<dyn ModuleT> = if name == "dense" {
+            Box::new(DenseBlock::new(4, 2, 3, 2, vb).unwrap())
+        } else {
+            Box::new(MulPoolFusion::new(6, 5, vb).unwrap())
+        };
+        // Every parameter of ours has a PyTorch counterpart under the same name, and back.
+        let prefix = format!("{name}.param.");
+        let theirs: Vec<&String> = g.keys().filter(|k| k.starts_with(&prefix)).collect();
+        {
+            let data = map.data().lock().unwrap();
+            assert_eq!(data.len(), theirs.len(), "{name}: parameter count");
+            for k in &theirs {
+                let key = &k[prefix.len()..];
+                let var = data
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{name}: no parameter {key}"));
+                var.set(&g[*k]).unwrap();
+            }
+        }
+        let x = Var::from_tensor(&swap_depth_channels(&g[&format!("{name}.x")]).unwrap()).unwrap();
+        let y = block.forward_t(x.as_tensor(), true).unwrap();
+        close(
+            &format!("{name} forward"),
+            &swap_depth_channels(&y).unwrap(),
+            &g[&format!("{name}.y")],
+        );
+        let upstream = swap_depth_channels(&g[&format!("{name}.g")]).unwrap();
+        let grads = (y * upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            &format!("{name} dx"),
+            &swap_depth_channels(grads.get(&x).unwrap()).unwrap(),
+            &g[&format!("{name}.dx")],
+        );
+        let data = map.data().lock().unwrap();
+        let grad_prefix = format!("{name}.grad.");
+        let mut checked = 0;
+        for (k, v) in g.iter().filter(|(k, _)| k.starts_with(&grad_prefix)) {
+            let key = &k[grad_prefix.len()..];
+            let ours = grads
+                .get(data[key].as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {key}"));
+            close(&format!("{name} d{key}"), ours, v);
+            checked += 1;
+        }
+        assert!(
+            checked >= 6,
+            "{name}: only {checked} parameter gradients compared"
+        );
+    }
+}

@@ -47,9 +47,9 @@ impl Conv3dConfig {
 /// A 3D convolution over `(N, D, C, H, W)`.
 #[derive(Debug, Clone)]
 pub struct Conv3d {
-    /// `(Co, kD·Ci, kH, kW)`: the PyTorch weight with the depth taps moved next to the
-    /// input channels, ready for conv2d.
-    weight2d: Tensor,
+    /// `(Co, Ci, kD, kH, kW)`, PyTorch's layout. It is rearranged for conv2d on every
+    /// forward pass, so that an optimiser's (or a loader's) update of the variable is seen.
+    weight: Tensor,
     /// `(1, 1, Co, 1, 1)`.
     bias: Option<Tensor>,
     cfg: Conv3dConfig,
@@ -101,15 +101,12 @@ impl Conv3d {
                 cfg.kernel
             );
         }
-        let weight2d = weight
-            .permute((0, 2, 1, 3, 4))?
-            .reshape((co, kd * ci, kh, kw))?;
         let bias = match bias {
             Some(b) => Some(b.reshape((1, 1, co, 1, 1))?),
             None => None,
         };
         Ok(Conv3d {
-            weight2d,
+            weight: weight.clone(),
             bias,
             cfg,
             in_channels: ci,
@@ -128,6 +125,12 @@ impl Module for Conv3d {
             );
         }
         let (kd, _) = self.cfg.kernel;
+        let (co, ci, _, kh, kw) = self.weight.dims5()?;
+        // `(Co, kD·Ci, kH, kW)`: the depth taps next to the input channels, as gathered below.
+        let weight2d = self
+            .weight
+            .permute((0, 2, 1, 3, 4))?
+            .reshape((co, kd * ci, kh, kw))?;
         let (sd, s) = self.cfg.stride;
         let (pd, p) = self.cfg.padding;
         let x = if pd > 0 {
@@ -159,7 +162,7 @@ impl Module for Conv3d {
         // first; their gradient is then zero, as it should be.
         let (rh, rw) = ((h + 2 * p - k) % s, (w + 2 * p - k) % s);
         let y = if rh == 0 && rw == 0 {
-            taps.conv2d(&self.weight2d, p, s, 1, 1)?
+            taps.conv2d(&weight2d, p, s, 1, 1)?
         } else {
             let padded = if p > 0 {
                 taps.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
@@ -169,7 +172,7 @@ impl Module for Conv3d {
             padded
                 .narrow(2, 0, h + 2 * p - rh)?
                 .narrow(3, 0, w + 2 * p - rw)?
-                .conv2d(&self.weight2d, 0, s, 1, 1)?
+                .conv2d(&weight2d, 0, s, 1, 1)?
         };
         let (_, co, ho, wo) = y.dims4()?;
         let y = y.reshape((n, dout, co, ho, wo))?;
