@@ -454,24 +454,30 @@ pub fn assemble_files(paths: &[&Path]) -> Result<Volume, VolumeError> {
     })
 }
 
+/// A small coronal test volume: 0.8 mm pixels, 3.5 mm slices, filled with `value`.
+#[cfg(test)]
+pub(crate) fn coronal_test_volume(dims: [usize; 3], value: f32) -> Volume {
+    Volume {
+        data: vec![value; dims[0] * dims[1] * dims[2]],
+        dims,
+        affine: [
+            [0.8, 0.0, 0.0, -100.0],
+            [0.0, 0.0, 3.5, -20.0],
+            [0.0, -0.8, 0.0, 50.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ],
+        series_uid: String::new(),
+        study_uid: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn affine_round_trips() {
-        let v = Volume {
-            data: vec![0.0; 8],
-            dims: [2, 2, 2],
-            affine: [
-                [0.8, 0.0, 0.0, -100.0],
-                [0.0, 0.0, 3.5, -20.0],
-                [0.0, -0.8, 0.0, 50.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-            series_uid: String::new(),
-            study_uid: String::new(),
-        };
+        let v = coronal_test_volume([2, 2, 2], 0.0);
         let p = v.voxel_to_patient([10.0, 20.0, 3.0]);
         assert_eq!(p, [-92.0, -9.5, 34.0]);
         let back = v.patient_to_voxel(p);

@@ -149,18 +149,7 @@ mod tests {
 
     #[test]
     fn header_carries_the_ras_affine() {
-        let v = Volume {
-            data: vec![1.0; 24],
-            dims: [2, 3, 4],
-            affine: [
-                [0.8, 0.0, 0.0, -100.0],
-                [0.0, 0.0, 3.5, -20.0],
-                [0.0, -0.8, 0.0, 50.0],
-                [0.0, 0.0, 0.0, 1.0],
-            ],
-            series_uid: String::new(),
-            study_uid: String::new(),
-        };
+        let v = crate::volume::assemble::coronal_test_volume([2, 3, 4], 1.0);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v.nii");
         write(&v, &p, "test").unwrap();
