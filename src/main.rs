@@ -52,11 +52,53 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Train a network on phantom studies.
+    Train {
+        #[command(subcommand)]
+        what: TrainWhat,
+    },
     /// Validate a configuration and print the effective settings.
     CheckConfig {
         /// Site configuration (TOML) applied over the embedded defaults.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrainWhat {
+    /// The 3D-MulDenseNet stager, on head crops at the ground-truth centres.
+    Stager {
+        /// Where checkpoints go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Architecture preset: small (trains on a CPU; shipped) or paper.
+        #[arg(long, default_value = "small")]
+        preset: String,
+        /// Training studies (two heads each); seeds start at --seed.
+        #[arg(long, default_value_t = 60)]
+        train_studies: usize,
+        /// Validation studies; seeds start at --seed + 1000000.
+        #[arg(long, default_value_t = 20)]
+        val_studies: usize,
+        /// First training seed.
+        #[arg(long, default_value_t = 1000)]
+        seed: u64,
+        /// Epochs.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Learning rate (the paper: 1e-2).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 1e-4)]
+        weight_decay: f64,
+        /// Continue from the last checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
     },
 }
 
@@ -119,6 +161,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display(),
                 onfh_edge::phantom::DISCLAIMER
             );
+            Ok(())
+        }
+        Cmd::Train {
+            what:
+                TrainWhat::Stager {
+                    out,
+                    preset,
+                    train_studies,
+                    val_studies,
+                    seed,
+                    epochs,
+                    batch,
+                    lr,
+                    weight_decay,
+                    resume,
+                },
+        } => {
+            use onfh_edge::model::{data::CropConfig, stager::StagerConfig, train};
+            let config = match preset.as_str() {
+                "small" => StagerConfig::small(),
+                "paper" => StagerConfig::paper(),
+                other => anyhow::bail!("unknown preset {other:?} (small or paper)"),
+            };
+            let crop = CropConfig {
+                shape: config.input,
+                ..CropConfig::small()
+            };
+            let opts = train::TrainOptions {
+                config,
+                crop,
+                train_studies,
+                val_studies,
+                seed,
+                epochs,
+                batch,
+                lr,
+                weight_decay,
+                gamma: 2.0,
+                out: out.clone(),
+                resume,
+            };
+            println!(
+                "training the stager on {train_studies} + {val_studies} phantom studies ({})",
+                onfh_edge::phantom::DISCLAIMER
+            );
+            train::train_stager(&opts, |r| {
+                println!(
+                    "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
+                    r.epoch,
+                    r.train_loss,
+                    r.val_loss,
+                    r.val_accuracy,
+                    if r.best { "  (best)" } else { "" }
+                )
+            })?;
+            println!("checkpoints in {}", out.display());
             Ok(())
         }
         Cmd::CheckConfig { config } => {

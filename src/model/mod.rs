@@ -10,5 +10,7 @@
 //! This module does no I/O other than loading weights.
 
 pub mod blocks;
+pub mod data;
 pub mod layers;
 pub mod stager;
+pub mod train;

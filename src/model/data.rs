@@ -1,0 +1,167 @@
+//! Training data for the stager: femoral-head crops from phantom studies, with their stage.
+//!
+//! A crop is sampled from the assembled T2 volume on the canonical grid (`volume::resample`)
+//! around a head centre — the ground truth in training, the detector's box in use — and
+//! windowed like the model input. Right heads are mirrored right-left into the left head's
+//! frame, so that the stager always sees one anatomy (lateral to the same side); the
+//! pipeline does the same at inference. Flips are not used as augmentation for the same
+//! reason (and because the lesions are anterosuperior: an anterior-posterior or
+//! superior-inferior flip would teach the wrong anatomy); augmentation is brightness, noise
+//! and a small jitter of the crop centre.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::phantom::{self, StudyTruth, anatomy::Stage};
+use crate::volume::{self, Volume};
+
+/// How crops are taken (part of the stager's manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CropConfig {
+    /// Crop (D, H, W) — the stager's input.
+    pub shape: [usize; 3],
+    /// Field of view, mm: anterior-posterior, superior-inferior, right-left.
+    pub field_of_view_mm: [f64; 3],
+    /// Intensity window level.
+    pub window_level: f64,
+    /// Intensity window width.
+    pub window_width: f64,
+}
+
+impl CropConfig {
+    /// Crops for the small stager preset: 64 mm around the head.
+    pub fn small() -> Self {
+        CropConfig {
+            shape: [16, 32, 32],
+            field_of_view_mm: [64.0, 64.0, 64.0],
+            window_level: 300.0,
+            window_width: 1500.0,
+        }
+    }
+}
+
+/// One head crop and its label.
+#[derive(Debug, Clone)]
+pub struct HeadSample {
+    /// Windowed voxels, (D, H, W) row-major, right heads mirrored.
+    pub voxels: Vec<f32>,
+    /// Class index: 0, 1, 2 for stage 0, I, II.
+    pub class: u32,
+    /// "L" or "R".
+    pub side: String,
+    /// The phantom seed of the study.
+    pub seed: u64,
+}
+
+/// Class index of a stage.
+pub fn class_of(stage: Stage) -> u32 {
+    match stage {
+        Stage::S0 => 0,
+        Stage::S1 => 1,
+        Stage::S2 => 2,
+    }
+}
+
+/// Crop around `center` (LPS mm); mirror right-left when `mirror`.
+pub fn crop(v: &Volume, center: [f64; 3], mirror: bool, cfg: &CropConfig) -> Vec<f32> {
+    let (c, inside) = volume::resample(v, center, cfg.field_of_view_mm, cfg.shape);
+    let low = cfg.window_level - cfg.window_width / 2.0;
+    let mut out: Vec<f32> = c
+        .data
+        .iter()
+        .zip(&inside)
+        .map(|(x, ins)| {
+            if *ins {
+                ((*x as f64 - low) / cfg.window_width).clamp(0.0, 1.0) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    if mirror {
+        let w = cfg.shape[2];
+        for row in out.chunks_mut(w) {
+            row.reverse();
+        }
+    }
+    out
+}
+
+/// Why samples could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The phantom failed.
+    #[error(transparent)]
+    Phantom(#[from] phantom::PhantomError),
+    /// A study had no usable T2 series.
+    #[error("study {0}: no usable T2 series")]
+    NoSeries(u64),
+    /// The T2 series did not assemble.
+    #[error("study {seed}: {source}")]
+    Volume {
+        /// The study seed.
+        seed: u64,
+        /// Why.
+        source: volume::VolumeError,
+    },
+    /// Files could not be listed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Generate the phantom study `seed` under `dir` and return its two head crops.
+pub fn study_samples(
+    dir: &Path,
+    seed: u64,
+    cfg: &CropConfig,
+) -> Result<Vec<HeadSample>, DataError> {
+    let truth: StudyTruth = phantom::generate_study(dir, seed, &phantom::Options::default())?;
+    let files = volume::collect_files(&[dir.to_owned()])?;
+    let report = volume::scan_files(&files);
+    let sel = volume::select(&report.series, &volume::Rules::default());
+    let chosen = sel.chosen.ok_or(DataError::NoSeries(seed))?;
+    let v = volume::assemble(&report.series[chosen])
+        .map_err(|source| DataError::Volume { seed, source })?;
+    Ok(truth
+        .heads
+        .iter()
+        .map(|h| HeadSample {
+            voxels: crop(&v, h.center_lps_mm, h.side == "R", cfg),
+            class: class_of(h.stage),
+            side: h.side.clone(),
+            seed,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirroring_reverses_columns_only() {
+        let v = crate::volume::assemble::coronal_test_volume([40, 40, 20], 800.0);
+        let cfg = CropConfig {
+            shape: [2, 3, 4],
+            field_of_view_mm: [4.0, 6.0, 8.0],
+            window_level: 300.0,
+            window_width: 1500.0,
+        };
+        let a = crop(&v, [-90.0, 10.0, 30.0], false, &cfg);
+        let b = crop(&v, [-90.0, 10.0, 30.0], true, &cfg);
+        assert_eq!(a.len(), 24);
+        for row in 0..6 {
+            let ra = &a[row * 4..row * 4 + 4];
+            let mut rb = b[row * 4..row * 4 + 4].to_vec();
+            rb.reverse();
+            assert_eq!(ra, &rb[..]);
+        }
+        // Windowed: 800 → (800 + 450) / 1500.
+        assert!(
+            a.iter()
+                .all(|x| (x - 1250.0 / 1500.0).abs() < 1e-4 || *x == 0.0)
+        );
+    }
+}
