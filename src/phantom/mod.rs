@@ -144,9 +144,24 @@ pub enum PhantomError {
 }
 
 fn werr(path: &Path, e: impl std::fmt::Display) -> PhantomError {
+    // `{:#}`-style: the whole chain, as dicom-object's messages are terse at the top.
     PhantomError::Write {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: format!("{e}"),
+    }
+}
+
+fn werr_chain(path: &Path, e: &dyn std::error::Error) -> PhantomError {
+    let mut message = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    PhantomError::Write {
+        path: path.to_owned(),
+        message,
     }
 }
 
@@ -880,7 +895,7 @@ fn save(
                 .media_storage_sop_instance_uid(sop),
         )
         .map_err(|e| werr(path, e))?;
-    file.write_to_file(path).map_err(|e| werr(path, e))
+    file.write_to_file(path).map_err(|e| werr_chain(path, &e))
 }
 
 /// The attributes of one classic slice, without pixel data and rescale.
