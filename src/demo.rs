@@ -2,8 +2,10 @@
 //!
 //! Starts the real daemon (the same `daemon::run` as `serve`) on the default address — or
 //! on a free loopback port if that one is taken — with its state in a fresh temporary
-//! folder, plays the scanner by sending a synthetic MR study over a real C-STORE
-//! association, waits for the series to complete, and prints what the receiver holds.
+//! folder, plays the scanner by sending a phantom hip study over a real C-STORE
+//! association, waits for the series to complete, prints what the receiver holds, and runs
+//! the volume stage on the stored files (series selection with reasons, assembly, NIfTI,
+//! the model's input tensor with the heads located in it).
 //! The only departure from the embedded defaults is a 3 s series quiet period, so the demo
 //! does not sit idle for 30 s; it says so.
 //!
@@ -17,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::dicom::scu;
+use crate::phantom::{self, anatomy::Stage};
 use crate::store::Store;
-use crate::synth::{self, SeriesSpec};
+use crate::volume;
 
 /// What the demo prints first: the model's intended use applies to everything it shows.
 pub const INTENDED_USE: &str =
@@ -64,39 +67,36 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seed of the demo's phantom study (a coronal T2, one normal and one stage II head).
+const DEMO_SEED: u64 = 7;
+
 async fn play_scanner(
     settings: &Settings,
     work: &std::path::Path,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     let study_dir = work.join("study");
-    let files = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<std::path::PathBuf>> {
-        let study = synth::new_uid();
-        let mut files = Vec::new();
-        for (number, description, count) in
-            [(1, "LOCALIZER", 3), (2, "COR T1", 24), (3, "COR T2 FS", 24)]
-        {
-            let series = synth::write_series(
-                &study_dir,
-                &SeriesSpec {
-                    study_uid: &study,
-                    series_number: number,
-                    description,
-                    count,
-                    rows: 128,
-                    cols: 128,
-                    sop_class_uid: dicom_dictionary_std::uids::MR_IMAGE_STORAGE,
-                },
-            )?;
-            files.extend(series.into_iter().map(|i| i.path));
-        }
-        Ok(files)
+    let (truth, files) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let options = phantom::Options {
+            stages: Some([Stage::S0, Stage::S2]),
+            t2_orientation: Some(phantom::Orientation::Coronal),
+            ..phantom::Options::default()
+        };
+        let truth = phantom::generate_study(&study_dir, DEMO_SEED, &options)?;
+        let files: Vec<std::path::PathBuf> = volume::collect_files(std::slice::from_ref(&study_dir))?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .collect();
+        Ok((truth, files))
     })
     .await?
-    .context("cannot write the synthetic study")?;
+    .context("cannot write the phantom study")?;
+    let n_series = truth.series.len() as i64;
     println!(
-        "scanner: sending {} synthetic MR instances (3 series) over C-STORE ...",
-        files.len()
+        "scanner: sending a synthetic hip study ({} series, {} files, {}) over C-STORE ...",
+        n_series,
+        files.len(),
+        truth.scanner
     );
 
     let called = settings.receiver.ae_title.clone();
@@ -119,15 +119,27 @@ async fn play_scanner(
 
     let db = settings.storage.database_path();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (summary, series) = loop {
+    let (summary, series, spooled) = loop {
         let db = db.clone();
-        let (summary, series) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let store = Store::open_read_only(&db)?;
-            Ok((store.summary()?, store.series_rows()?))
-        })
-        .await??;
-        if summary.jobs_complete == 3 {
-            break (summary, series);
+        let spool = settings.storage.spool_dir();
+        let (summary, series, spooled) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let store = Store::open_read_only(&db)?;
+                let series = store.series_rows()?;
+                let mut files = Vec::new();
+                for s in &series {
+                    files.extend(
+                        store
+                            .series_files(&s.series_uid)?
+                            .into_iter()
+                            .map(|f| spool.join(f)),
+                    );
+                }
+                Ok((store.summary()?, series, files))
+            })
+            .await??;
+        if summary.jobs_complete == n_series {
+            break (summary, series, spooled);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -143,14 +155,69 @@ async fn play_scanner(
         summary.instance_bytes as f64 / 1048576.0,
         summary.jobs_complete
     );
-    for s in series {
+    for s in &series {
         println!(
-            "  series {:>2} {:<12} {:>3} instances  {}",
+            "  series {:>2} {:<20} {:>3} instances  {}",
             s.series_number.unwrap_or_default(),
-            s.series_description.unwrap_or_default(),
+            s.series_description.clone().unwrap_or_default(),
             s.instance_count,
             s.state
         );
+    }
+
+    // The volume stage on what the receiver stored: select, assemble, preprocess, NIfTI.
+    let selection = settings.selection.clone();
+    let pre = settings.preprocess.clone();
+    let nii = work.join("t2.nii");
+    let report =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+            let scanned = volume::scan_files(&spooled);
+            let sel = volume::select(&scanned.series, &selection);
+            let mut lines = Vec::new();
+            for v in &sel.verdicts {
+                lines.push(format!(
+                    "  series {:>2} {:<20} {}",
+                    v.number.unwrap_or_default(),
+                    v.description,
+                    match &v.verdict {
+                        volume::Verdict::Chosen => "chosen".to_string(),
+                        volume::Verdict::Passed(why) | volume::Verdict::Rejected(why) =>
+                            why.clone(),
+                    }
+                ));
+            }
+            let chosen = sel.chosen.context("no usable T2 series")?;
+            let vol = volume::assemble(&scanned.series[chosen])?;
+            volume::nifti::write(&vol, &nii, phantom::DISCLAIMER)?;
+            let tensor = volume::preprocess(&vol, &pre);
+            lines.push(format!(
+                "volume: {}x{}x{} voxels, spacing {:.2} x {:.2} x {:.2} mm, written to {}",
+                vol.dims[0],
+                vol.dims[1],
+                vol.dims[2],
+                vol.spacing()[0],
+                vol.spacing()[1],
+                vol.spacing()[2],
+                nii.display()
+            ));
+            lines.push(format!(
+                "model input: {:?} (W, H, D), window 300/1500",
+                tensor.dims
+            ));
+            for h in &truth.heads {
+                let v = tensor.patient_to_voxel(h.center_lps_mm);
+                lines.push(format!(
+                "  {} femoral head (phantom truth: stage {}) at tensor voxel ({:.0}, {:.0}, {:.0})",
+                h.side, h.stage.label(), v[0], v[1], v[2]
+            ));
+            }
+            lines.push("staging: not built yet (the detector and stager weights come next)".into());
+            Ok(lines)
+        })
+        .await??;
+    println!("volume stage:");
+    for l in report {
+        println!("{l}");
     }
     Ok(())
 }

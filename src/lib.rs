@@ -9,7 +9,10 @@
 //! - [`store`]: the SQLite database — schema, migrations, every query.
 //! - [`daemon`]: wiring, signals and shutdown for `onfh-edge serve`.
 //! - [`demo`]: `onfh-edge demo`, the whole job end to end on loopback.
-//! - [`synth`]: synthetic MR instances for the demo, tests and benchmarks.
+//! - [`synth`]: plain synthetic MR instances for the receiver's tests and benchmark.
+//! - [`phantom`]: synthetic bilateral hip studies with ground truth.
+//! - [`volume`]: series selection, 3D assembly, preprocessing, NIfTI.
+//! - [`model`]: the 3D networks on Candle and their training.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
 

@@ -1,5 +1,5 @@
-//! Synthetic MR instances: plain, deterministic test objects for the demo, the tests and
-//! the benchmarks. They carry realistic DICOM structure (UIDs, geometry, 16-bit pixels)
+//! Synthetic MR instances: plain test objects for the receiver's tests and benchmark
+//! (anatomy, for everything else, comes from `phantom`). They carry realistic DICOM structure (UIDs, geometry, 16-bit pixels)
 //! but no anatomy; they exist to exercise the receiver, not the models.
 //!
 //! This module only builds objects and writes files; it never talks to the network.
