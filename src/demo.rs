@@ -83,10 +83,11 @@ async fn play_scanner(
             ..phantom::Options::default()
         };
         let truth = phantom::generate_study(&study_dir, DEMO_SEED, &options)?;
-        let files: Vec<std::path::PathBuf> = volume::collect_files(std::slice::from_ref(&study_dir))?
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-            .collect();
+        let files: Vec<std::path::PathBuf> =
+            volume::collect_files(std::slice::from_ref(&study_dir))?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+                .collect();
         Ok((truth, files))
     })
     .await?
