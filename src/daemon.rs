@@ -113,7 +113,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let receiver = Receiver::new(r, &settings.series, spool, store.clone());
     tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
-    tracker.spawn(completion::run(store.clone(), shutdown.clone(), |_| {}));
+    tracker.spawn(completion::run(store.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
     tracker.close();

@@ -365,48 +365,32 @@ print(json.dumps({
     assert_eq!(r["codes"], serde_json::json!([1, 1]));
     assert_eq!(r["value"].as_f64().unwrap() as f32, v.get(i, j, k));
     // The DICOM geometry of voxel (i, j, k), straight from the file's own tags.
-    let sorted: Vec<(f64, PathBuf)> = {
-        let mut s: Vec<(f64, PathBuf)> = files
-            .iter()
-            .map(|p| {
-                let o = dicom_object::open_file(p).unwrap();
-                let ipp = o
-                    .element(tags::IMAGE_POSITION_PATIENT)
-                    .unwrap()
-                    .to_multi_float64()
-                    .unwrap();
-                let iop = o
-                    .element(tags::IMAGE_ORIENTATION_PATIENT)
-                    .unwrap()
-                    .to_multi_float64()
-                    .unwrap();
-                let n = [
-                    iop[1] * iop[5] - iop[2] * iop[4],
-                    iop[2] * iop[3] - iop[0] * iop[5],
-                    iop[0] * iop[4] - iop[1] * iop[3],
-                ];
-                (ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2], p.clone())
-            })
-            .collect();
-        s.sort_by(|a, b| a.0.total_cmp(&b.0));
-        s
+    let floats = |p: &Path, tag| -> Vec<f64> {
+        dicom_object::open_file(p)
+            .unwrap()
+            .element(tag)
+            .unwrap()
+            .to_multi_float64()
+            .unwrap()
     };
-    let o = dicom_object::open_file(&sorted[k].1).unwrap();
-    let ipp = o
-        .element(tags::IMAGE_POSITION_PATIENT)
-        .unwrap()
-        .to_multi_float64()
-        .unwrap();
-    let iop = o
-        .element(tags::IMAGE_ORIENTATION_PATIENT)
-        .unwrap()
-        .to_multi_float64()
-        .unwrap();
-    let ps = o
-        .element(tags::PIXEL_SPACING)
-        .unwrap()
-        .to_multi_float64()
-        .unwrap();
+    let mut sorted: Vec<(f64, PathBuf)> = files
+        .iter()
+        .map(|p| {
+            let ipp = floats(p, tags::IMAGE_POSITION_PATIENT);
+            let iop = floats(p, tags::IMAGE_ORIENTATION_PATIENT);
+            let n = [
+                iop[1] * iop[5] - iop[2] * iop[4],
+                iop[2] * iop[3] - iop[0] * iop[5],
+                iop[0] * iop[4] - iop[1] * iop[3],
+            ];
+            (ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2], p.clone())
+        })
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let slice = &sorted[k].1;
+    let ipp = floats(slice, tags::IMAGE_POSITION_PATIENT);
+    let iop = floats(slice, tags::IMAGE_ORIENTATION_PATIENT);
+    let ps = floats(slice, tags::PIXEL_SPACING);
     let lps: Vec<f64> = (0..3)
         .map(|a| ipp[a] + iop[a] * ps[1] * i as f64 + iop[3 + a] * ps[0] * j as f64)
         .collect();

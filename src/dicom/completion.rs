@@ -7,24 +7,21 @@
 //! instance re-opens a completed series (with a new generation), and firing twice is
 //! impossible because the flip is one conditional UPDATE.
 //!
-//! This task does not analyse anything; the analysis pipeline consumes `complete` jobs.
+//! This task does not analyse anything; the analysis pipeline will consume `complete` job rows
+//! from the database.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::{CompletedSeries, Store, now_ms};
+use crate::store::{Store, now_ms};
 
 /// Longest sleep between checks; bounds how late a completion can fire.
 const MAX_TICK: Duration = Duration::from_millis(500);
 
-/// Fire due completions until `shutdown`. `on_complete` is told of each one.
-pub async fn run(
-    store: Store,
-    shutdown: CancellationToken,
-    mut on_complete: impl FnMut(CompletedSeries) + Send,
-) {
+/// Fire due completions until `shutdown`.
+pub async fn run(store: Store, shutdown: CancellationToken) {
     loop {
         let s = store.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -43,7 +40,6 @@ pub async fn run(
                         generation = c.generation,
                         "series complete"
                     );
-                    on_complete(c);
                 }
                 next.map(|ms| Duration::from_millis(ms.max(10) as u64))
                     .unwrap_or(MAX_TICK)

@@ -53,7 +53,6 @@ pub struct Conv3d {
     /// `(1, 1, Co, 1, 1)`.
     bias: Option<Tensor>,
     cfg: Conv3dConfig,
-    in_channels: usize,
 }
 
 impl Conv3d {
@@ -93,7 +92,7 @@ impl Conv3d {
 
     /// Build from explicit tensors (PyTorch layout).
     pub fn from_weights(weight: &Tensor, bias: Option<&Tensor>, cfg: Conv3dConfig) -> Result<Self> {
-        let (co, ci, kd, kh, kw) = weight.dims5()?;
+        let (co, _, kd, kh, kw) = weight.dims5()?;
         if kh != kw || (kd, kh) != cfg.kernel {
             candle_core::bail!(
                 "conv3d weight {:?} does not match kernel {:?}",
@@ -109,7 +108,6 @@ impl Conv3d {
             weight: weight.clone(),
             bias,
             cfg,
-            in_channels: ci,
         })
     }
 }
@@ -117,15 +115,11 @@ impl Conv3d {
 impl Module for Conv3d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, d, c, h, w) = x.dims5()?;
-        if c != self.in_channels {
-            candle_core::bail!(
-                "conv3d expects {} channels, got {c} ({:?})",
-                self.in_channels,
-                x.shape()
-            );
-        }
         let (kd, _) = self.cfg.kernel;
         let (co, ci, _, kh, kw) = self.weight.dims5()?;
+        if c != ci {
+            candle_core::bail!("conv3d expects {ci} channels, got {c} ({:?})", x.shape());
+        }
         // `(Co, kD·Ci, kH, kW)`: the depth taps next to the input channels, as gathered below.
         let weight2d = self
             .weight

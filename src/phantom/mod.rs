@@ -71,12 +71,14 @@ pub struct Options {
     pub reverse_numbering: Option<bool>,
     /// Write the main T2 series as one Enhanced MR multi-frame instance.
     pub enhanced_t2: Option<bool>,
-    /// Scanner style, by name (see [`STYLE_NAMES`]).
+    /// Scanner style, by name (see [`style_names`]).
     pub style: Option<&'static str>,
 }
 
 /// Names of the scanner styles, for [`Options::style`].
-pub const STYLE_NAMES: [&str; 3] = ["siemens-like 3T", "ge-like 1.5T", "philips-like 1.5T"];
+pub fn style_names() -> impl Iterator<Item = &'static str> {
+    STYLES.iter().map(|s| s.name)
+}
 
 /// Ground truth for one head.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,13 +146,13 @@ pub enum PhantomError {
 }
 
 fn werr(path: &Path, e: impl std::fmt::Display) -> PhantomError {
-    // `{:#}`-style: the whole chain, as dicom-object's messages are terse at the top.
     PhantomError::Write {
         path: path.to_owned(),
         message: format!("{e}"),
     }
 }
 
+/// [`werr`] with the error's whole source chain (dicom-object's top message is terse).
 fn werr_chain(path: &Path, e: &dyn std::error::Error) -> PhantomError {
     let mut message = e.to_string();
     let mut cur = e.source();
