@@ -57,6 +57,34 @@ enum Cmd {
         #[command(subcommand)]
         what: TrainWhat,
     },
+    /// Measure the shipped models on a held-out phantom test set (seeds and a scanner style
+    /// never used in training).
+    EvaluateModels {
+        /// The detector's manifest.
+        #[arg(long, default_value = "models/3dc-yolox-small.json")]
+        detector: PathBuf,
+        /// The stager's manifest.
+        #[arg(long, default_value = "models/3d-muldensenet-small.json")]
+        stager: PathBuf,
+        /// Test studies.
+        #[arg(long, default_value_t = 100)]
+        studies: usize,
+        /// First test seed.
+        #[arg(long, default_value_t = onfh_edge::model::data::TEST_SEED_BASE)]
+        seed: u64,
+        /// The f32 checkpoint the detector was exported from (for the fp16 comparison).
+        #[arg(long, value_name = "FILE")]
+        reference_detector: Option<PathBuf>,
+        /// The f32 checkpoint the stager was exported from.
+        #[arg(long, value_name = "FILE")]
+        reference_stager: Option<PathBuf>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the figures into both manifests.
+        #[arg(long)]
+        write: bool,
+    },
     /// Validate a configuration and print the effective settings.
     CheckConfig {
         /// Site configuration (TOML) applied over the embedded defaults.
@@ -99,7 +127,109 @@ enum TrainWhat {
         /// Continue from the last checkpoint in --out.
         #[arg(long)]
         resume: bool,
+        /// Export the best epoch as fp16 safetensors + manifest into this folder.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+        /// Extra training crops per head around centres displaced by Gaussian noise (the
+        /// detector's centre is never exact).
+        #[arg(long, default_value_t = 2)]
+        jitter_copies: usize,
+        /// Standard deviation of that displacement per axis, mm.
+        #[arg(long, default_value_t = 3.0)]
+        jitter_mm: f64,
     },
+    /// The 3DC-YOLOX detector, on whole preprocessed study volumes.
+    Detector {
+        /// Where checkpoints go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Architecture preset: small (trains on a CPU; shipped) or paper.
+        #[arg(long, default_value = "small")]
+        preset: String,
+        /// Training studies; seeds start at --seed.
+        #[arg(long, default_value_t = 120)]
+        train_studies: usize,
+        /// Validation studies; seeds start at --seed + 1000000.
+        #[arg(long, default_value_t = 30)]
+        val_studies: usize,
+        /// First training seed.
+        #[arg(long, default_value_t = 1000)]
+        seed: u64,
+        /// Epochs.
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Learning rate (the paper: 1e-2).
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 5e-4)]
+        weight_decay: f64,
+        /// Continue from the last checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Export the best epoch as fp16 safetensors + manifest into this folder.
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+    },
+}
+
+/// A fresh scratch folder under the system temporary directory.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("onfh-edge-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn print_evaluation(e: &onfh_edge::model::evaluate::Evaluation) {
+    println!("test set: {}", e.test_set);
+    let d = &e.detector;
+    println!(
+        "detector: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius)",
+        d.both_heads_found,
+        d.studies,
+        100.0 * d.detection_rate,
+        d.mean_center_error_mm,
+        d.max_center_error_mm,
+        d.max_center_error_over_radius
+    );
+    for (what, m) in [
+        ("stager at true centres", &e.stager_at_true_centers),
+        ("stager at detected centres", &e.stager_at_detected_centers),
+    ] {
+        println!(
+            "{what}: accuracy {:.1} % of {} heads",
+            100.0 * m.accuracy,
+            m.heads
+        );
+        for c in &m.per_class {
+            println!(
+                "  {:<9} sensitivity {:.3}  specificity {:.3}",
+                c.class, c.sensitivity, c.specificity
+            );
+        }
+        println!(
+            "  confusion (rows true 0/I/II, columns predicted): {:?}",
+            m.confusion
+        );
+    }
+    if let Some(a) = &e.fp16_vs_f32 {
+        println!(
+            "fp16 vs f32 weights: max stage probability difference {:.2e}, {} stage disagreements, max detection score difference {:.2e}, max centre difference {:.3} mm",
+            a.max_probability_difference,
+            a.stage_disagreements,
+            a.max_detection_score_difference,
+            a.max_center_difference_mm
+        );
+    }
+}
+
+/// The command line as run (for manifests: the command that reproduces a model).
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("onfh-edge {}", args.join(" "))
 }
 
 fn init_logging(default_level: &str) {
@@ -176,6 +306,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     lr,
                     weight_decay,
                     resume,
+                    jitter_copies,
+                    jitter_mm,
+                    export,
                 },
         } => {
             use onfh_edge::model::{data::CropConfig, stager::StagerConfig, train};
@@ -199,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lr,
                 weight_decay,
                 gamma: 2.0,
+                jitter: (jitter_copies > 0).then_some((jitter_copies, jitter_mm)),
                 out: out.clone(),
                 resume,
             };
@@ -206,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "training the stager on {train_studies} + {val_studies} phantom studies ({})",
                 onfh_edge::phantom::DISCLAIMER
             );
-            train::train_stager(&opts, |r| {
+            let reports = train::train_stager(&opts, |r| {
                 println!(
                     "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
                     r.epoch,
@@ -217,6 +351,154 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
             println!("checkpoints in {}", out.display());
+            if let Some(dir) = export {
+                let best = reports
+                    .iter()
+                    .rev()
+                    .find(|r| r.best)
+                    .context("no epoch ran")?;
+                let name = format!("3d-muldensenet-{preset}");
+                let m = train::stager_manifest(&opts, best, &name, &command_line());
+                let m = onfh_edge::model::weights::export(
+                    &out.join("stager.best.safetensors"),
+                    m,
+                    &dir,
+                )?;
+                println!(
+                    "exported {} ({} parameters, fp16, sha256 {}) to {}",
+                    m.name,
+                    m.weights.parameters,
+                    m.weights.sha256,
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Train {
+            what:
+                TrainWhat::Detector {
+                    out,
+                    preset,
+                    train_studies,
+                    val_studies,
+                    seed,
+                    epochs,
+                    batch,
+                    lr,
+                    weight_decay,
+                    resume,
+                    export,
+                },
+        } => {
+            use onfh_edge::model::{detector::DetectorConfig, train_detector as td};
+            let config = match preset.as_str() {
+                "small" => DetectorConfig::small(),
+                "paper" => DetectorConfig::paper(),
+                other => anyhow::bail!("unknown preset {other:?} (small or paper)"),
+            };
+            let preprocess = onfh_edge::volume::Preprocess {
+                shape: config.input,
+                ..Default::default()
+            };
+            let opts = td::DetectorTrainOptions {
+                config,
+                preprocess,
+                train_studies,
+                val_studies,
+                seed,
+                epochs,
+                batch,
+                lr,
+                weight_decay,
+                out: out.clone(),
+                resume,
+            };
+            println!(
+                "training the detector on {train_studies} + {val_studies} phantom studies ({})",
+                onfh_edge::phantom::DISCLAIMER
+            );
+            let start = std::time::Instant::now();
+            let reports = td::train_detector(
+                &opts,
+                |b, n, loss| {
+                    eprint!(
+                        "\r  batch {b:>4}/{n}  loss {loss:.4}  {:>6.0} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                },
+                |r| {
+                    eprintln!();
+                    println!(
+                        "epoch {:>3}  train loss {:.4}  val detection {:.3}  val centre error {:.2} mm{}",
+                        r.epoch,
+                        r.train_loss,
+                        r.val_detection_rate,
+                        r.val_center_error_mm,
+                        if r.best { "  (best)" } else { "" }
+                    )
+                },
+            )?;
+            println!("checkpoints in {}", out.display());
+            if let Some(dir) = export {
+                let best = reports
+                    .iter()
+                    .rev()
+                    .find(|r| r.best)
+                    .context("no epoch ran")?;
+                let name = format!("3dc-yolox-{preset}");
+                let m = td::detector_manifest(&opts, best, &name, &command_line());
+                let m = onfh_edge::model::weights::export(
+                    &out.join("detector.best.safetensors"),
+                    m,
+                    &dir,
+                )?;
+                println!(
+                    "exported {} ({} parameters, fp16, sha256 {}) to {}",
+                    m.name,
+                    m.weights.parameters,
+                    m.weights.sha256,
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::EvaluateModels {
+            detector,
+            stager,
+            studies,
+            seed,
+            reference_detector,
+            reference_stager,
+            json,
+            write,
+        } => {
+            use onfh_edge::model::evaluate;
+            anyhow::ensure!(studies > 0, "--studies must be positive");
+            let scratch = tempfile_dir()?;
+            let opts = evaluate::EvalOptions {
+                detector,
+                stager,
+                studies,
+                seed,
+                reference_detector,
+                reference_stager,
+                scratch: scratch.clone(),
+            };
+            let result = evaluate::evaluate(&opts, &command_line(), |i, seed| {
+                eprint!("\r  study {i:>4}/{studies} (seed {seed})");
+            });
+            eprintln!();
+            let _ = std::fs::remove_dir_all(&scratch);
+            let e = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print_evaluation(&e);
+            }
+            if write {
+                evaluate::write_metrics(&opts, &e)?;
+                println!("figures written into the manifests");
+            }
             Ok(())
         }
         Cmd::CheckConfig { config } => {

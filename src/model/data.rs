@@ -1,4 +1,10 @@
-//! Training data for the stager: femoral-head crops from phantom studies, with their stage.
+//! Training and test data from phantom studies: whole preprocessed volumes with the heads'
+//! boxes for the detector, femoral-head crops with their stage for the stager.
+//!
+//! Scanner settings are split: training and validation studies use the styles in
+//! [`TRAINING_STYLES`]; the held-out test set uses [`HELD_OUT_STYLE`] (another vendor's tags
+//! and series names, another noise level and a stored-value rescale slope of 2.5) and seeds
+//! from [`TEST_SEED_BASE`], which training never draws.
 //!
 //! A crop is sampled from the assembled T2 volume on the canonical grid (`volume::resample`)
 //! around a head centre — the ground truth in training, the detector's box in use — and
@@ -13,8 +19,34 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::detector::VoxelBox;
 use crate::phantom::{self, StudyTruth, anatomy::Stage};
-use crate::volume::{self, Volume};
+use crate::volume::{self, Preprocess, Volume};
+
+/// Scanner styles of training and validation studies.
+pub const TRAINING_STYLES: [&str; 2] = ["siemens-like 3T", "ge-like 1.5T"];
+
+/// The scanner style of the held-out test set, never used in training.
+pub const HELD_OUT_STYLE: &str = "philips-like 1.5T";
+
+/// First seed of the held-out test set (training seeds stay below it).
+pub const TEST_SEED_BASE: u64 = 9_000_000;
+
+/// Phantom options of a training or validation study.
+pub fn training_options(seed: u64) -> phantom::Options {
+    phantom::Options {
+        style: Some(TRAINING_STYLES[(seed % 2) as usize]),
+        ..Default::default()
+    }
+}
+
+/// Phantom options of a held-out test study.
+pub fn test_options() -> phantom::Options {
+    phantom::Options {
+        style: Some(HELD_OUT_STYLE),
+        ..Default::default()
+    }
+}
 
 /// How crops are taken (part of the stager's manifest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,29 +143,110 @@ pub enum DataError {
     Io(#[from] std::io::Error),
 }
 
-/// Generate the phantom study `seed` under `dir` and return its two head crops.
+/// A generated phantom study: its truth and its assembled T2 volume.
+#[derive(Debug, Clone)]
+pub struct PhantomStudy {
+    /// The phantom's truth.
+    pub truth: StudyTruth,
+    /// The selected T2 series, assembled (patient mm affine).
+    pub volume: Volume,
+}
+
+/// Generate phantom study `seed` under `dir`, then select and assemble its T2 series the
+/// way the pipeline does.
+pub fn phantom_study(
+    dir: &Path,
+    seed: u64,
+    options: &phantom::Options,
+) -> Result<PhantomStudy, DataError> {
+    let truth: StudyTruth = phantom::generate_study(dir, seed, options)?;
+    let files = volume::collect_files(&[dir.to_owned()])?;
+    let report = volume::scan_files(&files);
+    let sel = volume::select(&report.series, &volume::Rules::default());
+    let chosen = sel.chosen.ok_or(DataError::NoSeries(seed))?;
+    let volume = volume::assemble(&report.series[chosen])
+        .map_err(|source| DataError::Volume { seed, source })?;
+    Ok(PhantomStudy { truth, volume })
+}
+
+/// The two head crops of a study; with `jitter`, `(copies, sigma_mm)` extra crops per head
+/// whose centres are displaced by Gaussian noise (the detector's centre is not exact).
+pub fn head_samples(
+    study: &PhantomStudy,
+    cfg: &CropConfig,
+    jitter: Option<(usize, f64, &mut rand_chacha::ChaCha8Rng)>,
+) -> Vec<HeadSample> {
+    use rand::Rng;
+    let mut out = Vec::new();
+    let mut jitter = jitter;
+    for h in &study.truth.heads {
+        let mut centers = vec![h.center_lps_mm];
+        if let Some((copies, sigma, rng)) = jitter.as_mut() {
+            let normal = rand_distr::Normal::new(0.0, *sigma).expect("finite sigma");
+            for _ in 0..*copies {
+                let c = h.center_lps_mm;
+                centers.push([0, 1, 2].map(|a| c[a] + rng.sample(normal)));
+            }
+        }
+        for c in centers {
+            out.push(HeadSample {
+                voxels: crop(&study.volume, c, h.side == "R", cfg),
+                class: class_of(h.stage),
+                side: h.side.clone(),
+                seed: study.truth.seed,
+            });
+        }
+    }
+    out
+}
+
+/// Generate the phantom study `seed` (training styles) under `dir` and return its two
+/// head crops.
 pub fn study_samples(
     dir: &Path,
     seed: u64,
     cfg: &CropConfig,
 ) -> Result<Vec<HeadSample>, DataError> {
-    let truth: StudyTruth = phantom::generate_study(dir, seed, &phantom::Options::default())?;
-    let files = volume::collect_files(&[dir.to_owned()])?;
-    let report = volume::scan_files(&files);
-    let sel = volume::select(&report.series, &volume::Rules::default());
-    let chosen = sel.chosen.ok_or(DataError::NoSeries(seed))?;
-    let v = volume::assemble(&report.series[chosen])
-        .map_err(|source| DataError::Volume { seed, source })?;
-    Ok(truth
+    let study = phantom_study(dir, seed, &training_options(seed))?;
+    Ok(head_samples(&study, cfg, None))
+}
+
+/// One study for the detector: the model input and the heads' true boxes.
+#[derive(Debug, Clone)]
+pub struct DetectorSample {
+    /// The preprocessed volume (windowed to [0, 1]; its affine maps to patient mm).
+    pub volume: Volume,
+    /// True boxes in voxels, (d, h, w) order: the head's sphere's bounding box.
+    pub boxes: Vec<VoxelBox>,
+    /// The heads' truth (centre and radius in mm, side, stage).
+    pub heads: Vec<phantom::HeadTruth>,
+    /// The phantom seed.
+    pub seed: u64,
+}
+
+/// The detector's sample of a study.
+pub fn detector_sample(study: &PhantomStudy, pre: &Preprocess) -> DetectorSample {
+    let volume = volume::preprocess(&study.volume, pre);
+    let sp = volume.spacing();
+    let boxes = study
+        .truth
         .heads
         .iter()
-        .map(|h| HeadSample {
-            voxels: crop(&v, h.center_lps_mm, h.side == "R", cfg),
-            class: class_of(h.stage),
-            side: h.side.clone(),
-            seed,
+        .map(|h| {
+            let v = volume.patient_to_voxel(h.center_lps_mm);
+            VoxelBox {
+                center: [v[2], v[1], v[0]],
+                size: [sp[2], sp[1], sp[0]].map(|s| 2.0 * h.radius_mm / s),
+                score: 1.0,
+            }
         })
-        .collect())
+        .collect();
+    DetectorSample {
+        volume,
+        boxes,
+        heads: study.truth.heads.clone(),
+        seed: study.truth.seed,
+    }
 }
 
 #[cfg(test)]

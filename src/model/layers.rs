@@ -110,6 +110,11 @@ impl Conv3d {
             cfg,
         })
     }
+
+    /// The weight `(Co, Ci, kD, kH, kW)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
 }
 
 impl Module for Conv3d {

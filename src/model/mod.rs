@@ -11,6 +11,10 @@
 
 pub mod blocks;
 pub mod data;
+pub mod detector;
+pub mod evaluate;
 pub mod layers;
 pub mod stager;
 pub mod train;
+pub mod train_detector;
+pub mod weights;

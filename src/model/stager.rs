@@ -159,6 +159,24 @@ impl Stager {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.classify(&self.features(x, train)?)
     }
+
+    /// Class probabilities `(N, classes)` (f32) for crops `(N, D, 1, H, W)`; refuses
+    /// crops holding NaN or infinity rather than return a meaningless prediction.
+    pub fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
+        let finite = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            candle_core::bail!("stager input contains NaN or infinite values");
+        }
+        let logits = self
+            .forward_t(x, false)?
+            .to_dtype(candle_core::DType::F32)?;
+        candle_nn::ops::softmax(&logits, D::Minus1)
+    }
 }
 
 /// Multi-class focal loss (Lin et al.), mean over the batch:

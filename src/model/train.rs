@@ -46,6 +46,8 @@ pub struct TrainOptions {
     pub weight_decay: f64,
     /// Focal loss gamma.
     pub gamma: f64,
+    /// Extra training crops per head around displaced centres: (copies, sigma mm).
+    pub jitter: Option<(usize, f64)>,
     /// Where checkpoints go.
     pub out: PathBuf,
     /// Continue from `stager.last.safetensors` in `out`.
@@ -67,16 +69,21 @@ pub struct EpochReport {
     pub best: bool,
 }
 
-/// Generate studies for `seeds` under a scratch folder and return their head crops.
+/// Generate studies for `seeds` (training scanner styles) under a scratch folder and return
+/// their head crops; with `jitter` = `(copies, sigma_mm, rng)`, also crops around displaced
+/// centres.
 pub fn samples(
     seeds: impl Iterator<Item = u64>,
     crop: &CropConfig,
     scratch: &Path,
+    mut jitter: Option<(usize, f64, &mut ChaCha8Rng)>,
 ) -> anyhow::Result<Vec<HeadSample>> {
     let mut out = Vec::new();
     for seed in seeds {
         let dir = scratch.join(format!("study_{seed}"));
-        out.extend(data::study_samples(&dir, seed, crop)?);
+        let study = data::phantom_study(&dir, seed, &data::training_options(seed))?;
+        let j = jitter.as_mut().map(|(n, s, r)| (*n, *s, &mut **r));
+        out.extend(data::head_samples(&study, crop, j));
         // The DICOM files are not needed once cropped.
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -131,13 +138,20 @@ pub fn train_stager(
     );
     std::fs::create_dir_all(&opts.out)?;
     let scratch = opts.out.join("scratch");
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
     let train = samples(
         opts.seed..opts.seed + opts.train_studies as u64,
         &opts.crop,
         &scratch,
+        opts.jitter.map(|(n, s)| (n, s, &mut rng)),
     )?;
     let vseed = opts.seed + VALIDATION_SEED_OFFSET;
-    let val = samples(vseed..vseed + opts.val_studies as u64, &opts.crop, &scratch)?;
+    let val = samples(
+        vseed..vseed + opts.val_studies as u64,
+        &opts.crop,
+        &scratch,
+        None,
+    )?;
     let _ = std::fs::remove_dir_all(&scratch);
 
     let mut map = VarMap::new();
@@ -157,7 +171,6 @@ pub fn train_stager(
             ..Default::default()
         },
     )?;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut best: Option<(f32, f32)> = None;
     let mut reports = Vec::new();
@@ -205,4 +218,68 @@ pub fn train_stager(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// The manifest of a stager trained with `opts`, keeping `best` (its weights reference is
+/// filled in by `weights::export`).
+pub fn stager_manifest(
+    opts: &TrainOptions,
+    best: &EpochReport,
+    name: &str,
+    command: &str,
+) -> super::weights::Manifest {
+    use super::weights::{
+        Architecture, INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef,
+    };
+    let vseed = opts.seed + VALIDATION_SEED_OFFSET;
+    Manifest {
+        format: MANIFEST_FORMAT,
+        name: name.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        architecture: Architecture::Stager {
+            config: opts.config.clone(),
+            crop: opts.crop.clone(),
+        },
+        classes: vec!["stage 0".into(), "stage I".into(), "stage II".into()],
+        weights: WeightsRef {
+            file: String::new(),
+            sha256: String::new(),
+            dtype: "f16".into(),
+            parameters: 0,
+        },
+        training: Training {
+            command: command.to_owned(),
+            data: format!(
+                "femoral-head crops from synthetic hip phantom studies (`onfh-edge phantom`): \
+                 T2 selected and assembled as in the pipeline, cropped around the true centre \
+                 (plus {} crops per head displaced by N(0, {} mm)), right heads mirrored; \
+                 augmentation: brightness x0.9-1.1, Gaussian noise sigma 0.02; focal loss gamma {}, \
+                 AdamW lr {} weight decay {}, batch {}, {} epochs",
+                opts.jitter.map_or(0, |j| j.0),
+                opts.jitter.map_or(0.0, |j| j.1),
+                opts.gamma,
+                opts.lr,
+                opts.weight_decay,
+                opts.batch,
+                opts.epochs
+            ),
+            seeds: format!(
+                "training {}..={}, validation {}..={}",
+                opts.seed,
+                opts.seed + opts.train_studies as u64 - 1,
+                vseed,
+                vseed + opts.val_studies as u64 - 1
+            ),
+            scanner_styles: data::TRAINING_STYLES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            selected: format!(
+                "epoch {}: validation accuracy {:.3}, validation loss {:.4}",
+                best.epoch, best.val_accuracy, best.val_loss
+            ),
+        },
+        metrics: None,
+        intended_use: INTENDED_USE.to_owned(),
+    }
 }

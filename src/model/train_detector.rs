@@ -1,0 +1,340 @@
+//! Training the detector on phantom studies (`onfh-edge train detector`), and the
+//! detection criterion shared with evaluation.
+//!
+//! Studies come from the phantom generator — training seeds `seed..seed+n` and validation
+//! seeds from `seed + VALIDATION_SEED_OFFSET`, both with the training scanner styles — and
+//! are preprocessed exactly as the pipeline does (`volume::preprocess`). Augmentation is the
+//! paper's: random brightness, Gaussian noise, and right-left flips (the box is mirrored
+//! with the volume; the detector has one class, femoral head, and the side is decided from
+//! patient geometry afterwards, so a flip cannot teach it the wrong side). AdamW on the
+//! SimOTA/IoU loss of `detector`; after every epoch the validation detection rate (both
+//! heads within half a radius) is measured and the best epoch kept
+//! (`detector.best.safetensors`, f32), the latest too (`detector.last.safetensors`) for
+//! `resume`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::data::{self, DetectorSample};
+use super::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
+use super::train::VALIDATION_SEED_OFFSET;
+use crate::phantom::HeadTruth;
+use crate::volume::Preprocess;
+
+/// Scores below this are not detections.
+pub const MIN_SCORE: f32 = 0.05;
+/// Boxes overlapping a better one by more than this are suppressed.
+pub const NMS_IOU: f64 = 0.2;
+/// SimOTA's centre-prior radius, in cells.
+pub const CENTER_RADIUS: f64 = 2.5;
+
+/// What to train and how.
+#[derive(Debug, Clone)]
+pub struct DetectorTrainOptions {
+    /// Network architecture (its input must equal the preprocessing shape).
+    pub config: DetectorConfig,
+    /// Preprocessing of the study volume.
+    pub preprocess: Preprocess,
+    /// Training studies.
+    pub train_studies: usize,
+    /// Validation studies.
+    pub val_studies: usize,
+    /// First training seed.
+    pub seed: u64,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Where checkpoints go.
+    pub out: PathBuf,
+    /// Continue from `detector.last.safetensors` in `out`.
+    pub resume: bool,
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectorEpochReport {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f32,
+    /// Fraction of validation studies with both heads found.
+    pub val_detection_rate: f32,
+    /// Mean centre error of the found heads, mm.
+    pub val_center_error_mm: f32,
+    /// Whether this epoch became the best checkpoint.
+    pub best: bool,
+}
+
+/// How the detections of one study compare with its truth.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyDetection {
+    /// Both heads found, each by a different detection, centre error < radius / 2.
+    pub both_found: bool,
+    /// Per true head (in truth order): the centre error of its detection, mm, if matched.
+    pub center_error_mm: Vec<Option<f64>>,
+}
+
+/// Match the two best detections to the true heads (the pipeline uses the two best).
+pub fn judge(detections: &[Detection], heads: &[HeadTruth]) -> StudyDetection {
+    let top: Vec<&Detection> = detections.iter().take(2).collect();
+    let dist = |a: [f64; 3], b: [f64; 3]| {
+        ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+    };
+    let mut used = vec![false; top.len()];
+    let mut errors = Vec::new();
+    let mut all = true;
+    for h in heads {
+        let best = top
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !used[*i])
+            .map(|(i, d)| (i, dist(d.center_lps_mm, h.center_lps_mm)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((i, e)) if e < h.radius_mm / 2.0 => {
+                used[i] = true;
+                errors.push(Some(e));
+            }
+            Some((_, e)) => {
+                all = false;
+                errors.push(Some(e));
+            }
+            None => {
+                all = false;
+                errors.push(None);
+            }
+        }
+    }
+    StudyDetection {
+        both_found: all && heads.len() == 2,
+        center_error_mm: errors,
+    }
+}
+
+/// Generate studies for `seeds` (with `options(seed)`) and return their detector samples.
+pub fn samples(
+    seeds: impl Iterator<Item = u64>,
+    options: impl Fn(u64) -> crate::phantom::Options,
+    pre: &Preprocess,
+    scratch: &Path,
+) -> anyhow::Result<Vec<DetectorSample>> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        let dir = scratch.join(format!("study_{seed}"));
+        let study = data::phantom_study(&dir, seed, &options(seed))?;
+        out.push(data::detector_sample(&study, pre));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(out)
+}
+
+fn to_batch(
+    items: &[&DetectorSample],
+    rng: &mut ChaCha8Rng,
+) -> candle_core::Result<(Tensor, Vec<Vec<VoxelBox>>)> {
+    let [w, h, d] = items[0].volume.dims;
+    let mut data = Vec::with_capacity(items.len() * d * h * w);
+    let mut boxes = Vec::with_capacity(items.len());
+    let normal = rand_distr::Normal::new(0f32, 0.02).expect("finite sigma");
+    for s in items {
+        let gain: f32 = rng.random_range(0.85..1.15);
+        let flip = rng.random_bool(0.5);
+        let start = data.len();
+        data.extend(
+            s.volume
+                .data
+                .iter()
+                .map(|x| (x * gain + rng.sample(normal)).clamp(0.0, 1.0)),
+        );
+        let mut b = s.boxes.clone();
+        if flip {
+            for row in data[start..].chunks_mut(w) {
+                row.reverse();
+            }
+            for bx in &mut b {
+                bx.center[2] = (w as f64 - 1.0) - bx.center[2];
+            }
+        }
+        boxes.push(b);
+    }
+    Ok((
+        Tensor::from_vec(data, (items.len(), d, 1, h, w), &Device::Cpu)?,
+        boxes,
+    ))
+}
+
+/// Detect and judge every sample; returns (detection rate, mean centre error of found heads).
+pub fn validate(net: &Detector, samples: &[DetectorSample]) -> candle_core::Result<(f32, f32)> {
+    let (mut found, mut err, mut n_err) = (0usize, 0f64, 0usize);
+    for s in samples {
+        let dets = net.detect(&s.volume, &Device::Cpu, DType::F32, MIN_SCORE, NMS_IOU, 4)?;
+        let j = judge(&dets, &s.heads);
+        found += j.both_found as usize;
+        for e in j.center_error_mm.iter().flatten() {
+            err += e;
+            n_err += 1;
+        }
+    }
+    Ok((
+        found as f32 / samples.len().max(1) as f32,
+        (err / n_err.max(1) as f64) as f32,
+    ))
+}
+
+/// Train; `progress` hears each epoch and, with `(batch, batches, loss)`, each step.
+pub fn train_detector(
+    opts: &DetectorTrainOptions,
+    mut on_step: impl FnMut(usize, usize, f32),
+    mut progress: impl FnMut(&DetectorEpochReport),
+) -> anyhow::Result<Vec<DetectorEpochReport>> {
+    anyhow::ensure!(
+        opts.preprocess.shape == opts.config.input,
+        "preprocessing shape {:?} differs from the network input {:?}",
+        opts.preprocess.shape,
+        opts.config.input
+    );
+    anyhow::ensure!(
+        opts.batch > 0 && opts.train_studies > 0 && opts.val_studies > 0,
+        "batch and study counts must be positive"
+    );
+    std::fs::create_dir_all(&opts.out)?;
+    let scratch = opts.out.join("scratch");
+    let train = samples(
+        opts.seed..opts.seed + opts.train_studies as u64,
+        data::training_options,
+        &opts.preprocess,
+        &scratch,
+    )?;
+    let vseed = opts.seed + VALIDATION_SEED_OFFSET;
+    let val = samples(
+        vseed..vseed + opts.val_studies as u64,
+        data::training_options,
+        &opts.preprocess,
+        &scratch,
+    )?;
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let mut map = VarMap::new();
+    let net = Detector::new(
+        &opts.config,
+        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+    )?;
+    let last = opts.out.join("detector.last.safetensors");
+    if opts.resume && last.exists() {
+        map.load(&last)?;
+    }
+    let mut opt = AdamW::new(
+        map.all_vars(),
+        ParamsAdamW {
+            lr: opts.lr,
+            weight_decay: opts.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xde7ec7);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut best: Option<(f32, f32)> = None;
+    let mut reports = Vec::new();
+    let batches = train.len().div_ceil(opts.batch);
+    for epoch in 1..=opts.epochs {
+        order.shuffle(&mut rng);
+        let (mut sum, mut n) = (0f32, 0usize);
+        for (bi, chunk) in order.chunks(opts.batch).enumerate() {
+            let items: Vec<&DetectorSample> = chunk.iter().map(|&i| &train[i]).collect();
+            let (x, boxes) = to_batch(&items, &mut rng)?;
+            let raw = net.forward_t(&x, true)?;
+            let loss = detection_loss(&raw, &boxes, CENTER_RADIUS)?;
+            opt.backward_step(&loss.total)?;
+            let l = loss.total.to_scalar::<f32>()?;
+            sum += l;
+            n += 1;
+            on_step(bi + 1, batches, l);
+        }
+        let (rate, err) = validate(&net, &val)?;
+        let is_best = best.is_none_or(|(r, e)| rate > r || (rate == r && err < e));
+        if is_best {
+            best = Some((rate, err));
+            map.save(opts.out.join("detector.best.safetensors"))?;
+        }
+        map.save(&last)?;
+        let report = DetectorEpochReport {
+            epoch,
+            train_loss: sum / n.max(1) as f32,
+            val_detection_rate: rate,
+            val_center_error_mm: err,
+            best: is_best,
+        };
+        progress(&report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// The manifest of a detector trained with `opts`, keeping `best` (its weights reference
+/// is filled in by `weights::export`).
+pub fn detector_manifest(
+    opts: &DetectorTrainOptions,
+    best: &DetectorEpochReport,
+    name: &str,
+    command: &str,
+) -> super::weights::Manifest {
+    use super::weights::{
+        Architecture, INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef,
+    };
+    let vseed = opts.seed + VALIDATION_SEED_OFFSET;
+    Manifest {
+        format: MANIFEST_FORMAT,
+        name: name.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        architecture: Architecture::Detector {
+            config: opts.config.clone(),
+            preprocess: opts.preprocess.clone(),
+        },
+        classes: vec!["femoral head".into()],
+        weights: WeightsRef {
+            file: String::new(),
+            sha256: String::new(),
+            dtype: "f16".into(),
+            parameters: 0,
+        },
+        training: Training {
+            command: command.to_owned(),
+            data: format!(
+                "whole T2 volumes of synthetic hip phantom studies (`onfh-edge phantom`), \
+                 selected, assembled and preprocessed as in the pipeline; boxes are the \
+                 femoral-head spheres' bounds; augmentation: brightness x0.85-1.15, Gaussian \
+                 noise sigma 0.02, right-left flips; SimOTA assignment (centre radius {CENTER_RADIUS} \
+                 cells), AdamW lr {} weight decay {}, batch {}, {} epochs",
+                opts.lr, opts.weight_decay, opts.batch, opts.epochs
+            ),
+            seeds: format!(
+                "training {}..={}, validation {}..={}",
+                opts.seed,
+                opts.seed + opts.train_studies as u64 - 1,
+                vseed,
+                vseed + opts.val_studies as u64 - 1
+            ),
+            scanner_styles: data::TRAINING_STYLES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            selected: format!(
+                "epoch {}: validation detection rate {:.3}, centre error {:.2} mm",
+                best.epoch, best.val_detection_rate, best.val_center_error_mm
+            ),
+        },
+        metrics: None,
+        intended_use: INTENDED_USE.to_owned(),
+    }
+}

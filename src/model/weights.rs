@@ -1,0 +1,453 @@
+//! Model files: fp16 safetensors weights and the JSON manifest that describes them.
+//!
+//! A model is two files in the models folder: `<name>.safetensors` (fp16) and
+//! `<name>.json`, the [`Manifest`] — architecture, input and preprocessing, class names,
+//! the weights file and its SHA-256, how it was trained, its measured metrics and its
+//! intended use. [`export`] turns a training checkpoint (f32) into that pair; [`load_detector`]
+//! and [`load_stager`] read it back, checking in order: the manifest parses and names the
+//! right kind of network; the weights file exists and its SHA-256 matches; it parses as
+//! safetensors; its tensors are exactly the network's (names and shapes, nothing missing,
+//! nothing extra) and finite. Any failure is a [`ModelError`] that names the file and what is
+//! wrong; nothing panics. On CPU the fp16 weights are upcast to f32; on CUDA the networks run
+//! in f16.
+//!
+//! This module reads and writes model files only; it does not train or evaluate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::data::CropConfig;
+use super::detector::{Detector, DetectorConfig};
+use super::stager::{Stager, StagerConfig};
+use crate::volume::Preprocess;
+
+/// What every model, result, panel screen and alert says about itself.
+pub const INTENDED_USE: &str =
+    "research demo — trained on synthetic phantoms, not for clinical use";
+
+/// Format version of manifests written by this build.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The network a manifest describes, with its input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Architecture {
+    /// 3DC-YOLOX on the preprocessed study volume.
+    Detector {
+        /// Network configuration.
+        config: DetectorConfig,
+        /// How the study volume is made (the network input).
+        preprocess: Preprocess,
+    },
+    /// 3D-MulDenseNet on a femoral-head crop.
+    Stager {
+        /// Network configuration.
+        config: StagerConfig,
+        /// How the head crop is made (the network input).
+        crop: CropConfig,
+    },
+}
+
+impl Architecture {
+    /// "detector" or "stager".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Architecture::Detector { .. } => "detector",
+            Architecture::Stager { .. } => "stager",
+        }
+    }
+}
+
+/// The weights file a manifest points to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsRef {
+    /// File name, relative to the manifest.
+    pub file: String,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// Storage type of the tensors ("f16").
+    pub dtype: String,
+    /// Number of parameters (all tensors, batch-norm statistics included).
+    pub parameters: usize,
+}
+
+/// How a model was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// The command that reproduces the training run.
+    pub command: String,
+    /// What the data were.
+    pub data: String,
+    /// Training and validation seeds.
+    pub seeds: String,
+    /// Scanner styles used in training.
+    pub scanner_styles: Vec<String>,
+    /// The epoch kept and its validation figure.
+    pub selected: String,
+}
+
+/// A model manifest (`models/<name>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// Model name (also the file stem).
+    pub name: String,
+    /// Model version.
+    pub version: String,
+    /// Network and input.
+    pub architecture: Architecture,
+    /// Output class names, in logit order.
+    pub classes: Vec<String>,
+    /// The weights.
+    pub weights: WeightsRef,
+    /// Training provenance.
+    pub training: Training,
+    /// Measured figures (held-out test set; see `evaluate-models`), with the command that
+    /// reproduces them. Null until measured.
+    #[serde(default)]
+    pub metrics: Option<serde_json::Value>,
+    /// Intended use.
+    pub intended_use: String,
+}
+
+/// Why a model could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The manifest is not valid JSON of the expected form.
+    #[error("{path}: not a valid model manifest: {message}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The manifest describes another kind of network.
+    #[error("{path}: a {found} manifest where a {expected} was expected")]
+    WrongKind {
+        /// The manifest.
+        path: PathBuf,
+        /// What was wanted.
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
+    /// The weights file's hash differs from the manifest's.
+    #[error(
+        "{path}: SHA-256 {actual} does not match the manifest's {expected} (corrupt, truncated or replaced weights)"
+    )]
+    HashMismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// From the manifest.
+        expected: String,
+        /// Of the file.
+        actual: String,
+    },
+    /// The weights file is not valid safetensors.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Format {
+        /// The weights file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The tensors are not the network's.
+    #[error("{path}: weights do not fit the {kind} architecture: {problems}")]
+    Mismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// "detector" or "stager".
+        kind: &'static str,
+        /// Missing, unexpected and misshapen tensors.
+        problems: String,
+    },
+    /// A tensor holds NaN or infinity.
+    #[error("{path}: tensor {name} holds NaN or infinite values")]
+    NonFinite {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+    },
+    /// Candle failed.
+    #[error("{context}: {source}")]
+    Candle {
+        /// What was being done.
+        context: String,
+        /// Why.
+        source: candle_core::Error,
+    },
+}
+
+fn candle(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> ModelError {
+    let context = context.into();
+    move |source| ModelError::Candle { context, source }
+}
+
+/// SHA-256 of bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Read and parse a manifest.
+pub fn read_manifest(path: &Path) -> Result<Manifest, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(ModelError::Manifest {
+            path: path.to_owned(),
+            message: format!(
+                "format {} (this build reads format {MANIFEST_FORMAT})",
+                m.format
+            ),
+        });
+    }
+    Ok(m)
+}
+
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Write a manifest (pretty JSON) atomically.
+pub fn write_manifest(path: &Path, m: &Manifest) -> Result<(), ModelError> {
+    let mut text = serde_json::to_string_pretty(m).expect("manifest serialises");
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+/// The names and shapes a network of this architecture has, from a throwaway build.
+fn expected_tensors(arch: &Architecture) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+    match arch {
+        Architecture::Detector { config, .. } => {
+            Detector::new(config, vb).map_err(candle("building the detector"))?;
+        }
+        Architecture::Stager { config, .. } => {
+            Stager::new(config, vb).map_err(candle("building the stager"))?;
+        }
+    }
+    let data = map.data().lock().expect("var map lock");
+    Ok(data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))
+        .collect())
+}
+
+fn check_tensors(
+    path: &Path,
+    arch: &Architecture,
+    got: &HashMap<String, Tensor>,
+) -> Result<(), ModelError> {
+    let expected = expected_tensors(arch)?;
+    let mut problems = Vec::new();
+    for (name, shape) in &expected {
+        match got.get(name) {
+            None => problems.push(format!("missing {name}")),
+            Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
+                "{name} has shape {:?}, expected {shape:?}",
+                t.dims()
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+    extra.sort();
+    for name in extra {
+        problems.push(format!("unexpected {name}"));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let shown = problems.len().min(5);
+    let mut text = problems[..shown].join("; ");
+    if problems.len() > shown {
+        text.push_str(&format!("; and {} more", problems.len() - shown));
+    }
+    Err(ModelError::Mismatch {
+        path: path.to_owned(),
+        kind: arch.kind(),
+        problems: text,
+    })
+}
+
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}
+
+/// Read, hash-check, parse and shape-check the weights of `manifest`, returning tensors
+/// on `device` in `dtype`.
+fn load_weights(
+    manifest_path: &Path,
+    manifest: &Manifest,
+    device: &Device,
+    dtype: DType,
+) -> Result<HashMap<String, Tensor>, ModelError> {
+    let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let path = dir.join(&manifest.weights.file);
+    let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let actual = sha256_hex(&bytes);
+    if actual != manifest.weights.sha256.to_ascii_lowercase() {
+        return Err(ModelError::HashMismatch {
+            path,
+            expected: manifest.weights.sha256.clone(),
+            actual,
+        });
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        ModelError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    check_tensors(&path, &manifest.architecture, &tensors)?;
+    let mut out = HashMap::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if !all_finite(&t).map_err(candle(format!("reading {name}")))? {
+            return Err(ModelError::NonFinite { path, name });
+        }
+        let t = t
+            .to_dtype(dtype)
+            .and_then(|t| t.to_device(device))
+            .map_err(candle(format!("moving {name} to {device:?}")))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// Load a detector from its manifest: fp16 weights upcast to `dtype` on `device`.
+pub fn load_detector(
+    manifest_path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Detector, Manifest), ModelError> {
+    let m = read_manifest(manifest_path)?;
+    let Architecture::Detector { config, .. } = &m.architecture else {
+        return Err(ModelError::WrongKind {
+            path: manifest_path.to_owned(),
+            expected: "detector",
+            found: m.architecture.kind(),
+        });
+    };
+    let tensors = load_weights(manifest_path, &m, device, dtype)?;
+    let net =
+        Detector::new(config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(candle(
+            format!("{}: building the detector", manifest_path.display()),
+        ))?;
+    Ok((net, m))
+}
+
+/// Load a stager from its manifest.
+pub fn load_stager(
+    manifest_path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Stager, Manifest), ModelError> {
+    let m = read_manifest(manifest_path)?;
+    let Architecture::Stager { config, .. } = &m.architecture else {
+        return Err(ModelError::WrongKind {
+            path: manifest_path.to_owned(),
+            expected: "stager",
+            found: m.architecture.kind(),
+        });
+    };
+    let tensors = load_weights(manifest_path, &m, device, dtype)?;
+    let net = Stager::new(config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(
+        candle(format!("{}: building the stager", manifest_path.display())),
+    )?;
+    Ok((net, m))
+}
+
+/// Convert an f32 training checkpoint into `<dir>/<manifest.name>.safetensors` (fp16) and
+/// write the manifest beside it, filling in the weights reference. Every tensor must fit
+/// the architecture and stay finite in fp16.
+pub fn export(
+    checkpoint: &Path,
+    mut manifest: Manifest,
+    dir: &Path,
+) -> Result<Manifest, ModelError> {
+    let tensors = candle_core::safetensors::load(checkpoint, &Device::Cpu).map_err(|e| {
+        ModelError::Format {
+            path: checkpoint.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    check_tensors(checkpoint, &manifest.architecture, &tensors)?;
+    let mut half = HashMap::new();
+    let mut parameters = 0;
+    for (name, t) in &tensors {
+        let h = t
+            .to_dtype(DType::F16)
+            .map_err(candle(format!("converting {name}")))?;
+        if !all_finite(&h).map_err(candle(format!("converting {name}")))? {
+            return Err(ModelError::NonFinite {
+                path: checkpoint.to_owned(),
+                name: name.clone(),
+            });
+        }
+        parameters += h.elem_count();
+        half.insert(name.clone(), h);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let file = format!("{}.safetensors", manifest.name);
+    let path = dir.join(&file);
+    let tmp = dir.join(format!("{file}.export"));
+    candle_core::safetensors::save(&half, &tmp)
+        .map_err(candle(format!("writing {}", tmp.display())))?;
+    let bytes = std::fs::read(&tmp).map_err(|source| ModelError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(&tmp);
+    write_atomic(&path, &bytes)?;
+    manifest.weights = WeightsRef {
+        file,
+        sha256: sha256_hex(&bytes),
+        dtype: "f16".into(),
+        parameters,
+    };
+    manifest.format = MANIFEST_FORMAT;
+    write_manifest(&dir.join(format!("{}.json", manifest.name)), &manifest)?;
+    Ok(manifest)
+}
