@@ -1,13 +1,12 @@
-//! The 3D-ONFHNet models on Candle.
+//! The 3D-ONFHNet models on Candle: the 3D layers (`layers`) and blocks (`blocks`) — both
+//! verified against PyTorch, forward and backward, with golden fixtures from `reference/` —
+//! the 3DC-YOLOX detector (`detector`) and the 3D-MulDenseNet stager (`stager`), their
+//! training data from the phantom (`data`), training (`train`, `train_detector`), model
+//! files with manifests and checked loading (`weights`), and the held-out evaluation
+//! (`evaluate`).
 //!
-//! At present: the 3D layers the networks are built from (`layers`), the blocks of
-//! 3D-MulDenseNet (`blocks`: dense layer and block, MulPoolFusion) — both verified against
-//! PyTorch, forward and backward, with golden fixtures from `reference/` — and the stager
-//! network with its focal loss (`stager`: small and paper presets, forward split at the
-//! Grad-CAM layer). The 3DC-YOLOX detector, Grad-CAM, weights with manifests, the training
-//! command and fp16 export arrive on top of these.
-//!
-//! This module does no I/O other than loading weights.
+//! This module does no I/O other than model files and the phantom studies it trains and
+//! evaluates on; the analysis pipeline (Grad-CAM, findings) is built on it elsewhere.
 
 pub mod blocks;
 pub mod data;

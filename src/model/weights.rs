@@ -187,6 +187,9 @@ pub enum ModelError {
         /// The tensor.
         name: String,
     },
+    /// The device asked for is not available.
+    #[error("{0}")]
+    Device(String),
     /// Candle failed.
     #[error("{context}: {source}")]
     Candle {
@@ -200,6 +203,39 @@ pub enum ModelError {
 fn candle(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> ModelError {
     let context = context.into();
     move |source| ModelError::Candle { context, source }
+}
+
+/// The device named `spec`: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with
+/// `--features cuda`).
+pub fn device(spec: &str) -> Result<Device, ModelError> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => Some(0),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok()),
+    };
+    let Some(n) = ordinal else {
+        return Err(ModelError::Device(format!(
+            "unknown device {spec:?} (cpu, cuda or cuda:N)"
+        )));
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(ModelError::Device(format!(
+            "{spec}: this build has no CUDA support (build with `--features cuda`)"
+        )));
+    }
+    Device::new_cuda(n).map_err(candle(format!("opening CUDA device {n}")))
+}
+
+/// The compute type for a device: f16 on CUDA (the shipped weights' type), f32 on CPU
+/// (the weights are upcast).
+pub fn dtype_for(device: &Device) -> DType {
+    if device.is_cuda() {
+        DType::F16
+    } else {
+        DType::F32
+    }
 }
 
 /// SHA-256 of bytes, lowercase hex.
