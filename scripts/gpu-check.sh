@@ -6,7 +6,9 @@
 #   CUDA_COMPUTE_CAP=90 scripts/gpu-check.sh      # H100/H200
 #   CUDA_COMPUTE_CAP=87 scripts/gpu-check.sh      # Jetson AGX Orin
 #
-# CUDA_COMPUTE_CAP defaults to what nvidia-smi reports for GPU 0.
+# CUDA_COMPUTE_CAP defaults to what nvidia-smi reports for GPU 0 (a Jetson has no
+# nvidia-smi: set it). cudarc may need CUDARC_CUDA_VERSION (e.g. 12060) where it cannot
+# find the toolkit's version. The build does not use cuDNN (JetPack 6.0 ships cuDNN 8.9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then

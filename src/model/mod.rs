@@ -12,6 +12,7 @@ pub mod blocks;
 pub mod data;
 pub mod detector;
 pub mod evaluate;
+pub mod gradcam;
 pub mod layers;
 pub mod stager;
 pub mod train;
