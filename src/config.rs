@@ -48,6 +48,7 @@ struct RawConfig {
     series: RawSeries,
     selection: crate::volume::Rules,
     preprocess: crate::volume::Preprocess,
+    analysis: crate::pipeline::AnalysisSettings,
     storage: RawStorage,
     log: RawLog,
 }
@@ -98,6 +99,8 @@ pub struct Settings {
     pub selection: crate::volume::Rules,
     /// How the analysed series becomes the model's input.
     pub preprocess: crate::volume::Preprocess,
+    /// Models and the pipeline's confidence floors.
+    pub analysis: crate::pipeline::AnalysisSettings,
     /// Where state lives.
     pub storage: StorageSettings,
     /// Default log filter.
@@ -358,6 +361,28 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     if sel.orientations.is_empty() {
         return Err(invalid("selection.orientations", "must list at least one"));
     }
+    let an = &raw.analysis;
+    if !(an.min_detection_score > 0.0 && an.min_detection_score < 1.0) {
+        return Err(invalid(
+            "analysis.min_detection_score",
+            "must be between 0 and 1",
+        ));
+    }
+    if !(0.0..=1.0).contains(&an.min_stage_probability) {
+        return Err(invalid(
+            "analysis.min_stage_probability",
+            "must be between 0 and 1",
+        ));
+    }
+    let dev = an.device.as_str();
+    if !(dev == "cpu"
+        || dev == "cuda"
+        || dev
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok()))
+    {
+        return Err(invalid("analysis.device", "must be cpu, cuda or cuda:N"));
+    }
     let pre = &raw.preprocess;
     if pre.shape.iter().any(|n| *n == 0 || *n > 1024) {
         return Err(invalid("preprocess.shape", "each size must be 1 to 1024"));
@@ -430,6 +455,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         },
         selection: raw.selection,
         preprocess: raw.preprocess,
+        analysis: raw.analysis,
         storage: StorageSettings { state_dir },
         log_level: raw.log.level,
     })
@@ -462,6 +488,9 @@ mod tests {
             serde_json::to_value(crate::volume::Rules::default()).unwrap()
         );
         assert_eq!(s.preprocess, crate::volume::Preprocess::default());
+        assert_eq!(s.analysis, crate::pipeline::AnalysisSettings::default());
+        let e = with_site("[analysis]\ndevice = \"tpu\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("analysis.device"), "{e}");
         let e = with_site("[preprocess]\npercentiles = [99.0, 1.0]\n").unwrap_err();
         assert!(e.to_string().starts_with("preprocess.percentiles:"), "{e}");
         let e = with_site("[selection]\norientations = [\"oblique\"]\n").unwrap_err();

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod dicom;
 pub mod model;
 pub mod phantom;
+pub mod pipeline;
 pub mod store;
 pub mod synth;
 pub mod volume;

@@ -40,6 +40,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Analyse one study offline: DICOM files or folders → femoral heads, stages, heatmaps.
+    /// Exit status: 0 ok, 3 indeterminate, 4 no usable series, 1 error.
+    Analyze {
+        /// DICOM files or folders (searched recursively; non-DICOM files are skipped).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the result as JSON (the contract in the README).
+        #[arg(long)]
+        json: bool,
+        /// Write heatmaps (PNG montage per head, NIfTI of T2 and heatmap) here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Site configuration (TOML) applied over the embedded defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Device: cpu, cuda or cuda:N (overrides analysis.device).
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Write synthetic hip MRI studies (DICOM series + truth.json) for tests, demo and training.
     Phantom {
         /// Output folder (one sub-folder per study).
@@ -254,8 +273,78 @@ fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
     Settings::load_optional(config).context("invalid configuration")
 }
 
+fn analyze(
+    paths: &[PathBuf],
+    json: bool,
+    out: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+    device: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use onfh_edge::pipeline::{self, Status};
+    init_logging("warn");
+    let mut settings = load(config)?;
+    if let Some(d) = device {
+        settings.analysis.device = d;
+    }
+    let models = pipeline::Models::load(&settings.analysis, &settings.preprocess)
+        .context("cannot load the models")?;
+    let a = pipeline::analyze(paths, &models, &settings.analysis, &settings.selection, out);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+    } else {
+        println!("study     {}", a.study_instance_uid);
+        println!("accession {}", a.accession_number);
+        println!("series    {}", a.series_instance_uid);
+        println!(
+            "status    {}{}",
+            serde_json::to_value(a.status)?.as_str().unwrap_or("?"),
+            a.reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        );
+        if !a.heads.is_empty() {
+            println!(
+                "{:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  centre LPS mm",
+                "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det"
+            );
+            for h in &a.heads {
+                println!(
+                    "{:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  ({:.1}, {:.1}, {:.1})",
+                    h.side,
+                    h.stage,
+                    if h.early_onfh { "yes" } else { "no" },
+                    h.probabilities.s0,
+                    h.probabilities.s1,
+                    h.probabilities.s2,
+                    h.detection_score,
+                    h.center_lps_mm[0],
+                    h.center_lps_mm[1],
+                    h.center_lps_mm[2]
+                );
+                if let Some(f) = &h.heatmap {
+                    println!("      heatmap {} / {}", f.png, f.nifti);
+                }
+            }
+        }
+        let t = &a.timings_ms;
+        println!(
+            "time      volume {} ms, detect {} ms, stage {} ms, heatmaps {} ms, total {} ms",
+            t.volume, t.detect, t.stage, t.gradcam, t.total
+        );
+        println!("model     {} — {}", a.model.name, a.model.intended_use);
+    }
+    Ok(match a.status {
+        Status::Ok => ExitCode::SUCCESS,
+        Status::Indeterminate => ExitCode::from(3),
+        Status::NoUsableSeries => ExitCode::from(4),
+        Status::Error => ExitCode::FAILURE,
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Cmd::Analyze { .. } => unreachable!("handled in main"),
         Cmd::Demo => {
             init_logging("info");
             runtime()?.block_on(onfh_edge::demo::run())
@@ -577,6 +666,28 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
     let cli = Cli::parse();
+    if let Cmd::Analyze {
+        paths,
+        json,
+        out,
+        config,
+        device,
+    } = &cli.command
+    {
+        return match analyze(
+            paths,
+            *json,
+            out.as_deref(),
+            config.as_deref(),
+            device.clone(),
+        ) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("onfh-edge: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

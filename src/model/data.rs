@@ -98,6 +98,17 @@ pub fn class_of(stage: Stage) -> u32 {
 
 /// Crop around `center` (LPS mm); mirror right-left when `mirror`.
 pub fn crop(v: &Volume, center: [f64; 3], mirror: bool, cfg: &CropConfig) -> Vec<f32> {
+    crop_with_grid(v, center, mirror, cfg).0
+}
+
+/// [`crop`], and the crop's grid: the affine from (unmirrored) crop voxel (i, j, k) to
+/// patient mm. A mirrored crop's column `i` holds the grid's column `W − 1 − i`.
+pub fn crop_with_grid(
+    v: &Volume,
+    center: [f64; 3],
+    mirror: bool,
+    cfg: &CropConfig,
+) -> (Vec<f32>, [[f64; 4]; 4]) {
     let (c, inside) = volume::resample(v, center, cfg.field_of_view_mm, cfg.shape);
     let low = cfg.window_level - cfg.window_width / 2.0;
     let mut out: Vec<f32> = c
@@ -118,7 +129,7 @@ pub fn crop(v: &Volume, center: [f64; 3], mirror: bool, cfg: &CropConfig) -> Vec
             row.reverse();
         }
     }
-    out
+    (out, c.affine)
 }
 
 /// Why samples could not be made.

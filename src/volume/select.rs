@@ -69,7 +69,7 @@ pub enum Verdict {
 }
 
 /// One series and its verdict.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesVerdict {
     /// Series Instance UID.
     pub series_uid: String,

@@ -1,0 +1,523 @@
+//! The analysis pipeline: one study's files → the chosen T2 → 3DC-YOLOX → for each
+//! femoral head a crop through the affine → 3D-MulDenseNet → stage probabilities → 3D
+//! Grad-CAM → a finding per head, in the JSON contract (`Analysis`).
+//!
+//! Steps, each timed: collect and scan the files (non-DICOM skipped and counted); select
+//! the series (`volume::select`, every series gets a verdict); assemble it; preprocess it
+//! exactly as the detector's manifest says; detect; take the two best boxes and give them
+//! sides by geometry (the one further to patient left, +x in LPS, is the left head); crop
+//! each head around the detected centre on the canonical grid (`model::data::crop_with_grid`
+//! — patient millimetres, not array indices), right heads mirrored as in training; stage and
+//! explain; place the heatmaps back into the T2's grid; write NIfTI (T2 and heatmap, the
+//! T2's affine) and one PNG montage per head when an output folder is given.
+//!
+//! Never silent: no usable T2 → `no_usable_series`; fewer than two heads, two detections on
+//! the same side, or a detection score under the floor → `indeterminate` with the reason;
+//! a head whose top probability is under the floor is staged `indeterminate`. A normal call
+//! is made only when every step is confident. Errors (unreadable files, several studies,
+//! assembly failures) become status `error` with the reason; nothing here panics on input.
+//!
+//! Owns no state but the loaded models; does no networking and no SQL.
+
+pub mod heatmap;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::data::{self, CropConfig};
+use crate::model::detector::{Detection, Detector};
+use crate::model::gradcam::{self, CamMethod};
+use crate::model::stager::Stager;
+use crate::model::weights::{self, Architecture, Manifest, ModelError};
+use crate::volume::{self, Preprocess};
+
+/// Pipeline settings (`[analysis]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalysisSettings {
+    /// Folder of the model manifests and weights.
+    pub models_dir: PathBuf,
+    /// Detector manifest, in `models_dir`.
+    pub detector: String,
+    /// Stager manifest, in `models_dir`.
+    pub stager: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// A head detected with a lower score makes the study indeterminate.
+    pub min_detection_score: f32,
+    /// A head whose top stage probability is lower is staged indeterminate.
+    pub min_stage_probability: f32,
+    /// `grad-cam` or `grad-cam-plus-plus`.
+    pub heatmap: CamMethod,
+}
+
+impl Default for AnalysisSettings {
+    fn default() -> Self {
+        AnalysisSettings {
+            models_dir: PathBuf::from("models"),
+            detector: "3dc-yolox-small.json".into(),
+            stager: "3d-muldensenet-small.json".into(),
+            device: "cpu".into(),
+            min_detection_score: 0.3,
+            min_stage_probability: 0.6,
+            heatmap: CamMethod::GradCam,
+        }
+    }
+}
+
+/// The two networks, loaded once.
+pub struct Models {
+    detector: Detector,
+    stager: Stager,
+    /// The detector's manifest.
+    pub detector_manifest: Manifest,
+    /// The stager's manifest.
+    pub stager_manifest: Manifest,
+    preprocess: Preprocess,
+    crop: CropConfig,
+    device: Device,
+    dtype: DType,
+}
+
+impl Models {
+    /// Load both networks (checked: hash, shapes, finiteness) onto the settings' device.
+    /// `site` is the configured preprocessing: its geometry and window must be the ones
+    /// the detector was trained with (its percentile normalisation and centre offset are the
+    /// site's to tune).
+    pub fn load(s: &AnalysisSettings, site: &Preprocess) -> Result<Models, ModelError> {
+        let device = weights::device(&s.device)?;
+        let dtype = weights::dtype_for(&device);
+        let (detector, dm) =
+            weights::load_detector(&s.models_dir.join(&s.detector), &device, dtype)?;
+        let (stager, sm) = weights::load_stager(&s.models_dir.join(&s.stager), &device, dtype)?;
+        let Architecture::Detector { preprocess, .. } = &dm.architecture else {
+            unreachable!("load_detector checks the kind")
+        };
+        let Architecture::Stager { crop, .. } = &sm.architecture else {
+            unreachable!("load_stager checks the kind")
+        };
+        if site.shape != preprocess.shape
+            || site.field_of_view_mm != preprocess.field_of_view_mm
+            || site.window_level != preprocess.window_level
+            || site.window_width != preprocess.window_width
+        {
+            return Err(ModelError::Manifest {
+                path: s.models_dir.join(&s.detector),
+                message: format!(
+                    "the configured [preprocess] (shape {:?}, field of view {:?} mm, window {}/{}) \
+                     differs from the detector's (shape {:?}, field of view {:?} mm, window {}/{})",
+                    site.shape,
+                    site.field_of_view_mm,
+                    site.window_level,
+                    site.window_width,
+                    preprocess.shape,
+                    preprocess.field_of_view_mm,
+                    preprocess.window_level,
+                    preprocess.window_width
+                ),
+            });
+        }
+        Ok(Models {
+            preprocess: site.clone(),
+            crop: crop.clone(),
+            detector,
+            stager,
+            detector_manifest: dm,
+            stager_manifest: sm,
+            device,
+            dtype,
+        })
+    }
+
+    /// What results say about the models.
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: format!(
+                "{} + {}",
+                self.detector_manifest.name, self.stager_manifest.name
+            ),
+            version: self.stager_manifest.version.clone(),
+            intended_use: self.stager_manifest.intended_use.clone(),
+            detector_sha256: self.detector_manifest.weights.sha256.clone(),
+            stager_sha256: self.stager_manifest.weights.sha256.clone(),
+        }
+    }
+}
+
+/// Outcome of a study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Both heads found and staged with confidence.
+    Ok,
+    /// Analysed, but no confident call (see the reason).
+    Indeterminate,
+    /// No series suitable for analysis.
+    NoUsableSeries,
+    /// Could not be analysed.
+    Error,
+}
+
+/// The models behind a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Names of the detector and the stager.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Intended use.
+    pub intended_use: String,
+    /// Detector weights' SHA-256.
+    pub detector_sha256: String,
+    /// Stager weights' SHA-256.
+    pub stager_sha256: String,
+}
+
+/// Stage probabilities by class name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probabilities {
+    /// Stage 0.
+    #[serde(rename = "0")]
+    pub s0: f32,
+    /// Stage I.
+    #[serde(rename = "I")]
+    pub s1: f32,
+    /// Stage II.
+    #[serde(rename = "II")]
+    pub s2: f32,
+}
+
+/// Heatmap files of a head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeatmapFiles {
+    /// PNG montage.
+    pub png: String,
+    /// NIfTI heatmap in the T2's grid (both heads).
+    pub nifti: String,
+    /// NIfTI of the T2 itself, same grid.
+    pub volume_nifti: String,
+}
+
+/// One femoral head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadFinding {
+    /// Patient side, "L" or "R".
+    pub side: String,
+    /// "0", "I", "II" or "indeterminate".
+    pub stage: String,
+    /// Stage I or II.
+    pub early_onfh: bool,
+    /// Stage probabilities.
+    pub probabilities: Probabilities,
+    /// Detector score.
+    pub detection_score: f32,
+    /// Centre, patient LPS mm.
+    pub center_lps_mm: [f64; 3],
+    /// Box, patient LPS mm.
+    pub bbox_lps_mm: [[f64; 3]; 2],
+    /// Heatmap files, when written.
+    pub heatmap: Option<HeatmapFiles>,
+    /// Why the stage is indeterminate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// Milliseconds per step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Scan, select, assemble, preprocess.
+    pub volume: u64,
+    /// Detection.
+    pub detect: u64,
+    /// Staging (both heads).
+    pub stage: u64,
+    /// Grad-CAM placement and files.
+    pub gradcam: u64,
+    /// Everything.
+    pub total: u64,
+}
+
+/// The result of one study (the JSON contract of `analyze --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// The analysed series.
+    pub series_instance_uid: String,
+    /// Accession Number.
+    pub accession_number: String,
+    /// Outcome.
+    pub status: Status,
+    /// Why, when not ok.
+    pub reason: Option<String>,
+    /// Models.
+    pub model: ModelInfo,
+    /// Both heads, right then left (empty when none could be assessed).
+    pub heads: Vec<HeadFinding>,
+    /// Series selection: every series with its verdict and reason.
+    pub series: Vec<volume::SeriesVerdict>,
+    /// Files that were not DICOM.
+    pub skipped_files: usize,
+    /// Step timings.
+    pub timings_ms: Timings,
+}
+
+impl Analysis {
+    fn empty(models: &Models) -> Analysis {
+        Analysis {
+            study_instance_uid: String::new(),
+            series_instance_uid: String::new(),
+            accession_number: String::new(),
+            status: Status::Error,
+            reason: None,
+            model: models.info(),
+            heads: Vec::new(),
+            series: Vec::new(),
+            skipped_files: 0,
+            timings_ms: Timings::default(),
+        }
+    }
+
+    fn fail(mut self, status: Status, reason: impl Into<String>, start: Instant) -> Analysis {
+        self.status = status;
+        self.reason = Some(reason.into());
+        self.timings_ms.total = ms(start);
+        self
+    }
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+/// Stage names by class index.
+pub const STAGES: [&str; 3] = ["0", "I", "II"];
+
+/// Analyse one study's files or folders; heatmap files go under `out` when given.
+pub fn analyze(
+    paths: &[PathBuf],
+    models: &Models,
+    settings: &AnalysisSettings,
+    rules: &volume::Rules,
+    out: Option<&Path>,
+) -> Analysis {
+    let start = Instant::now();
+    let mut a = Analysis::empty(models);
+    let files = match volume::collect_files(paths) {
+        Ok(f) => f,
+        Err(e) => return a.fail(Status::Error, format!("cannot read the input: {e}"), start),
+    };
+    let report = volume::scan_files(&files);
+    a.skipped_files = report.skipped;
+    if report.series.is_empty() {
+        return a.fail(
+            Status::Error,
+            format!(
+                "no DICOM images found ({} file(s), {} not DICOM)",
+                files.len(),
+                report.skipped
+            ),
+            start,
+        );
+    }
+    let mut studies: Vec<&str> = report.series.iter().map(|s| s.study_uid.as_str()).collect();
+    studies.sort();
+    studies.dedup();
+    if studies.len() > 1 {
+        return a.fail(
+            Status::Error,
+            format!(
+                "the files hold {} studies; analyse one study at a time",
+                studies.len()
+            ),
+            start,
+        );
+    }
+    a.study_instance_uid = studies[0].to_owned();
+    a.accession_number = report.series[0]
+        .accession_number
+        .clone()
+        .unwrap_or_default();
+    let sel = volume::select(&report.series, rules);
+    a.series = sel.verdicts.clone();
+    let Some(chosen) = sel.chosen else {
+        return a.fail(
+            Status::NoUsableSeries,
+            "no usable T2-weighted series",
+            start,
+        );
+    };
+    let series = &report.series[chosen];
+    a.series_instance_uid = series.series_uid.clone();
+    let t2 = match volume::assemble(series) {
+        Ok(v) => v,
+        Err(e) => {
+            return a.fail(
+                Status::Error,
+                format!("series could not be assembled: {e}"),
+                start,
+            );
+        }
+    };
+    let input = volume::preprocess(&t2, &models.preprocess);
+    a.timings_ms.volume = ms(start);
+
+    let t = Instant::now();
+    let dets = match models
+        .detector
+        .detect(&input, &models.device, models.dtype, 0.05, 0.2, 4)
+    {
+        Ok(d) => d,
+        Err(e) => return a.fail(Status::Error, format!("detector failed: {e}"), start),
+    };
+    a.timings_ms.detect = ms(t);
+    let found: Vec<&Detection> = dets
+        .iter()
+        .filter(|d| d.score >= settings.min_detection_score)
+        .collect();
+    if found.len() < 2 {
+        let reason = format!(
+            "{} femoral head(s) found with a detection score of at least {:.2} (best scores: {})",
+            found.len(),
+            settings.min_detection_score,
+            dets.iter()
+                .take(2)
+                .map(|d| format!("{:.2}", d.score))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return a.fail(Status::Indeterminate, reason, start);
+    }
+    let (right, left) = if found[0].center_lps_mm[0] < found[1].center_lps_mm[0] {
+        (found[0], found[1])
+    } else {
+        (found[1], found[0])
+    };
+    // Two heads on one side are two boxes on one head (or worse): not a bilateral finding.
+    if left.center_lps_mm[0] - right.center_lps_mm[0] < 60.0 {
+        return a.fail(
+            Status::Indeterminate,
+            format!(
+                "the two best detections are {:.0} mm apart right-left; both femoral heads were not found",
+                left.center_lps_mm[0] - right.center_lps_mm[0]
+            ),
+            start,
+        );
+    }
+
+    let t = Instant::now();
+    let mut staged = Vec::new();
+    for (side, det) in [("R", right), ("L", left)] {
+        let (crop, affine) =
+            data::crop_with_grid(&t2, det.center_lps_mm, side == "R", &models.crop);
+        let [d, h, w] = models.crop.shape;
+        let x = Tensor::from_vec(crop, (1, d, 1, h, w), &Device::Cpu)
+            .and_then(|x| x.to_device(&models.device))
+            .and_then(|x| x.to_dtype(models.dtype));
+        let s = x.and_then(|x| gradcam::stage_and_explain(&models.stager, &x, settings.heatmap));
+        match s {
+            Ok(s) => staged.push((side, det, s, affine)),
+            Err(e) => return a.fail(Status::Error, format!("stager failed: {e}"), start),
+        }
+    }
+    a.timings_ms.stage = ms(t);
+
+    let t = Instant::now();
+    let mut files_written = None;
+    if let Some(dir) = out {
+        let maps: Vec<heatmap::CropHeatmap> = staged
+            .iter()
+            .map(|(side, _, s, affine)| heatmap::CropHeatmap {
+                values: &s.heatmap,
+                shape: models.crop.shape,
+                affine: *affine,
+                mirrored: *side == "R",
+            })
+            .collect();
+        let heat = heatmap::place(&t2, &maps);
+        match write_outputs(dir, &a.study_instance_uid, &t2, &heat) {
+            Ok(paths) => files_written = Some((paths, heat)),
+            Err(e) => return a.fail(Status::Error, format!("cannot write heatmaps: {e}"), start),
+        }
+    }
+    let mut all_confident = true;
+    for (side, det, s, _) in &staged {
+        let top = s.probabilities[s.class];
+        let confident = top >= settings.min_stage_probability;
+        all_confident &= confident;
+        let stage = if confident {
+            STAGES[s.class]
+        } else {
+            "indeterminate"
+        };
+        let mut finding = HeadFinding {
+            side: side.to_string(),
+            stage: stage.to_owned(),
+            early_onfh: confident && s.class > 0,
+            probabilities: Probabilities {
+                s0: s.probabilities[0],
+                s1: s.probabilities[1],
+                s2: s.probabilities[2],
+            },
+            detection_score: det.score,
+            center_lps_mm: det.center_lps_mm,
+            bbox_lps_mm: det.bbox_lps_mm,
+            heatmap: None,
+            reason: (!confident).then(|| {
+                format!(
+                    "top stage probability {top:.2} is below {:.2}",
+                    settings.min_stage_probability
+                )
+            }),
+        };
+        if let (Some(dir), Some(((vol_nii, heat_nii), heat))) = (out, files_written.as_ref()) {
+            let png = dir.join(format!("heatmap_{}.png", side));
+            let label = heatmap::MontageLabel {
+                side: side.to_string(),
+                stage: stage.to_owned(),
+                probability: top,
+                intended_use: models.stager_manifest.intended_use.clone(),
+            };
+            if let Err(e) = heatmap::write_montage(&t2, heat, det.center_lps_mm, &label, &png) {
+                return a.fail(
+                    Status::Error,
+                    format!("cannot write {}: {e}", png.display()),
+                    start,
+                );
+            }
+            finding.heatmap = Some(HeatmapFiles {
+                png: png.display().to_string(),
+                nifti: heat_nii.display().to_string(),
+                volume_nifti: vol_nii.display().to_string(),
+            });
+        }
+        a.heads.push(finding);
+    }
+    a.timings_ms.gradcam = ms(t);
+    if all_confident {
+        a.status = Status::Ok;
+    } else {
+        a.status = Status::Indeterminate;
+        a.reason = Some("a femoral head could not be staged with confidence".into());
+    }
+    a.timings_ms.total = ms(start);
+    a
+}
+
+fn write_outputs(
+    dir: &Path,
+    study_uid: &str,
+    t2: &volume::Volume,
+    heat: &volume::Volume,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let note = format!("onfh-edge {study_uid} - {}", weights::INTENDED_USE);
+    let vol = dir.join("t2.nii");
+    volume::nifti::write(t2, &vol, &note)?;
+    let hm = dir.join("heatmap.nii");
+    volume::nifti::write(heat, &hm, &note)?;
+    Ok((vol, hm))
+}
