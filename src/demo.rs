@@ -4,8 +4,9 @@
 //! on a free loopback port if that one is taken — with its state in a fresh temporary
 //! folder, plays the scanner by sending a phantom hip study over a real C-STORE
 //! association, waits for the series to complete, prints what the receiver holds, and runs
-//! the volume stage on the stored files (series selection with reasons, assembly, NIfTI,
-//! the model's input tensor with the heads located in it).
+//! the analysis pipeline with the shipped models on the stored files (series selection with
+//! reasons, femoral heads, stages, Grad-CAM heatmaps as PNG montages and NIfTI), next to the
+//! phantom's truth.
 //! The only departure from the embedded defaults is a 3 s series quiet period, so the demo
 //! does not sit idle for 30 s; it says so.
 //!
@@ -23,9 +24,8 @@ use crate::phantom::{self, anatomy::Stage};
 use crate::store::Store;
 use crate::volume;
 
-/// What the demo prints first: the model's intended use applies to everything it shows.
-pub const INTENDED_USE: &str =
-    "research demo — trained on synthetic phantoms, not for clinical use";
+use crate::model::weights::INTENDED_USE;
+use crate::pipeline;
 
 /// Run the demo; returns once the daemon has stopped again.
 pub async fn run() -> anyhow::Result<()> {
@@ -166,59 +166,80 @@ async fn play_scanner(
         );
     }
 
-    // The volume stage on what the receiver stored: select, assemble, preprocess, NIfTI.
+    // The analysis on what the receiver stored: select, assemble, detect, stage, explain.
+    let analysis_settings = settings.analysis.clone();
     let selection = settings.selection.clone();
     let pre = settings.preprocess.clone();
-    let nii = work.join("t2.nii");
-    let report =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-            let scanned = volume::scan_files(&spooled);
-            let sel = volume::select(&scanned.series, &selection);
-            let mut lines = Vec::new();
-            for v in &sel.verdicts {
-                lines.push(format!(
-                    "  series {:>2} {:<20} {}",
-                    v.number.unwrap_or_default(),
-                    v.description,
-                    match &v.verdict {
-                        volume::Verdict::Chosen => "chosen".to_string(),
-                        volume::Verdict::Passed(why) | volume::Verdict::Rejected(why) =>
-                            why.clone(),
-                    }
-                ));
+    let out = work.join("results");
+    let a = tokio::task::spawn_blocking(move || -> anyhow::Result<pipeline::Analysis> {
+        let models = pipeline::Models::load(&analysis_settings, &pre).with_context(|| {
+            format!(
+                "cannot load the models from {} (run the demo from the repository root, or set \
+                 analysis.models_dir)",
+                analysis_settings.models_dir.display()
+            )
+        })?;
+        Ok(pipeline::analyze(
+            &spooled,
+            &models,
+            &analysis_settings,
+            &selection,
+            Some(&out),
+        ))
+    })
+    .await??;
+    println!(
+        "analysis: {}",
+        serde_json::to_value(a.status)?.as_str().unwrap_or("?")
+    );
+    for v in &a.series {
+        println!(
+            "  series {:>2} {:<20} {}",
+            v.number.unwrap_or_default(),
+            v.description,
+            match &v.verdict {
+                volume::Verdict::Chosen => "chosen".to_string(),
+                volume::Verdict::Passed(why) | volume::Verdict::Rejected(why) => why.clone(),
             }
-            let chosen = sel.chosen.context("no usable T2 series")?;
-            let vol = volume::assemble(&scanned.series[chosen])?;
-            volume::nifti::write(&vol, &nii, phantom::DISCLAIMER)?;
-            let tensor = volume::preprocess(&vol, &pre);
-            lines.push(format!(
-                "volume: {}x{}x{} voxels, spacing {:.2} x {:.2} x {:.2} mm, written to {}",
-                vol.dims[0],
-                vol.dims[1],
-                vol.dims[2],
-                vol.spacing()[0],
-                vol.spacing()[1],
-                vol.spacing()[2],
-                nii.display()
-            ));
-            lines.push(format!(
-                "model input: {:?} (W, H, D), window 300/1500",
-                tensor.dims
-            ));
-            for h in &truth.heads {
-                let v = tensor.patient_to_voxel(h.center_lps_mm);
-                lines.push(format!(
-                "  {} femoral head (phantom truth: stage {}) at tensor voxel ({:.0}, {:.0}, {:.0})",
-                h.side, h.stage.label(), v[0], v[1], v[2]
-            ));
-            }
-            lines.push("staging: not built yet (the detector and stager weights come next)".into());
-            Ok(lines)
-        })
-        .await??;
-    println!("volume stage:");
-    for l in report {
-        println!("{l}");
+        );
     }
+    if let Some(r) = &a.reason {
+        println!("  reason: {r}");
+    }
+    println!(
+        "  {:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  {}",
+        "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det", "phantom truth"
+    );
+    for h in &a.heads {
+        let t = truth.heads.iter().find(|t| t.side == h.side);
+        println!(
+            "  {:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  {}",
+            h.side,
+            h.stage,
+            if h.early_onfh { "yes" } else { "no" },
+            h.probabilities.s0,
+            h.probabilities.s1,
+            h.probabilities.s2,
+            h.detection_score,
+            t.map(|t| format!("stage {}", t.stage.label()))
+                .unwrap_or_default()
+        );
+        if let Some(f) = &h.heatmap {
+            println!("        heatmap {}", f.png);
+        }
+    }
+    if let Some(f) = a.heads.first().and_then(|h| h.heatmap.as_ref()) {
+        println!(
+            "  NIfTI (open both in ITK-SNAP): {} and {}",
+            f.volume_nifti, f.nifti
+        );
+    }
+    let t = &a.timings_ms;
+    println!(
+        "  time: volume {} ms, detect {} ms, stage {} ms, heatmaps {} ms, total {} ms",
+        t.volume, t.detect, t.stage, t.gradcam, t.total
+    );
+    println!("  model: {} — {}", a.model.name, a.model.intended_use);
+    println!("results in SQLite, alerts and the front panel are not built yet");
     Ok(())
 }

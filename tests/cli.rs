@@ -21,16 +21,25 @@ fn demo_runs_end_to_end_on_embedded_defaults() {
     let words: Vec<&str> = ack.split_whitespace().collect();
     assert_eq!(words[1], words[3], "{ack}");
     assert!(stdout.contains("3 series complete"), "{stdout}");
-    // The volume stage ran on the stored files: a T2 chosen, the others with reasons,
-    // the model input built, both heads placed in it.
+    // The analysis ran on the stored files: a T2 chosen, the others with reasons, both
+    // heads found and staged as the phantom's truth says, heatmaps written.
     assert!(stdout.contains("chosen"), "{stdout}");
     assert!(stdout.contains("localizer (Image Type)"), "{stdout}");
-    assert!(stdout.contains("model input: [112, 64, 32]"), "{stdout}");
-    assert_eq!(
-        stdout.matches("femoral head (phantom truth").count(),
-        2,
-        "{stdout}"
-    );
+    assert!(stdout.contains("analysis: ok"), "{stdout}");
+    let heads: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 9 && (w[0] == "R" || w[0] == "L"))
+        .collect();
+    assert_eq!(heads.len(), 2, "{stdout}");
+    for w in &heads {
+        // side stage early p0 pI pII det "stage" <truth>
+        assert_eq!(w[1], w[8], "predicted vs phantom stage: {w:?}");
+    }
+    for l in stdout.lines().filter(|l| l.trim_start().starts_with("heatmap ")) {
+        let png = l.trim_start().trim_start_matches("heatmap ").trim();
+        assert!(std::path::Path::new(png).is_file(), "{png}");
+    }
     // Clean up the demo's state folder, named in its last line.
     if let Some(dir) = stdout.lines().last().and_then(|l| l.rsplit(' ').next()) {
         if dir.contains("onfh-edge-demo-") {

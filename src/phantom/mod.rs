@@ -99,6 +99,20 @@ pub struct HeadTruth {
     pub bbox_lps_mm: [V3; 2],
     /// Centre of the lesion (stage I focus, stage II segment), patient LPS mm.
     pub lesion_center_lps_mm: Option<V3>,
+    /// The sphere that defines the lesion: stage II — the necrotic segment is the part of
+    /// the head inside it; stage I — the oedema focus, whose signal falls to 1/e at its
+    /// radius.
+    #[serde(default)]
+    pub lesion_sphere: Option<Sphere>,
+}
+
+/// A sphere in patient space.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sphere {
+    /// Centre, patient LPS mm.
+    pub center_lps_mm: V3,
+    /// Radius, mm.
+    pub radius_mm: f64,
 }
 
 /// Ground truth for one written series.
@@ -575,7 +589,22 @@ pub fn generate_study(
                     Some(pose.to_patient(add(h.center, scale(h.lesion_dir, h.radius * 0.6))))
                 }
             };
+            // Mirrors `Hip::lesion` in `anatomy`.
+            let lesion_sphere = match h.stage {
+                Stage::S0 => None,
+                Stage::S1 => Some(Sphere {
+                    center_lps_mm: pose
+                        .to_patient(add(h.center, scale(h.lesion_dir, h.radius * 0.5))),
+                    radius_mm: h.radius * h.lesion_size * pose.scale,
+                }),
+                Stage::S2 => Some(Sphere {
+                    center_lps_mm: pose
+                        .to_patient(add(h.center, scale(h.lesion_dir, h.radius * 1.05))),
+                    radius_mm: h.radius * h.lesion_size * pose.scale,
+                }),
+            };
             HeadTruth {
+                lesion_sphere,
                 side: if h.sign > 0.0 { "L" } else { "R" }.to_string(),
                 stage: h.stage,
                 early_onfh: h.stage != Stage::S0,

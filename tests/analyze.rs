@@ -1,0 +1,272 @@
+//! `onfh-edge analyze` end to end with the shipped models: a phantom study on disk → JSON
+//! result with both heads on the right sides and the phantom's stages, heatmap files whose
+//! NIfTI affine is the T2's and whose mass lies in the stage II lesion; and the failure
+//! paths (no T2, one hip out of the field of view, pure noise, an empty folder, non-DICOM
+//! files) give the right status and exit code.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use onfh_edge::phantom::{self, Options, Orientation, anatomy::Stage};
+use serde_json::Value;
+
+fn analyze(args: &[&Path], out: Option<&Path>) -> (Output, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_onfh-edge"));
+    cmd.arg("analyze").arg("--json");
+    if let Some(o) = out {
+        cmd.arg("--out").arg(o);
+    }
+    let output = cmd.args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, v)
+}
+
+/// NIfTI-1 header fields we check: dims and the sform rows; data as f32.
+fn read_nifti(path: &Path) -> ([usize; 3], [[f32; 4]; 3], Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    let i16_at = |o: usize| i16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let f32_at = |o: usize| f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let dims = [i16_at(42), i16_at(44), i16_at(46)];
+    let srow = [0, 1, 2].map(|r| [0, 1, 2, 3].map(|c| f32_at(280 + 16 * r + 4 * c)));
+    let off = f32_at(108) as usize;
+    let data = b[off..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (dims, srow, data)
+}
+
+#[test]
+fn a_bilateral_study_is_found_staged_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    let out = dir.path().join("out");
+    // Held-out seed and scanner style; the right head normal, the left at stage II.
+    let truth = phantom::generate_study(
+        &study,
+        9_000_101,
+        &Options {
+            stages: Some([Stage::S0, Stage::S2]),
+            style: Some("philips-like 1.5T"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (output, v) = analyze(&[&study], Some(&out));
+    assert!(output.status.success(), "{v:#}");
+    assert_eq!(v["status"], "ok", "{v:#}");
+    assert_eq!(v["study_instance_uid"], truth.study_uid);
+    assert_eq!(v["accession_number"], truth.accession_number);
+    assert!(
+        v["model"]["intended_use"]
+            .as_str()
+            .unwrap()
+            .contains("not for clinical use")
+    );
+    let heads = v["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 2);
+    for h in heads {
+        let side = h["side"].as_str().unwrap();
+        let t = truth.heads.iter().find(|t| t.side == side).unwrap();
+        assert_eq!(h["stage"], t.stage.label(), "{side}: {h:#}");
+        assert_eq!(h["early_onfh"], t.early_onfh);
+        let c: Vec<f64> = serde_json::from_value(h["center_lps_mm"].clone()).unwrap();
+        let err = (0..3)
+            .map(|a| (c[a] - t.center_lps_mm[a]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(err < t.radius_mm / 2.0, "{side} centre off by {err:.1} mm");
+        let p = &h["probabilities"];
+        let sum: f64 = ["0", "I", "II"]
+            .iter()
+            .map(|k| p[k].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+        for k in ["png", "nifti", "volume_nifti"] {
+            assert!(
+                Path::new(h["heatmap"][k].as_str().unwrap()).is_file(),
+                "{k}"
+            );
+        }
+    }
+    // The heatmap NIfTI lies on the T2's grid (same dims, same affine as the T2 NIfTI).
+    let (hd, hs, heat) = read_nifti(&out.join("heatmap.nii"));
+    let (td, ts, _) = read_nifti(&out.join("t2.nii"));
+    assert_eq!(hd, td);
+    assert_eq!(hs, ts);
+    // And its mass lies mostly in the stage II lesion (the segment of the head inside the
+    // lesion sphere; the Grad-CAM grid is coarse, so 4 mm of margin).
+    let left = truth.heads.iter().find(|t| t.side == "L").unwrap();
+    let lesion = left.lesion_sphere.unwrap();
+    let (mut inside, mut total) = (0f64, 0f64);
+    let [nx, ny, nz] = hd;
+    for k in 0..nz {
+        for j in 0..ny {
+            for i in 0..nx {
+                let w = heat[(k * ny + j) * nx + i] as f64;
+                if w <= 0.0 {
+                    continue;
+                }
+                // sform maps to RAS; back to LPS.
+                let ras = [0, 1, 2].map(|r| {
+                    hs[r][0] as f64 * i as f64
+                        + hs[r][1] as f64 * j as f64
+                        + hs[r][2] as f64 * k as f64
+                        + hs[r][3] as f64
+                });
+                let p = [-ras[0], -ras[1], ras[2]];
+                let d = |c: [f64; 3]| {
+                    ((p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2) + (p[2] - c[2]).powi(2)).sqrt()
+                };
+                // Only the left head's map counts (the right one is explained separately).
+                if d(left.center_lps_mm) > 2.0 * left.radius_mm {
+                    continue;
+                }
+                total += w;
+                if d(lesion.center_lps_mm) < lesion.radius_mm + 4.0
+                    && d(left.center_lps_mm) < left.radius_mm + 4.0
+                {
+                    inside += w;
+                }
+            }
+        }
+    }
+    assert!(total > 0.0);
+    let frac = inside / total;
+    assert!(
+        frac > 0.5,
+        "only {:.0} % of the stage II heatmap lies in the lesion",
+        frac * 100.0
+    );
+}
+
+#[test]
+fn failure_paths_have_the_right_status_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // An empty folder: an error, exit 1.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (o, v) = analyze(&[&empty], None);
+    assert_eq!(o.status.code(), Some(1), "{v:#}");
+    assert_eq!(v["status"], "error");
+    assert!(v["reason"].as_str().unwrap().contains("no DICOM"), "{v:#}");
+
+    // Files that are not DICOM: the same, and they are counted.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(junk.join("x.dcm"), vec![0u8; 300]).unwrap();
+    let (o, v) = analyze(&[&junk], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(v["skipped_files"], 2, "{v:#}");
+
+    // A study without a T2: no usable series, exit 4.
+    let no_t2 = dir.path().join("no_t2");
+    let truth = phantom::generate_study(&no_t2, 9_000_202, &Options::default()).unwrap();
+    for s in &truth.series {
+        if s.kind.starts_with("t2") {
+            std::fs::remove_dir_all(no_t2.join(&s.folder)).unwrap();
+        }
+    }
+    let (o, v) = analyze(&[&no_t2], None);
+    assert_eq!(o.status.code(), Some(4), "{v:#}");
+    assert_eq!(v["status"], "no_usable_series");
+    assert!(
+        v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["verdict"] == "rejected")
+    );
+
+    // One hip cropped out of the field of view: the T2 only covers the right half.
+    let half = dir.path().join("half");
+    phantom::generate_study(
+        &half,
+        9_000_303,
+        &Options {
+            t2_orientation: Some(Orientation::Coronal),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t2 = truth_t2_folder(&half);
+    crop_right_half(&t2);
+    let (o, v) = analyze(&[&half], None);
+    assert_eq!(o.status.code(), Some(3), "{v:#}");
+    assert_eq!(v["status"], "indeterminate");
+    assert!(v["reason"].as_str().unwrap().contains("found"), "{v:#}");
+
+    // Pure noise in place of the anatomy: indeterminate, never a call.
+    let noise = dir.path().join("noise");
+    phantom::generate_study(&noise, 9_000_404, &Options::default()).unwrap();
+    fill_with_noise(&truth_t2_folder(&noise));
+    let (o, v) = analyze(&[&noise], None);
+    assert_eq!(o.status.code(), Some(3), "{v:#}");
+    assert_eq!(v["status"], "indeterminate");
+    assert!(v["heads"].as_array().unwrap().is_empty());
+}
+
+fn truth_t2_folder(study: &Path) -> std::path::PathBuf {
+    let t: phantom::StudyTruth =
+        serde_json::from_slice(&std::fs::read(study.join("truth.json")).unwrap()).unwrap();
+    let s = t
+        .series
+        .iter()
+        .find(|s| s.kind == "t2")
+        .expect("a main T2 series");
+    study.join(&s.folder)
+}
+
+/// Rewrite every image of a folder with `edit(columns, pixels)`.
+fn edit_images(folder: &Path, edit: impl Fn(usize, &mut [u16])) {
+    use dicom_dictionary_std::tags;
+    for e in std::fs::read_dir(folder).unwrap() {
+        let path = e.unwrap().path();
+        let mut obj = dicom_object::open_file(&path).unwrap();
+        let cols = obj.element(tags::COLUMNS).unwrap().to_int::<u16>().unwrap() as usize;
+        let mut px: Vec<u16> = obj
+            .element(tags::PIXEL_DATA)
+            .unwrap()
+            .to_multi_int::<u16>()
+            .unwrap();
+        edit(cols, &mut px);
+        obj.put(dicom_core::DataElement::new(
+            tags::PIXEL_DATA,
+            dicom_core::VR::OW,
+            dicom_core::PrimitiveValue::U16(px.into()),
+        ));
+        obj.write_to_file(&path).unwrap();
+    }
+}
+
+/// Blank the image columns on the patient's left (the left hip leaves the field of view).
+fn crop_right_half(folder: &Path) {
+    edit_images(folder, |cols, px| {
+        for row in px.chunks_mut(cols) {
+            for x in row[cols / 2..].iter_mut() {
+                *x = 0;
+            }
+        }
+    });
+}
+
+/// Replace the anatomy with uniform noise.
+fn fill_with_noise(folder: &Path) {
+    edit_images(folder, |_, px| {
+        let mut s = 12345u64;
+        for x in px.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *x = ((s >> 33) % 900) as u16;
+        }
+    });
+}
