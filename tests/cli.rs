@@ -36,7 +36,10 @@ fn demo_runs_end_to_end_on_embedded_defaults() {
         // side stage early p0 pI pII det "stage" <truth>
         assert_eq!(w[1], w[8], "predicted vs phantom stage: {w:?}");
     }
-    for l in stdout.lines().filter(|l| l.trim_start().starts_with("heatmap ")) {
+    for l in stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("heatmap "))
+    {
         let png = l.trim_start().trim_start_matches("heatmap ").trim();
         assert!(std::path::Path::new(png).is_file(), "{png}");
     }

@@ -132,6 +132,16 @@ impl Models {
         })
     }
 
+    /// The detector (for benchmarks and tools).
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// The stager (for benchmarks and tools).
+    pub fn stager(&self) -> &Stager {
+        &self.stager
+    }
+
     /// What results say about the models.
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
