@@ -70,6 +70,35 @@ enum Cmd {
         /// Seed of the first study; study i uses seed + i.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Scanner style of every study (default: drawn per study). The held-out test
+        /// style is "philips-like 1.5T".
+        #[arg(long)]
+        style: Option<String>,
+    },
+    /// The paper's table (per-class and averaged accuracy, sensitivity, specificity, F1,
+    /// AUC, confusion matrix, ROC curves; McNemar against readers) for studies with known
+    /// stages.
+    Eval {
+        /// Truth: a folder of phantom studies (their truth.json) or a CSV
+        /// `study_instance_uid,side,stage`.
+        #[arg(long, value_name = "PATH")]
+        truth: PathBuf,
+        /// `analyze --json` output (concatenated objects or an array); without it the
+        /// pipeline runs on every phantom study under --truth.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
+        /// Reader diagnoses, CSV `study_instance_uid,side,reader,stage`: McNemar per reader.
+        #[arg(long, value_name = "FILE")]
+        readers: Option<PathBuf>,
+        /// Draw the ROC curves to this PNG.
+        #[arg(long, value_name = "FILE")]
+        roc: Option<PathBuf>,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Site configuration (TOML) applied over the embedded defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Train a network on phantom studies.
     Train {
@@ -193,6 +222,54 @@ enum TrainWhat {
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
     },
+}
+
+fn print_report(r: &onfh_edge::eval::Report) {
+    let t = &r.table;
+    println!(
+        "{} studies, {} heads with truth: {} evaluated, {} not analysed, {} staged indeterminate (arg-max used)",
+        r.studies, r.heads_with_truth, t.heads, r.heads_not_analysed, r.heads_indeterminate
+    );
+    println!("study status: {:?}", r.study_status);
+    println!("overall accuracy {:.3}", t.overall_accuracy);
+    println!(
+        "{:<10} {:>7} {:>8} {:>11} {:>11} {:>9} {:>6} {:>6}",
+        "stage", "support", "accuracy", "sensitivity", "specificity", "precision", "F1", "AUC"
+    );
+    for c in &t.per_class {
+        println!(
+            "{:<10} {:>7} {:>8.3} {:>11.3} {:>11.3} {:>9.3} {:>6.3} {:>6.3}",
+            c.class, c.support, c.accuracy, c.sensitivity, c.specificity, c.precision, c.f1, c.auc
+        );
+    }
+    for (name, a) in [
+        ("macro", &t.macro_average),
+        ("weighted", &t.weighted_average),
+    ] {
+        println!(
+            "{:<10} {:>7} {:>8.3} {:>11.3} {:>11.3} {:>9} {:>6.3} {:>6.3}",
+            name, "", a.accuracy, a.sensitivity, a.specificity, "", a.f1, a.auc
+        );
+    }
+    println!(
+        "confusion (rows true 0/I/II, columns predicted): {:?}",
+        t.confusion
+    );
+    for rc in &r.readers {
+        println!(
+            "reader {}: accuracy {:.3} vs model {:.3} on {} heads; McNemar b={} c={} chi2={:.3} p={:.4} ({})",
+            rc.reader,
+            rc.reader_accuracy,
+            rc.model_accuracy,
+            rc.mcnemar.cases,
+            rc.mcnemar.model_only_right,
+            rc.mcnemar.reader_only_right,
+            rc.mcnemar.chi_square,
+            rc.mcnemar.p_value,
+            rc.mcnemar.method
+        );
+    }
+    println!("{}", r.intended_use);
 }
 
 /// A fresh scratch folder under the system temporary directory.
@@ -358,8 +435,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = load(config.as_deref())?;
             status(&settings, json)
         }
-        Cmd::Phantom { out, studies, seed } => {
-            let truths = onfh_edge::phantom::generate(&out, studies, seed)?;
+        Cmd::Phantom {
+            out,
+            studies,
+            seed,
+            style,
+        } => {
+            let style = match style {
+                None => None,
+                Some(name) => Some(
+                    onfh_edge::phantom::style_names()
+                        .find(|s| *s == name)
+                        .with_context(|| {
+                            format!(
+                                "unknown style {name:?} (one of: {})",
+                                onfh_edge::phantom::style_names()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })?,
+                ),
+            };
+            let options = onfh_edge::phantom::Options {
+                style,
+                ..Default::default()
+            };
+            let truths = onfh_edge::phantom::generate_with(&out, studies, seed, &options)?;
             for t in &truths {
                 let heads: Vec<String> = t
                     .heads
@@ -587,6 +688,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if write {
                 evaluate::write_metrics(&opts, &e)?;
                 println!("figures written into the manifests");
+            }
+            Ok(())
+        }
+        Cmd::Eval {
+            truth,
+            results,
+            readers,
+            roc,
+            json,
+            config,
+        } => {
+            use onfh_edge::eval;
+            init_logging("warn");
+            let rows = eval::read_truth(&truth)?;
+            let analyses = match results {
+                Some(f) => eval::read_results(&f)?,
+                None => {
+                    let settings = load(config.as_deref())?;
+                    let models =
+                        onfh_edge::pipeline::Models::load(&settings.analysis, &settings.preprocess)
+                            .context("cannot load the models")?;
+                    let a = eval::analyze_folders(
+                        &truth,
+                        &models,
+                        &settings.analysis,
+                        &settings.selection,
+                        |i, n| eprint!("\r  analysing study {i}/{n}"),
+                    )?;
+                    eprintln!();
+                    a
+                }
+            };
+            let readers = match readers {
+                Some(f) => eval::read_readers(&f)?,
+                None => Default::default(),
+            };
+            let report = eval::evaluate(&rows, &analyses, &readers);
+            if let Some(p) = &roc {
+                eval::write_roc_png(&report, p)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+                if let Some(p) = &roc {
+                    println!("ROC curves: {}", p.display());
+                }
             }
             Ok(())
         }

@@ -157,6 +157,9 @@ pub enum PhantomError {
     /// Writing files failed.
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
+    /// A scanner style that does not exist.
+    #[error("unknown scanner style {0:?}")]
+    UnknownStyle(String),
 }
 
 fn werr(path: &Path, e: impl std::fmt::Display) -> PhantomError {
@@ -288,10 +291,25 @@ impl Geometry {
 
 /// Generate `studies` studies under `out` (one folder each), seeds `seed`, `seed + 1`, ...
 pub fn generate(out: &Path, studies: usize, seed: u64) -> Result<Vec<StudyTruth>, PhantomError> {
+    generate_with(out, studies, seed, &Options::default())
+}
+
+/// [`generate`] with options applied to every study.
+pub fn generate_with(
+    out: &Path,
+    studies: usize,
+    seed: u64,
+    options: &Options,
+) -> Result<Vec<StudyTruth>, PhantomError> {
+    if let Some(name) = options.style {
+        if !STYLES.iter().any(|s| s.name == name) {
+            return Err(PhantomError::UnknownStyle(name.to_owned()));
+        }
+    }
     (0..studies)
         .map(|i| {
             let dir = out.join(format!("study_{i:04}"));
-            generate_study(&dir, seed.wrapping_add(i as u64), &Options::default())
+            generate_study(&dir, seed.wrapping_add(i as u64), options)
         })
         .collect()
 }

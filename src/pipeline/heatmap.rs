@@ -11,6 +11,7 @@ use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 use embedded_graphics::text::Text;
 
+use crate::render::Canvas;
 use crate::volume::{self, Volume};
 
 /// A heatmap in a crop's frame.
@@ -171,44 +172,6 @@ fn colour(t: f32) -> [f32; 3] {
     [r, g, b]
 }
 
-/// An RGB image embedded-graphics can draw text on.
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn set(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
-        if x < self.w && y < self.h {
-            let o = (y * self.w + x) * 3;
-            self.px[o..o + 3].copy_from_slice(&rgb);
-        }
-    }
-}
-
-impl OriginDimensions for Canvas {
-    fn size(&self) -> Size {
-        Size::new(self.w as u32, self.h as u32)
-    }
-}
-
-impl DrawTarget for Canvas {
-    type Color = Rgb888;
-    type Error = std::convert::Infallible;
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
-        &mut self,
-        pixels: I,
-    ) -> Result<(), Self::Error> {
-        for Pixel(p, c) in pixels {
-            if p.x >= 0 && p.y >= 0 {
-                self.set(p.x as usize, p.y as usize, [c.r(), c.g(), c.b()]);
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What a montage shows.
 #[derive(Debug, Clone)]
 pub struct MontageLabel {
@@ -259,11 +222,7 @@ pub fn write_montage(
     };
     let (lo, hi) = (pct(0.01), pct(0.99).max(pct(0.01) + 1.0));
     let (w, h) = (SLICES * TILE + (SLICES - 1) * 2, HEADER + TILE + FOOTER);
-    let mut c = Canvas {
-        w,
-        h,
-        px: vec![0; w * h * 3],
-    };
+    let mut c = Canvas::new(w, h);
     for s in 0..SLICES {
         let x0 = s * (TILE + 2);
         for y in 0..TILE {
@@ -308,21 +267,7 @@ pub fn write_montage(
         })
         .collect();
     let _ = Text::new(&footer, Point::new(2, (HEADER + TILE + 9) as i32), yellow).draw(&mut c);
-    write_png(path, w, h, &c.px)
-}
-
-fn write_png(path: &Path, w: usize, h: usize, rgb: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("png.tmp");
-    let file = std::fs::File::create(&tmp)?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-    writer
-        .write_image_data(rgb)
-        .map_err(std::io::Error::other)?;
-    writer.finish().map_err(std::io::Error::other)?;
-    std::fs::rename(&tmp, path)
+    c.write_png(path)
 }
 
 #[cfg(test)]
