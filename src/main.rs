@@ -530,16 +530,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "training the stager on {train_studies} + {val_studies} phantom studies ({})",
                 onfh_edge::phantom::DISCLAIMER
             );
-            let reports = train::train_stager(&opts, |r| {
-                println!(
-                    "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
-                    r.epoch,
-                    r.train_loss,
-                    r.val_loss,
-                    r.val_accuracy,
-                    if r.best { "  (best)" } else { "" }
-                )
-            })?;
+            let start = std::time::Instant::now();
+            let reports = train::train_stager(
+                &opts,
+                |b, n, loss| {
+                    eprint!(
+                        "\r  batch {b:>4}/{n}  loss {loss:.4}  {:>6.0} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                },
+                |r| {
+                    eprintln!();
+                    println!(
+                        "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
+                        r.epoch,
+                        r.train_loss,
+                        r.val_loss,
+                        r.val_accuracy,
+                        if r.best { "  (best)" } else { "" }
+                    )
+                },
+            )?;
             println!("checkpoints in {}", out.display());
             if let Some(dir) = export {
                 let best = reports

@@ -2,7 +2,8 @@
 //!
 //! Studies are generated from seeds — training seeds `seed..seed+n`, validation seeds from
 //! `seed + 1_000_000`, never overlapping — cropped around each head's ground-truth centre
-//! (`data`), and the network is trained with AdamW (weight decay) on the focal loss, with
+//! (`data`), and the network is trained with AdamW (weight decay; learning rate on a cosine
+//! schedule, [`cosine_lr`]) on the focal loss, with
 //! brightness, noise and crop-centre jitter as augmentation. After every epoch the
 //! validation accuracy is measured; the best epoch's weights are kept
 //! (`stager.best.safetensors`, f32) and the latest ones too (`stager.last.safetensors`),
@@ -69,6 +70,19 @@ pub struct EpochReport {
     pub best: bool,
 }
 
+/// The learning rate at `step` of `total`: a linear warm-up over the first 5 % of the
+/// steps, then cosine decay from `base` to 2 % of it.
+pub fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
+    let total = total.max(1) as f64;
+    let warm = (total * 0.05).max(1.0);
+    let s = step as f64;
+    if s < warm {
+        return base * (s + 1.0) / warm;
+    }
+    let t = ((s - warm) / (total - warm).max(1.0)).clamp(0.0, 1.0);
+    base * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+}
+
 /// Generate studies for `seeds` (training scanner styles) under a scratch folder and return
 /// their head crops; with `jitter` = `(copies, sigma_mm, rng)`, also crops around displaced
 /// centres.
@@ -121,9 +135,11 @@ fn to_batch(
     ))
 }
 
-/// Train; `progress` hears each epoch. Returns the reports.
+/// Train; `on_step` hears `(batch, batches, loss)` after each step and `progress` each
+/// epoch. Returns the reports.
 pub fn train_stager(
     opts: &TrainOptions,
+    mut on_step: impl FnMut(usize, usize, f32),
     mut progress: impl FnMut(&EpochReport),
 ) -> anyhow::Result<Vec<EpochReport>> {
     anyhow::ensure!(
@@ -177,13 +193,21 @@ pub fn train_stager(
     for epoch in 1..=opts.epochs {
         order.shuffle(&mut rng);
         let (mut sum, mut batches) = (0f32, 0usize);
+        let per_epoch = train.len().div_ceil(opts.batch);
         for chunk in order.chunks(opts.batch) {
+            opt.set_learning_rate(cosine_lr(
+                opts.lr,
+                (epoch - 1) * per_epoch + batches,
+                opts.epochs * per_epoch,
+            ));
             let items: Vec<&HeadSample> = chunk.iter().map(|&i| &train[i]).collect();
             let (x, y) = to_batch(&items, opts.crop.shape, Some(&mut rng))?;
             let loss = focal_loss(&net.forward_t(&x, true)?, &y, opts.gamma, None)?;
             opt.backward_step(&loss)?;
-            sum += loss.to_scalar::<f32>()?;
+            let l = loss.to_scalar::<f32>()?;
+            sum += l;
             batches += 1;
+            on_step(batches, per_epoch, l);
         }
         let (mut vloss, mut correct) = (0f32, 0usize);
         for chunk in val.chunks(opts.batch) {
@@ -281,5 +305,19 @@ pub fn stager_manifest(
         },
         metrics: None,
         intended_use: INTENDED_USE.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cosine_lr;
+
+    #[test]
+    fn cosine_schedule_warms_up_then_decays() {
+        let total = 100;
+        assert!(cosine_lr(1.0, 0, total) < 0.3);
+        assert!((cosine_lr(1.0, 4, total) - 1.0).abs() < 1e-9);
+        assert!(cosine_lr(1.0, 50, total) < cosine_lr(1.0, 20, total));
+        assert!((cosine_lr(1.0, 99, total) - 0.02).abs() < 1e-3);
     }
 }

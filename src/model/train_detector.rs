@@ -7,7 +7,8 @@
 //! paper's: random brightness, Gaussian noise, and right-left flips (the box is mirrored
 //! with the volume; the detector has one class, femoral head, and the side is decided from
 //! patient geometry afterwards, so a flip cannot teach it the wrong side). AdamW on the
-//! SimOTA/IoU loss of `detector`; after every epoch the validation detection rate (both
+//! SimOTA/IoU loss of `detector` with the learning rate on a cosine schedule
+//! (`train::cosine_lr`); after every epoch the validation detection rate (both
 //! heads within half a radius) is measured and the best epoch kept
 //! (`detector.best.safetensors`, f32), the latest too (`detector.last.safetensors`) for
 //! `resume`.
@@ -251,6 +252,11 @@ pub fn train_detector(
         order.shuffle(&mut rng);
         let (mut sum, mut n) = (0f32, 0usize);
         for (bi, chunk) in order.chunks(opts.batch).enumerate() {
+            opt.set_learning_rate(super::train::cosine_lr(
+                opts.lr,
+                (epoch - 1) * batches + bi,
+                opts.epochs * batches,
+            ));
             let items: Vec<&DetectorSample> = chunk.iter().map(|&i| &train[i]).collect();
             let (x, boxes) = to_batch(&items, &mut rng)?;
             let raw = net.forward_t(&x, true)?;
