@@ -83,7 +83,12 @@ fn main() -> anyhow::Result<()> {
     let input = onfh_edge::volume::preprocess(&study.volume, &settings.preprocess);
     let [w, h, d] = input.dims;
     let vol = Tensor::from_slice(&input.data, (1, d, 1, h, w), &Device::Cpu)?;
-    let crop_cfg = data::CropConfig::small();
+    let onfh_edge::model::weights::Architecture::Stager { crop: crop_cfg, .. } =
+        &models.stager_manifest.architecture
+    else {
+        anyhow::bail!("the stager manifest is not a stager's");
+    };
+    let crop_cfg = crop_cfg.clone();
     let [cd, ch, cw] = crop_cfg.shape;
     let crops: Vec<f32> = a
         .heads
@@ -99,9 +104,10 @@ fn main() -> anyhow::Result<()> {
 
     // Rust: networks only.
     let (det, stg) = (models.detector(), models.stager());
-    let net_run = || -> anyhow::Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let net_run = || -> anyhow::Result<(Vec<f32>, Vec<Vec<f32>>, Vec<f32>)> {
         let raw = det.forward_t(&vol, false)?;
         let mut probs = Vec::new();
+        let mut sums = Vec::new();
         for i in 0..2 {
             let s = gradcam::stage_and_explain(
                 stg,
@@ -123,7 +129,7 @@ fn main() -> anyhow::Result<()> {
         out = Some(net_run()?);
         net_ms.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    let (raw, probs) = out.expect("runs > 0");
+    let (raw, probs, sums) = out.expect("runs > 0");
     let mut all_ms = Vec::new();
     for _ in 0..runs {
         let t0 = Instant::now();
@@ -159,7 +165,15 @@ fn main() -> anyhow::Result<()> {
     let py_ms = v["median_ms"].as_f64().unwrap_or(f64::NAN);
     let py_raw: Vec<f32> = serde_json::from_value(v["detector_output"].clone())?;
     let py_probs: Vec<Vec<f32>> = serde_json::from_value(v["probabilities"].clone())?;
+    let py_sums: Vec<f32> = serde_json::from_value(v["heatmap_sums"].clone())?;
+    anyhow::ensure!(
+        py_raw.len() == raw.len() && py_probs.len() == probs.len() && py_sums.len() == sums.len(),
+        "the PyTorch twin's outputs have other shapes ({} vs {} detector values)",
+        py_raw.len(),
+        raw.len()
+    );
     let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len(), "output lengths differ");
         a.iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
@@ -194,8 +208,12 @@ fn main() -> anyhow::Result<()> {
         rust_net / py_ms
     );
     println!(
-        "outputs: max |detector output difference| {:.2e}, max |stage probability difference| {:.2e}",
+        "outputs: max |detector output difference| {:.2e}, max relative heatmap mass difference {:.2e}, max |stage probability difference| {:.2e}",
         max_diff(&raw, &py_raw),
+        sums.iter()
+            .zip(&py_sums)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-6))
+            .fold(0f32, f32::max),
         probs
             .iter()
             .zip(&py_probs)

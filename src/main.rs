@@ -684,6 +684,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reference_detector,
                 reference_stager,
                 scratch: scratch.clone(),
+                min_detection_score: onfh_edge::pipeline::AnalysisSettings::default()
+                    .min_detection_score,
             };
             let result = evaluate::evaluate(&opts, &command_line(), |i, seed| {
                 eprint!("\r  study {i:>4}/{studies} (seed {seed})");

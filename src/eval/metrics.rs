@@ -100,9 +100,13 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> f64 {
 
 /// ROC curve points (false positive rate, true positive rate), from (0, 0) to (1, 1),
 /// one point per distinct score threshold.
+/// Empty when there are no positives or no negatives (the curve is undefined).
 pub fn roc(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
-    let np = positive.iter().filter(|p| **p).count().max(1) as f64;
-    let nn = positive.iter().filter(|p| !**p).count().max(1) as f64;
+    let np = positive.iter().filter(|p| **p).count() as f64;
+    let nn = positive.iter().filter(|p| !**p).count() as f64;
+    if np == 0.0 || nn == 0.0 {
+        return Vec::new();
+    }
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let mut pts = vec![(0.0, 0.0)];
@@ -164,10 +168,19 @@ pub fn table(
             }
         })
         .collect();
+    // Classes without a defined figure (NaN: no heads of that class, or no calls) and
+    // zero-weight classes are left out of an average, not allowed to poison it.
     let avg = |w: &dyn Fn(&ClassFigures) -> f64| {
-        let total: f64 = per_class.iter().map(w).sum();
         let f = |g: fn(&ClassFigures) -> f64| {
-            per_class.iter().map(|c| w(c) * g(c)).sum::<f64>() / total
+            let (mut sum, mut total) = (0.0, 0.0);
+            for c in &per_class {
+                let (wc, v) = (w(c), g(c));
+                if wc > 0.0 && v.is_finite() {
+                    sum += wc * v;
+                    total += wc;
+                }
+            }
+            if total > 0.0 { sum / total } else { f64::NAN }
         };
         Averages {
             accuracy: f(|c| c.accuracy),
@@ -303,6 +316,16 @@ mod tests {
         // Macro sensitivity: (0.5 + 1 + 0.5) / 3; weighted with supports 2, 2, 2 the same.
         assert!(close(t.macro_average.sensitivity, 2.0 / 3.0));
         assert!(close(t.weighted_average.sensitivity, 2.0 / 3.0));
+        // A class with no heads leaves the averages defined.
+        let t = table(
+            &["0", "I", "II"],
+            &[0, 1],
+            &[0, 1],
+            &[vec![0.9, 0.1, 0.0], vec![0.1, 0.9, 0.0]],
+        );
+        assert!(t.per_class[2].sensitivity.is_nan());
+        assert!(close(t.macro_average.sensitivity, 1.0));
+        assert!(close(t.weighted_average.sensitivity, 1.0));
     }
 
     #[test]
@@ -314,6 +337,7 @@ mod tests {
         assert_eq!(r.last(), Some(&(1.0, 1.0)));
         assert_eq!(r[1], (0.0, 0.5));
         assert_eq!(r[2], (0.5, 1.0));
+        assert!(roc(&[0.3, 0.4], &[false, false]).is_empty());
     }
 
     #[test]

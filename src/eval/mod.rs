@@ -28,11 +28,20 @@ pub const CLASSES: [&str; 3] = ["0", "I", "II"];
 
 /// The class index of a stage name ("0", "I", "II"; "stage I" and "1" accepted).
 pub fn class_of(stage: &str) -> Option<usize> {
-    let s = stage.trim().trim_start_matches("stage").trim();
-    match s {
+    let s = stage.trim().to_ascii_uppercase();
+    match s.trim_start_matches("STAGE").trim() {
         "0" => Some(0),
         "I" | "1" => Some(1),
         "II" | "2" => Some(2),
+        _ => None,
+    }
+}
+
+/// "L" or "R" from a side as people write it (L, R, left, right; any case).
+pub fn side_of(side: &str) -> Option<&'static str> {
+    match side.trim().to_ascii_uppercase().as_str() {
+        "L" | "LEFT" => Some("L"),
+        "R" | "RIGHT" => Some("R"),
         _ => None,
     }
 }
@@ -105,9 +114,11 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRow>> {
         );
         let class = class_of(f[2])
             .with_context(|| format!("{}:{}: unknown stage {:?}", path.display(), i + 1, f[2]))?;
+        let side = side_of(f[1])
+            .with_context(|| format!("{}:{}: unknown side {:?}", path.display(), i + 1, f[1]))?;
         rows.push(TruthRow {
             study: f[0].to_owned(),
-            side: f[1].to_owned(),
+            side: side.to_owned(),
             class,
         });
     }
@@ -148,9 +159,11 @@ pub fn read_readers(path: &Path) -> anyhow::Result<Readers> {
         );
         let class = class_of(f[3])
             .with_context(|| format!("{}:{}: unknown stage {:?}", path.display(), i + 1, f[3]))?;
+        let side = side_of(f[1])
+            .with_context(|| format!("{}:{}: unknown side {:?}", path.display(), i + 1, f[1]))?;
         out.entry(f[2].to_owned())
             .or_default()
-            .insert((f[0].to_owned(), f[1].to_owned()), class);
+            .insert((f[0].to_owned(), side.to_owned()), class);
     }
     Ok(out)
 }

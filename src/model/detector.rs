@@ -89,7 +89,7 @@ impl DetectorConfig {
 
     /// Stride of the head's grid, in input voxels.
     pub fn stride(&self) -> usize {
-        1 << (self.stages() - 1)
+        1 << self.stages().saturating_sub(1).min(16)
     }
 
     /// The head's grid (D, H, W).
@@ -97,13 +97,24 @@ impl DetectorConfig {
         self.input.map(|x| x / self.stride())
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the configuration is buildable and of sane size (at most 8 stages, 4096
+    /// channels, 64 bottlenecks, 16 classes, 1024 voxels per axis).
+    pub fn validate(&self) -> Result<()> {
+        if !(2..=8).contains(&self.stages())
+            || self.widths.iter().any(|w| !(1..=4096).contains(w))
+            || !(1..=4096).contains(&self.head_channels)
+            || self.csp_depth > 64
+            || !(1..=16).contains(&self.classes)
+        {
+            candle_core::bail!(
+                "invalid detector configuration {self:?} (2-8 stages, 1-4096 channels, depth at most 64, 1-16 classes)"
+            );
+        }
         let deep = 1usize << self.stages();
-        if self.stages() < 2
-            || self.widths.contains(&0)
-            || self.head_channels == 0
-            || self.classes == 0
-            || self.input.iter().any(|x| *x == 0 || x % deep != 0)
+        if self
+            .input
+            .iter()
+            .any(|x| *x == 0 || *x > 1024 || x % deep != 0)
         {
             candle_core::bail!(
                 "invalid detector configuration {self:?} (at least 2 stages; input divisible by {deep})"
@@ -359,6 +370,43 @@ impl Detector {
             .map(|b| to_detection(&b, volume))
             .collect())
     }
+}
+
+/// Right-left distance below which two detections cannot be the two femoral heads, mm.
+pub const MIN_HEAD_SEPARATION_MM: f64 = 60.0;
+
+/// The two femoral heads among detections (best first): the two best with a score of at
+/// least `min_score`, as (right, left) — the one further to patient left (+x in LPS) is the
+/// left head — provided they lie at least [`MIN_HEAD_SEPARATION_MM`] apart right-left.
+/// Otherwise why not.
+pub fn pair_heads(
+    dets: &[Detection],
+    min_score: f32,
+) -> std::result::Result<(&Detection, &Detection), String> {
+    let found: Vec<&Detection> = dets.iter().filter(|d| d.score >= min_score).collect();
+    if found.len() < 2 {
+        return Err(format!(
+            "{} femoral head(s) found with a detection score of at least {min_score:.2} (best scores: {})",
+            found.len(),
+            dets.iter()
+                .take(2)
+                .map(|d| format!("{:.2}", d.score))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let (right, left) = if found[0].center_lps_mm[0] < found[1].center_lps_mm[0] {
+        (found[0], found[1])
+    } else {
+        (found[1], found[0])
+    };
+    let apart = left.center_lps_mm[0] - right.center_lps_mm[0];
+    if apart < MIN_HEAD_SEPARATION_MM {
+        return Err(format!(
+            "the two best detections are {apart:.0} mm apart right-left; both femoral heads were not found"
+        ));
+    }
+    Ok((right, left))
 }
 
 /// A box in (d, h, w) voxel order with its score.

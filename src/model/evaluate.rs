@@ -6,9 +6,9 @@
 //! as in the pipeline; the detector's two best boxes are matched to the true heads
 //! (`train_detector::judge`: both found, centre error < radius / 2); each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
-//! detector's centre (the two networks together, as the pipeline runs them). Side comes
-//! from geometry: of the two detections, the one further to patient left (+x in LPS) is the
-//! left head; right heads are mirrored exactly as in training.
+//! detector's centre (the two networks together, as the pipeline runs them: the heads and
+//! their sides are chosen by `detector::pair_heads` with the pipeline's detection floor, and
+//! right heads are mirrored exactly as in training).
 //!
 //! With reference checkpoints (the f32 weights a training run kept), the same inputs also run
 //! through the f32 networks, and the largest difference of any stage probability and any
@@ -24,7 +24,7 @@ use candle_nn::VarBuilder;
 use serde::Serialize;
 
 use super::data::{self, CropConfig};
-use super::detector::{Detection, Detector};
+use super::detector::{Detector, pair_heads};
 use super::stager::Stager;
 use super::train_detector::{self as td, judge};
 use super::weights::{self, Architecture, Manifest};
@@ -48,6 +48,8 @@ pub struct EvalOptions {
     pub reference_stager: Option<PathBuf>,
     /// Scratch folder for generated studies.
     pub scratch: PathBuf,
+    /// The pipeline's detection floor (`analysis.min_detection_score`).
+    pub min_detection_score: f32,
 }
 
 /// Detector figures.
@@ -188,23 +190,6 @@ fn argmax(p: &[f32]) -> u32 {
         .map_or(0, |(i, _)| i as u32)
 }
 
-/// The (up to) two best detections with their side: the one further to patient left (+x)
-/// is "L".
-pub fn sides(dets: &[Detection]) -> Vec<(&'static str, &Detection)> {
-    let top: Vec<&Detection> = dets.iter().take(2).collect();
-    match top.as_slice() {
-        [a, b] => {
-            let (l, r) = if a.center_lps_mm[0] >= b.center_lps_mm[0] {
-                (*a, *b)
-            } else {
-                (*b, *a)
-            };
-            vec![("R", r), ("L", l)]
-        }
-        _ => Vec::new(),
-    }
-}
-
 fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
@@ -215,6 +200,7 @@ pub fn evaluate(
     command: &str,
     mut progress: impl FnMut(usize, u64),
 ) -> anyhow::Result<Evaluation> {
+    anyhow::ensure!(opts.studies > 0, "no test studies");
     let dev = Device::Cpu;
     let (det, dm) = weights::load_detector(&opts.detector, &dev, DType::F32)?;
     let (stg, sm) = weights::load_stager(&opts.stager, &dev, DType::F32)?;
@@ -282,7 +268,11 @@ pub fn evaluate(
                     .max(dist(a.center_lps_mm, b.center_lps_mm));
             }
         }
-        let sided = sides(&dets);
+        // The pipeline's rule for which detections are the heads, and which side.
+        let sided: Vec<(&str, &_)> = match pair_heads(&dets, opts.min_detection_score) {
+            Ok((r, l)) => vec![("R", r), ("L", l)],
+            Err(_) => Vec::new(),
+        };
         for h in &study.truth.heads {
             let truth_class = data::class_of(h.stage);
             let c = data::crop(&study.volume, h.center_lps_mm, h.side == "R", &crop);
@@ -316,7 +306,7 @@ pub fn evaluate(
         test_set: format!(
             "{n} synthetic phantom studies, seeds {}..={}, scanner style \"{}\" (not used in training)",
             opts.seed,
-            opts.seed + n as u64 - 1,
+            (opts.seed + n as u64).saturating_sub(1),
             data::HELD_OUT_STYLE
         ),
         command: command.to_owned(),

@@ -51,6 +51,25 @@ impl StagerConfig {
         }
     }
 
+    /// Check the configuration is buildable and of sane size (1-8 blocks of at most 128
+    /// layers, at most 4096 stem channels, growth 1024, bottleneck factor 16, 2-16 classes,
+    /// 1024 voxels per axis).
+    pub fn validate(&self) -> Result<()> {
+        if self.block_layers.is_empty()
+            || self.block_layers.len() > 8
+            || self.block_layers.iter().any(|l| *l > 128)
+            || !(1..=4096).contains(&self.stem_channels)
+            || !(1..=1024).contains(&self.growth)
+            || !(1..=16).contains(&self.bn_size)
+            || !(2..=16).contains(&self.classes)
+            || !(self.compression > 0.0 && self.compression <= 1.0)
+            || self.input.iter().any(|x| !(1..=1024).contains(x))
+        {
+            candle_core::bail!("invalid stager configuration {self:?}");
+        }
+        Ok(())
+    }
+
     /// The paper's scale: a DenseNet-121 layout (6, 12, 24, 16 layers, growth 32, 64 stem
     /// channels) in 3D, for sites that train on a GPU.
     pub fn paper() -> Self {
@@ -82,12 +101,7 @@ pub struct Stager {
 impl Stager {
     /// Build (or load, through `vb`) a stager.
     pub fn new(cfg: &StagerConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.block_layers.is_empty()
-            || cfg.classes < 2
-            || !(cfg.compression > 0.0 && cfg.compression <= 1.0)
-        {
-            candle_core::bail!("invalid stager configuration {cfg:?}");
-        }
+        cfg.validate()?;
         let stem_conv = Conv3d::new(
             1,
             cfg.stem_channels,

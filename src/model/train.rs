@@ -290,9 +290,9 @@ pub fn stager_manifest(
             seeds: format!(
                 "training {}..={}, validation {}..={}",
                 opts.seed,
-                opts.seed + opts.train_studies as u64 - 1,
+                (opts.seed + opts.train_studies as u64).saturating_sub(1),
                 vseed,
-                vseed + opts.val_studies as u64 - 1
+                (vseed + opts.val_studies as u64).saturating_sub(1)
             ),
             scanner_styles: data::TRAINING_STYLES
                 .iter()

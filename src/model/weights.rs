@@ -287,6 +287,13 @@ pub fn write_manifest(path: &Path, m: &Manifest) -> Result<(), ModelError> {
 
 /// The names and shapes a network of this architecture has, from a throwaway build.
 fn expected_tensors(arch: &Architecture) -> Result<BTreeMap<String, Vec<usize>>, ModelError> {
+    // Bounds first, so that a forged configuration cannot make the throwaway build
+    // allocate without limit.
+    match arch {
+        Architecture::Detector { config, .. } => config.validate(),
+        Architecture::Stager { config, .. } => config.validate(),
+    }
+    .map_err(candle("checking the architecture"))?;
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
     match arch {
@@ -425,6 +432,15 @@ pub fn load_stager(
             found: m.architecture.kind(),
         });
     };
+    if config.classes != 3 || m.classes.len() != 3 {
+        return Err(ModelError::Manifest {
+            path: manifest_path.to_owned(),
+            message: format!(
+                "a stager must have the three classes stage 0, I, II (config {}, names {:?})",
+                config.classes, m.classes
+            ),
+        });
+    }
     let tensors = load_weights(manifest_path, &m, device, dtype)?;
     let net = Stager::new(config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(
         candle(format!("{}: building the stager", manifest_path.display())),

@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::data::{self, CropConfig};
-use crate::model::detector::{Detection, Detector};
+use crate::model::detector::{self, Detector};
 use crate::model::gradcam::{self, CamMethod};
 use crate::model::stager::Stager;
 use crate::model::weights::{self, Architecture, Manifest, ModelError};
@@ -384,39 +384,10 @@ pub fn analyze(
         Err(e) => return a.fail(Status::Error, format!("detector failed: {e}"), start),
     };
     a.timings_ms.detect = ms(t);
-    let found: Vec<&Detection> = dets
-        .iter()
-        .filter(|d| d.score >= settings.min_detection_score)
-        .collect();
-    if found.len() < 2 {
-        let reason = format!(
-            "{} femoral head(s) found with a detection score of at least {:.2} (best scores: {})",
-            found.len(),
-            settings.min_detection_score,
-            dets.iter()
-                .take(2)
-                .map(|d| format!("{:.2}", d.score))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        return a.fail(Status::Indeterminate, reason, start);
-    }
-    let (right, left) = if found[0].center_lps_mm[0] < found[1].center_lps_mm[0] {
-        (found[0], found[1])
-    } else {
-        (found[1], found[0])
+    let (right, left) = match detector::pair_heads(&dets, settings.min_detection_score) {
+        Ok(pair) => pair,
+        Err(reason) => return a.fail(Status::Indeterminate, reason, start),
     };
-    // Two heads on one side are two boxes on one head (or worse): not a bilateral finding.
-    if left.center_lps_mm[0] - right.center_lps_mm[0] < 60.0 {
-        return a.fail(
-            Status::Indeterminate,
-            format!(
-                "the two best detections are {:.0} mm apart right-left; both femoral heads were not found",
-                left.center_lps_mm[0] - right.center_lps_mm[0]
-            ),
-            start,
-        );
-    }
 
     let t = Instant::now();
     let mut staged = Vec::new();
