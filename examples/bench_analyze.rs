@@ -115,10 +115,12 @@ fn main() -> anyhow::Result<()> {
                 gradcam::CamMethod::GradCam,
             )?;
             probs.push(s.probabilities);
+            sums.push(s.heatmap.iter().sum::<f32>());
         }
         Ok((
             raw.tensor.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
             probs,
+            sums,
         ))
     };
     net_run()?;
