@@ -6,7 +6,10 @@
 //! are preprocessed exactly as the pipeline does (`volume::preprocess`). Augmentation is the
 //! paper's: random brightness, Gaussian noise, and right-left flips (the box is mirrored
 //! with the volume; the detector has one class, femoral head, and the side is decided from
-//! patient geometry afterwards, so a flip cannot teach it the wrong side). AdamW on the
+//! patient geometry afterwards, so a flip cannot teach it the wrong side). Negatives are
+//! added: 12 % of samples lose one hip beyond the midline (air or unacquired space, box
+//! removed) and 8 % are replaced by noise without anatomy (no boxes), so that the detector
+//! does not find heads where there are none. AdamW on the
 //! SimOTA/IoU loss of `detector` with the learning rate on a cosine schedule
 //! (`train::cosine_lr`); after every epoch the validation detection rate (both
 //! heads within half a radius) is measured and the best epoch kept
@@ -167,6 +170,41 @@ fn to_batch(
                 bx.center[2] = (w as f64 - 1.0) - bx.center[2];
             }
         }
+        // Negatives, so that objectness means "a femoral head is here" and not "this is a
+        // hip study": a hip outside the acquired field of view (the columns beyond the
+        // midline between the heads become air or unacquired space, and its box goes), and
+        // volumes with no anatomy at all (noise of random level and spread).
+        let r: f64 = rng.random();
+        if r < 0.12 && b.len() == 2 {
+            let lose: usize = rng.random_range(0..2);
+            let mid = ((b[0].center[2] + b[1].center[2]) / 2.0).round() as usize;
+            let fill = if rng.random_bool(0.5) { 0.0 } else { 0.3 };
+            for row in data[start..].chunks_mut(w) {
+                let cols = if b[lose].center[2] < mid as f64 {
+                    0..mid.min(w)
+                } else {
+                    mid.min(w)..w
+                };
+                for x in &mut row[cols] {
+                    *x = (fill + rng.sample(normal)).clamp(0.0, 1.0);
+                }
+            }
+            b.remove(lose);
+        } else if r < 0.20 {
+            let lo: f32 = rng.random_range(0.0..0.8);
+            let hi: f32 = rng.random_range(lo + 0.05..1.0);
+            let gauss = rng.random_bool(0.5);
+            for x in &mut data[start..] {
+                *x = if gauss {
+                    let g = rand_distr::Normal::new((lo + hi) / 2.0, (hi - lo) / 4.0)
+                        .expect("finite sigma");
+                    rng.sample(g).clamp(0.0, 1.0)
+                } else {
+                    rng.random_range(lo..hi)
+                };
+            }
+            b.clear();
+        }
         boxes.push(b);
     }
     Ok((
@@ -320,7 +358,8 @@ pub fn detector_manifest(
                 "whole T2 volumes of synthetic hip phantom studies (`onfh-edge phantom`), \
                  selected, assembled and preprocessed as in the pipeline; boxes are the \
                  femoral-head spheres' bounds; augmentation: brightness x0.85-1.15, Gaussian \
-                 noise sigma 0.02, right-left flips; SimOTA assignment (centre radius {CENTER_RADIUS} \
+                 noise sigma 0.02, right-left flips; negatives: 12 % one hip blanked beyond the midline, \
+                 8 % noise without anatomy; SimOTA assignment (centre radius {CENTER_RADIUS} \
                  cells), AdamW lr {} weight decay {}, batch {}, {} epochs",
                 opts.lr, opts.weight_decay, opts.batch, opts.epochs
             ),
