@@ -279,8 +279,11 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn print_evaluation(e: &onfh_edge::model::evaluate::Evaluation) {
+fn print_evaluation(e: &onfh_edge::eval::models::Evaluation) {
     println!("test set: {}", e.test_set);
+    println!("--- the whole pipeline (what `onfh-edge eval` reports)");
+    print_report(&e.pipeline);
+    println!("--- the networks");
     let d = &e.detector;
     println!(
         "detector: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius)",
@@ -673,7 +676,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             write,
         } => {
-            use onfh_edge::model::evaluate;
+            use onfh_edge::eval::models as evaluate;
             anyhow::ensure!(studies > 0, "--studies must be positive");
             let scratch = tempfile_dir()?;
             let opts = evaluate::EvalOptions {

@@ -13,6 +13,7 @@
 //! Reads files and runs the pipeline; knows nothing of the network or the database.
 
 pub mod metrics;
+pub mod models;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,6 @@
 pub mod blocks;
 pub mod data;
 pub mod detector;
-pub mod evaluate;
 pub mod gradcam;
 pub mod layers;
 pub mod stager;

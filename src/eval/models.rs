@@ -14,6 +14,11 @@
 //! through the f32 networks, and the largest difference of any stage probability and any
 //! detection score between fp16 and f32 weights is reported.
 //!
+//! Each test study also goes through the whole pipeline (`pipeline::analyze` with the
+//! default settings), and the paper's table is computed from those results exactly as
+//! `onfh-edge eval` does — so `eval` on the same test set written by `onfh-edge phantom`
+//! reproduces it.
+//!
 //! This module measures; it writes nothing but what its caller asks (`--write` puts the
 //! figures into the manifests).
 
@@ -23,11 +28,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::data::{self, CropConfig};
-use super::detector::{Detector, pair_heads};
-use super::stager::Stager;
-use super::train_detector::{self as td, judge};
-use super::weights::{self, Architecture, Manifest};
+use crate::model::data::{self, CropConfig};
+use crate::model::detector::{Detector, pair_heads};
+use crate::model::stager::Stager;
+use crate::model::train_detector::{self as td, judge};
+use crate::model::weights::{self, Architecture, Manifest};
+use crate::pipeline;
 use crate::volume::Preprocess;
 
 /// What to evaluate.
@@ -121,6 +127,8 @@ pub struct Evaluation {
     pub stager_at_detected_centers: StagerMetrics,
     /// fp16 vs f32, where reference checkpoints were given.
     pub fp16_vs_f32: Option<Fp16Agreement>,
+    /// The paper's table from the whole pipeline (what `onfh-edge eval` prints).
+    pub pipeline: super::Report,
 }
 
 fn stager_metrics(pairs: &[(u32, Option<u32>)], classes: &[String]) -> StagerMetrics {
@@ -190,6 +198,12 @@ fn argmax(p: &[f32]) -> u32 {
         .map_or(0, |(i, _)| i as u32)
 }
 
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
@@ -204,10 +218,24 @@ pub fn evaluate(
     let dev = Device::Cpu;
     let (det, dm) = weights::load_detector(&opts.detector, &dev, DType::F32)?;
     let (stg, sm) = weights::load_stager(&opts.stager, &dev, DType::F32)?;
+    let settings = pipeline::AnalysisSettings {
+        models_dir: opts
+            .detector
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default(),
+        detector: file_name(&opts.detector),
+        stager: file_name(&opts.stager),
+        min_detection_score: opts.min_detection_score,
+        ..Default::default()
+    };
     let Architecture::Detector { preprocess, .. } = &dm.architecture else {
         unreachable!("load_detector checked the kind");
     };
     let preprocess: Preprocess = preprocess.clone();
+    let models = pipeline::Models::load(&settings, &preprocess)?;
+    let rules = crate::volume::Rules::default();
+    let (mut results, mut truth_rows) = (Vec::new(), Vec::new());
     let Architecture::Stager { crop, .. } = &sm.architecture else {
         unreachable!("load_stager checked the kind");
     };
@@ -233,7 +261,21 @@ pub fn evaluate(
         progress(i + 1, seed);
         let dir = opts.scratch.join(format!("study_{seed}"));
         let study = data::phantom_study(&dir, seed, &data::test_options())?;
+        results.push(pipeline::analyze(
+            &[dir.clone()],
+            &models,
+            &settings,
+            &rules,
+            None,
+        ));
         let _ = std::fs::remove_dir_all(&dir);
+        for h in &study.truth.heads {
+            truth_rows.push(super::TruthRow {
+                study: study.truth.study_uid.clone(),
+                side: h.side.clone(),
+                class: data::class_of(h.stage) as usize,
+            });
+        }
         let sample = data::detector_sample(&study, &preprocess);
         let dets = det.detect(
             &sample.volume,
@@ -321,6 +363,7 @@ pub fn evaluate(
         stager_at_true_centers: stager_metrics(&at_truth, &sm.classes),
         stager_at_detected_centers: stager_metrics(&at_det, &sm.classes),
         fp16_vs_f32: (ref_det.is_some() || ref_stg.is_some()).then_some(agree),
+        pipeline: super::evaluate(&truth_rows, &results, &Default::default()),
     })
 }
 
@@ -342,6 +385,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
         "stager_at_true_centers": e.stager_at_true_centers,
         "stager_at_detected_centers": e.stager_at_detected_centers,
         "fp16_vs_f32": e.fp16_vs_f32,
+        "pipeline": e.pipeline,
     }));
     weights::write_manifest(&opts.stager, &sm)?;
     Ok(())
