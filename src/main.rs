@@ -115,7 +115,7 @@ enum Cmd {
         #[arg(long, default_value = "models/3d-muldensenet-small.json")]
         stager: PathBuf,
         /// Test studies.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 60)]
         studies: usize,
         /// First test seed.
         #[arg(long, default_value_t = onfh_edge::model::data::TEST_SEED_BASE)]

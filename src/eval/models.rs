@@ -373,6 +373,9 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     let mut dm = weights::read_manifest(&opts.detector)?;
     dm.metrics = Some(serde_json::json!({
         "test_set": e.test_set,
+        "test_seed": opts.seed,
+        "test_studies": opts.studies,
+        "test_style": data::HELD_OUT_STYLE,
         "command": e.command,
         "detector": e.detector,
         "fp16_vs_f32": e.fp16_vs_f32,
@@ -381,6 +384,9 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     let mut sm = weights::read_manifest(&opts.stager)?;
     sm.metrics = Some(serde_json::json!({
         "test_set": e.test_set,
+        "test_seed": opts.seed,
+        "test_studies": opts.studies,
+        "test_style": data::HELD_OUT_STYLE,
         "command": e.command,
         "stager_at_true_centers": e.stager_at_true_centers,
         "stager_at_detected_centers": e.stager_at_detected_centers,
