@@ -108,12 +108,7 @@ fn main() -> anyhow::Result<()> {
         let raw = det.forward_t(&vol, false)?;
         let mut probs = Vec::new();
         let mut sums = Vec::new();
-        for i in 0..2 {
-            let s = gradcam::stage_and_explain(
-                stg,
-                &crops.narrow(0, i, 1)?,
-                gradcam::CamMethod::GradCam,
-            )?;
+        for s in gradcam::stage_and_explain_batch(stg, &crops, gradcam::CamMethod::GradCam)? {
             probs.push(s.probabilities);
             sums.push(s.heatmap.iter().sum::<f32>());
         }

@@ -14,7 +14,7 @@
 //! It stays in the crop's frame (mirrored, for a right head, like the crop itself); placing
 //! it in the study volume is the pipeline's job.
 
-use candle_core::{D, DType, IndexOp, Result, Tensor, Var};
+use candle_core::{D, DType, Result, Tensor, Var};
 
 use super::layers::resize_trilinear;
 use super::stager::Stager;
@@ -42,11 +42,26 @@ pub struct Staged {
 
 /// Stage one crop `(1, D, 1, H, W)` and explain the predicted class.
 pub fn stage_and_explain(net: &Stager, crop: &Tensor, method: CamMethod) -> Result<Staged> {
-    let (n, d, _, h, w) = crop.dims5()?;
+    let (n, _, _, _, _) = crop.dims5()?;
     if n != 1 {
-        candle_core::bail!("Grad-CAM takes one crop at a time, got {n}");
+        candle_core::bail!("stage_and_explain takes one crop, got {n}");
     }
-    let finite = crop
+    Ok(stage_and_explain_batch(net, crop, method)?.remove(0))
+}
+
+/// Stage crops `(N, D, 1, H, W)` in one pass and explain each one's predicted class. The
+/// crops do not interact (batch norm in inference), so back-propagating the sum of each
+/// crop's own class score gives every crop its own gradient.
+pub fn stage_and_explain_batch(
+    net: &Stager,
+    crops: &Tensor,
+    method: CamMethod,
+) -> Result<Vec<Staged>> {
+    let (n, d, _, h, w) = crops.dims5()?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let finite = crops
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?
@@ -55,25 +70,33 @@ pub fn stage_and_explain(net: &Stager, crop: &Tensor, method: CamMethod) -> Resu
     if !finite {
         candle_core::bail!("stager input contains NaN or infinite values");
     }
-    let feats = net.features(crop, false)?.detach();
+    let feats = net.features(crops, false)?.detach();
     let leaf = Var::from_tensor(&feats)?;
     let logits = net.classify(leaf.as_tensor())?;
-    let probs: Vec<f32> = candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?
-        .flatten_all()?
-        .to_vec1()?;
-    let class = probs
+    let probs: Vec<Vec<f32>> =
+        candle_nn::ops::softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec2()?;
+    let classes: Vec<usize> = probs
         .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i);
-    let score = logits.i((0, class))?;
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        })
+        .collect();
+    let idx = Tensor::from_vec(
+        classes.iter().map(|c| *c as u32).collect::<Vec<_>>(),
+        (n, 1),
+        logits.device(),
+    )?;
+    let score = logits.gather(&idx, 1)?.sum_all()?;
     let grads = score.backward()?;
     let g = grads
         .get(leaf.as_tensor())
         .ok_or_else(|| candle_core::Error::Msg("no gradient reached the Grad-CAM layer".into()))?
         .to_dtype(DType::F32)?;
     let a = feats.to_dtype(DType::F32)?;
-    // (1, D', C, H', W'): channels are axis 2.
+    // (N, D', C, H', W'): channels are axis 2.
     let alpha = match method {
         CamMethod::GradCam => g.mean_keepdim(4)?.mean_keepdim(3)?.mean_keepdim(1)?,
         CamMethod::GradCamPlusPlus => {
@@ -93,18 +116,26 @@ pub fn stage_and_explain(net: &Stager, crop: &Tensor, method: CamMethod) -> Resu
     };
     let cam = a.broadcast_mul(&alpha)?.sum_keepdim(2)?.relu()?;
     let cam = resize_trilinear(&cam, d, h, w)?;
-    let mut heat: Vec<f32> = cam.flatten_all()?.to_vec1()?;
-    let max = heat.iter().cloned().fold(0f32, f32::max);
-    if max > 0.0 {
-        for x in &mut heat {
-            *x = (*x / max).clamp(0.0, 1.0);
-        }
-    }
-    Ok(Staged {
-        probabilities: probs,
-        class,
-        heatmap: heat,
-    })
+    let maps: Vec<f32> = cam.flatten_all()?.to_vec1()?;
+    Ok(maps
+        .chunks(d * h * w)
+        .zip(probs)
+        .zip(classes)
+        .map(|((m, p), class)| {
+            let mut heat = m.to_vec();
+            let max = heat.iter().cloned().fold(0f32, f32::max);
+            if max > 0.0 {
+                for x in &mut heat {
+                    *x = (*x / max).clamp(0.0, 1.0);
+                }
+            }
+            Staged {
+                probabilities: p,
+                class,
+                heatmap: heat,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -139,7 +170,7 @@ mod tests {
             .unwrap()
             .as_tensor()
             .clone();
-        let wk = weights.i(s.class).unwrap(); // (C)
+        let wk = weights.narrow(0, s.class, 1).unwrap().squeeze(0).unwrap(); // (C)
         let c = wk.dims1().unwrap();
         let cam = feats
             .broadcast_mul(&wk.reshape((1, 1, c, 1, 1)).unwrap())
@@ -161,5 +192,19 @@ mod tests {
         let pp = stage_and_explain(&net, &x, CamMethod::GradCamPlusPlus).unwrap();
         assert!(pp.heatmap.iter().all(|x| (0.0..=1.0).contains(x)));
         assert_eq!(pp.class, s.class);
+        // A batch gives each crop what it gets alone.
+        let y = Tensor::rand(0f32, 1.0, (1, d, 1, h, w), &Device::Cpu).unwrap();
+        let both = Tensor::cat(&[&x, &y], 0).unwrap();
+        let b = stage_and_explain_batch(&net, &both, CamMethod::GradCam).unwrap();
+        let alone = stage_and_explain(&net, &y, CamMethod::GradCam).unwrap();
+        assert_eq!(b[1].class, alone.class);
+        let diff = b[1]
+            .heatmap
+            .iter()
+            .zip(&alone.heatmap)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "batched heatmap differs by {diff}");
+        assert!((b[0].heatmap[7] - s.heatmap[7]).abs() < 1e-4);
     }
 }

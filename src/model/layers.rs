@@ -206,7 +206,28 @@ impl BatchNorm3d {
 
 impl ModuleT for BatchNorm3d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // Candle's batch norm wants channels at axis 1.
+        if !train {
+            // Inference: one per-channel affine map on the depth-major layout, with no
+            // transposes: y = x · γ/√(σ² + ε) + (β − μ · γ/√(σ² + ε)).
+            let c = x.dim(2)?;
+            let inv = (self.inner.running_var() + self.inner.eps())?
+                .sqrt()?
+                .recip()?;
+            let (scale, shift) = match self.inner.weight_and_bias() {
+                Some((w, b)) => {
+                    let s = (w * &inv)?;
+                    let sh = (b - (self.inner.running_mean() * &s)?)?;
+                    (s, sh)
+                }
+                None => (inv.clone(), (self.inner.running_mean() * &inv)?.neg()?),
+            };
+            let shape = (1, 1, c, 1, 1);
+            return x
+                .broadcast_mul(&scale.reshape(shape)?.to_dtype(x.dtype())?)?
+                .broadcast_add(&shift.reshape(shape)?.to_dtype(x.dtype())?);
+        }
+        // Training: Candle's batch norm (batch statistics, running averages), which wants
+        // channels at axis 1.
         let y = x.transpose(1, 2)?.contiguous()?;
         let y = self.inner.forward_t(&y, train)?;
         y.transpose(1, 2)?.contiguous()

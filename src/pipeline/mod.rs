@@ -390,20 +390,28 @@ pub fn analyze(
     };
 
     let t = Instant::now();
-    let mut staged = Vec::new();
+    // Both heads in one pass: right (mirrored) then left.
+    let [d, h, w] = models.crop.shape;
+    let mut voxels = Vec::with_capacity(2 * d * h * w);
+    let mut grids = Vec::with_capacity(2);
     for (side, det) in [("R", right), ("L", left)] {
         let (crop, affine) =
             data::crop_with_grid(&t2, det.center_lps_mm, side == "R", &models.crop);
-        let [d, h, w] = models.crop.shape;
-        let x = Tensor::from_vec(crop, (1, d, 1, h, w), &Device::Cpu)
-            .and_then(|x| x.to_device(&models.device))
-            .and_then(|x| x.to_dtype(models.dtype));
-        let s = x.and_then(|x| gradcam::stage_and_explain(&models.stager, &x, settings.heatmap));
-        match s {
-            Ok(s) => staged.push((side, det, s, affine)),
-            Err(e) => return a.fail(Status::Error, format!("stager failed: {e}"), start),
-        }
+        voxels.extend(crop);
+        grids.push((side, det, affine));
     }
+    let s = Tensor::from_vec(voxels, (2, d, 1, h, w), &Device::Cpu)
+        .and_then(|x| x.to_device(&models.device))
+        .and_then(|x| x.to_dtype(models.dtype))
+        .and_then(|x| gradcam::stage_and_explain_batch(&models.stager, &x, settings.heatmap));
+    let staged: Vec<_> = match s {
+        Ok(s) => grids
+            .into_iter()
+            .zip(s)
+            .map(|((side, det, affine), s)| (side, det, s, affine))
+            .collect(),
+        Err(e) => return a.fail(Status::Error, format!("stager failed: {e}"), start),
+    };
     a.timings_ms.stage = ms(t);
 
     let t = Instant::now();
