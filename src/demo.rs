@@ -206,27 +206,16 @@ async fn play_scanner(
     if let Some(r) = &a.reason {
         println!("  reason: {r}");
     }
-    println!(
-        "  {:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  {}",
-        "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det", "phantom truth"
-    );
-    for h in &a.heads {
-        let t = truth.heads.iter().find(|t| t.side == h.side);
-        println!(
-            "  {:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  {}",
-            h.side,
-            h.stage,
-            if h.early_onfh { "yes" } else { "no" },
-            h.probabilities.s0,
-            h.probabilities.s1,
-            h.probabilities.s2,
-            h.detection_score,
-            t.map(|t| format!("stage {}", t.stage.label()))
-                .unwrap_or_default()
-        );
-        if let Some(f) = &h.heatmap {
-            println!("        heatmap {}", f.png);
-        }
+    let table = a.head_table(|h| {
+        truth
+            .heads
+            .iter()
+            .find(|t| t.side == h.side)
+            .map(|t| format!("phantom truth: stage {}", t.stage.label()))
+            .unwrap_or_default()
+    });
+    for line in table {
+        println!("  {line}");
     }
     if let Some(f) = a.heads.first().and_then(|h| h.heatmap.as_ref()) {
         println!(

@@ -272,6 +272,23 @@ fn print_report(r: &onfh_edge::eval::Report) {
     println!("{}", r.intended_use);
 }
 
+/// Export a checkpoint as fp16 + manifest and say so.
+fn export_model(
+    checkpoint: &std::path::Path,
+    manifest: onfh_edge::model::weights::Manifest,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let m = onfh_edge::model::weights::export(checkpoint, manifest, dir)?;
+    println!(
+        "exported {} ({} parameters, fp16, sha256 {}) to {}",
+        m.name,
+        m.weights.parameters,
+        m.weights.sha256,
+        dir.display()
+    );
+    Ok(())
+}
+
 /// A fresh scratch folder under the system temporary directory.
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("onfh-edge-eval-{}", std::process::id()));
@@ -383,29 +400,8 @@ fn analyze(
                 .map(|r| format!(" — {r}"))
                 .unwrap_or_default()
         );
-        if !a.heads.is_empty() {
-            println!(
-                "{:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  centre LPS mm",
-                "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det"
-            );
-            for h in &a.heads {
-                println!(
-                    "{:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  ({:.1}, {:.1}, {:.1})",
-                    h.side,
-                    h.stage,
-                    if h.early_onfh { "yes" } else { "no" },
-                    h.probabilities.s0,
-                    h.probabilities.s1,
-                    h.probabilities.s2,
-                    h.detection_score,
-                    h.center_lps_mm[0],
-                    h.center_lps_mm[1],
-                    h.center_lps_mm[2]
-                );
-                if let Some(f) = &h.heatmap {
-                    println!("      heatmap {} / {}", f.png, f.nifti);
-                }
-            }
+        for line in a.head_table(|_| String::new()) {
+            println!("{line}");
         }
         let t = &a.timings_ms;
         println!(
@@ -563,18 +559,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("no epoch ran")?;
                 let name = format!("3d-muldensenet-{preset}");
                 let m = train::stager_manifest(&opts, best, &name, &command_line());
-                let m = onfh_edge::model::weights::export(
-                    &out.join("stager.best.safetensors"),
-                    m,
-                    &dir,
-                )?;
-                println!(
-                    "exported {} ({} parameters, fp16, sha256 {}) to {}",
-                    m.name,
-                    m.weights.parameters,
-                    m.weights.sha256,
-                    dir.display()
-                );
+                export_model(&out.join("stager.best.safetensors"), m, &dir)?;
             }
             Ok(())
         }
@@ -651,18 +636,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("no epoch ran")?;
                 let name = format!("3dc-yolox-{preset}");
                 let m = td::detector_manifest(&opts, best, &name, &command_line());
-                let m = onfh_edge::model::weights::export(
-                    &out.join("detector.best.safetensors"),
-                    m,
-                    &dir,
-                )?;
-                println!(
-                    "exported {} ({} parameters, fp16, sha256 {}) to {}",
-                    m.name,
-                    m.weights.parameters,
-                    m.weights.sha256,
-                    dir.display()
-                );
+                export_model(&out.join("detector.best.safetensors"), m, &dir)?;
             }
             Ok(())
         }

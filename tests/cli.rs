@@ -28,13 +28,18 @@ fn demo_runs_end_to_end_on_embedded_defaults() {
     assert!(stdout.contains("analysis: ok"), "{stdout}");
     let heads: Vec<Vec<&str>> = stdout
         .lines()
+        .filter(|l| l.contains("phantom truth: stage"))
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|w| w.len() == 9 && (w[0] == "R" || w[0] == "L"))
+        .filter(|w| w[0] == "R" || w[0] == "L")
         .collect();
     assert_eq!(heads.len(), 2, "{stdout}");
     for w in &heads {
-        // side stage early p0 pI pII det "stage" <truth>
-        assert_eq!(w[1], w[8], "predicted vs phantom stage: {w:?}");
+        // side stage early p0 pI pII det (x, y, z) phantom truth: stage <truth>
+        assert_eq!(
+            w[1],
+            *w.last().unwrap(),
+            "predicted vs phantom stage: {w:?}"
+        );
     }
     for l in stdout
         .lines()

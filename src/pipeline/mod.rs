@@ -276,6 +276,48 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// The heads as text lines (header first, heatmap paths under each head); `extra(head)`
+    /// fills a last column (e.g. the phantom's truth). Empty without heads.
+    pub fn head_table(&self, extra: impl Fn(&HeadFinding) -> String) -> Vec<String> {
+        if self.heads.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![
+            format!(
+                "{:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  {:<26} {}",
+                "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det", "centre LPS mm", ""
+            )
+            .trim_end()
+            .to_owned(),
+        ];
+        for h in &self.heads {
+            let centre = format!(
+                "({:.1}, {:.1}, {:.1})",
+                h.center_lps_mm[0], h.center_lps_mm[1], h.center_lps_mm[2]
+            );
+            out.push(
+                format!(
+                    "{:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  {:<26} {}",
+                    h.side,
+                    h.stage,
+                    if h.early_onfh { "yes" } else { "no" },
+                    h.probabilities.s0,
+                    h.probabilities.s1,
+                    h.probabilities.s2,
+                    h.detection_score,
+                    centre,
+                    extra(h)
+                )
+                .trim_end()
+                .to_owned(),
+            );
+            if let Some(f) = &h.heatmap {
+                out.push(format!("      heatmap {}", f.png));
+            }
+        }
+        out
+    }
+
     fn empty(models: &Models) -> Analysis {
         Analysis {
             study_instance_uid: String::new(),
