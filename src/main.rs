@@ -272,6 +272,16 @@ fn print_report(r: &onfh_edge::eval::Report) {
     println!("{}", r.intended_use);
 }
 
+/// The per-step progress line of both training commands (rewritten in place on stderr).
+fn step_progress(start: std::time::Instant) -> impl FnMut(usize, usize, f32) {
+    move |b, n, loss| {
+        eprint!(
+            "\r  batch {b:>4}/{n}  loss {loss:.4}  {:>6.0} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
 /// Export a checkpoint as fp16 + manifest and say so.
 fn export_model(
     checkpoint: &std::path::Path,
@@ -530,26 +540,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 onfh_edge::phantom::DISCLAIMER
             );
             let start = std::time::Instant::now();
-            let reports = train::train_stager(
-                &opts,
-                |b, n, loss| {
-                    eprint!(
-                        "\r  batch {b:>4}/{n}  loss {loss:.4}  {:>6.0} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                },
-                |r| {
-                    eprintln!();
-                    println!(
-                        "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
-                        r.epoch,
-                        r.train_loss,
-                        r.val_loss,
-                        r.val_accuracy,
-                        if r.best { "  (best)" } else { "" }
-                    )
-                },
-            )?;
+            let reports = train::train_stager(&opts, step_progress(start), |r| {
+                eprintln!();
+                println!(
+                    "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
+                    r.epoch,
+                    r.train_loss,
+                    r.val_loss,
+                    r.val_accuracy,
+                    if r.best { "  (best)" } else { "" }
+                )
+            })?;
             println!("checkpoints in {}", out.display());
             if let Some(dir) = export {
                 let best = reports
@@ -607,26 +608,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 onfh_edge::phantom::DISCLAIMER
             );
             let start = std::time::Instant::now();
-            let reports = td::train_detector(
-                &opts,
-                |b, n, loss| {
-                    eprint!(
-                        "\r  batch {b:>4}/{n}  loss {loss:.4}  {:>6.0} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                },
-                |r| {
-                    eprintln!();
-                    println!(
-                        "epoch {:>3}  train loss {:.4}  val detection {:.3}  val centre error {:.2} mm{}",
-                        r.epoch,
-                        r.train_loss,
-                        r.val_detection_rate,
-                        r.val_center_error_mm,
-                        if r.best { "  (best)" } else { "" }
-                    )
-                },
-            )?;
+            let reports = td::train_detector(&opts, step_progress(start), |r| {
+                eprintln!();
+                println!(
+                    "epoch {:>3}  train loss {:.4}  val detection {:.3}  val centre error {:.2} mm{}",
+                    r.epoch,
+                    r.train_loss,
+                    r.val_detection_rate,
+                    r.val_center_error_mm,
+                    if r.best { "  (best)" } else { "" }
+                )
+            })?;
             println!("checkpoints in {}", out.display());
             if let Some(dir) = export {
                 let best = reports

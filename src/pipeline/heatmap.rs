@@ -27,83 +27,30 @@ pub struct CropHeatmap<'a> {
     pub mirrored: bool,
 }
 
-fn invert_affine(a: &[[f64; 4]; 4]) -> [[f64; 4]; 3] {
-    // Rotation-scale part by the adjugate; then the translation.
-    let m = [
-        [a[0][0], a[0][1], a[0][2]],
-        [a[1][0], a[1][1], a[1][2]],
-        [a[2][0], a[2][1], a[2][2]],
-    ];
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-    let inv = [
-        [
-            (m[1][1] * m[2][2] - m[1][2] * m[2][1]) / det,
-            (m[0][2] * m[2][1] - m[0][1] * m[2][2]) / det,
-            (m[0][1] * m[1][2] - m[0][2] * m[1][1]) / det,
-        ],
-        [
-            (m[1][2] * m[2][0] - m[1][0] * m[2][2]) / det,
-            (m[0][0] * m[2][2] - m[0][2] * m[2][0]) / det,
-            (m[0][2] * m[1][0] - m[0][0] * m[1][2]) / det,
-        ],
-        [
-            (m[1][0] * m[2][1] - m[1][1] * m[2][0]) / det,
-            (m[0][1] * m[2][0] - m[0][0] * m[2][1]) / det,
-            (m[0][0] * m[1][1] - m[0][1] * m[1][0]) / det,
-        ],
-    ];
-    let t = [a[0][3], a[1][3], a[2][3]];
-    let mut out = [[0.0; 4]; 3];
-    for r in 0..3 {
-        for c in 0..3 {
-            out[r][c] = inv[r][c];
-        }
-        out[r][3] = -(inv[r][0] * t[0] + inv[r][1] * t[1] + inv[r][2] * t[2]);
-    }
-    out
-}
-
 impl CropHeatmap<'_> {
+    /// The heatmap as a volume in the crop's own (unmirrored) grid, so that it is sampled
+    /// like any other volume.
+    pub fn to_volume(&self) -> Volume {
+        let w = self.shape[2];
+        let mut data = self.values.to_vec();
+        if self.mirrored {
+            for row in data.chunks_mut(w) {
+                row.reverse();
+            }
+        }
+        Volume {
+            data,
+            dims: [self.shape[2], self.shape[1], self.shape[0]],
+            affine: self.affine,
+            series_uid: String::new(),
+            study_uid: String::new(),
+        }
+    }
+
     /// Trilinear value at patient point `p`; 0 outside the crop.
     pub fn at(&self, p: [f64; 3]) -> f32 {
-        self.at_with(&invert_affine(&self.affine), p)
-    }
-
-    fn at_with(&self, inv: &[[f64; 4]; 3], p: [f64; 3]) -> f32 {
-        let q =
-            [0, 1, 2].map(|r| inv[r][0] * p[0] + inv[r][1] * p[1] + inv[r][2] * p[2] + inv[r][3]);
-        let [d, h, w] = self.shape;
-        let (mut i, j, k) = (q[0], q[1], q[2]);
-        if self.mirrored {
-            i = (w as f64 - 1.0) - i;
-        }
-        let lim = |x: f64, n: usize| x >= -0.5 && x <= n as f64 - 0.5;
-        if !lim(i, w) || !lim(j, h) || !lim(k, d) {
-            return 0.0;
-        }
-        let cl = |x: f64, n: usize| x.clamp(0.0, (n - 1) as f64);
-        let (i, j, k) = (cl(i, w), cl(j, h), cl(k, d));
-        let (i0, j0, k0) = (i.floor() as usize, j.floor() as usize, k.floor() as usize);
-        let (i1, j1, k1) = (
-            (i0 + 1).min(w - 1),
-            (j0 + 1).min(h - 1),
-            (k0 + 1).min(d - 1),
-        );
-        let (fi, fj, fk) = (
-            (i - i0 as f64) as f32,
-            (j - j0 as f64) as f32,
-            (k - k0 as f64) as f32,
-        );
-        let g = |i: usize, j: usize, k: usize| self.values[(k * h + j) * w + i];
-        let c00 = g(i0, j0, k0) * (1.0 - fi) + g(i1, j0, k0) * fi;
-        let c10 = g(i0, j1, k0) * (1.0 - fi) + g(i1, j1, k0) * fi;
-        let c01 = g(i0, j0, k1) * (1.0 - fi) + g(i1, j0, k1) * fi;
-        let c11 = g(i0, j1, k1) * (1.0 - fi) + g(i1, j1, k1) * fi;
-        let c0 = c00 * (1.0 - fj) + c10 * fj;
-        let c1 = c01 * (1.0 - fj) + c11 * fj;
-        c0 * (1.0 - fk) + c1 * fk
+        let v = self.to_volume();
+        volume::sample(&v, v.patient_to_voxel(p)).unwrap_or(0.0)
     }
 }
 
@@ -119,9 +66,9 @@ pub fn place(study: &Volume, maps: &[CropHeatmap]) -> Volume {
     };
     let [nx, ny, nz] = study.dims;
     for m in maps {
-        let inv = invert_affine(&m.affine);
+        let crop = m.to_volume();
         // The study voxels the crop can reach: the bounding box of its corners.
-        let [d, h, w] = m.shape;
+        let [w, h, d] = crop.dims;
         let mut lo = [f64::MAX; 3];
         let mut hi = [f64::MIN; 3];
         for c in 0..8 {
@@ -130,13 +77,7 @@ pub fn place(study: &Volume, maps: &[CropHeatmap]) -> Volume {
                 if c & 2 == 2 { h as f64 - 0.5 } else { -0.5 },
                 if c & 4 == 4 { d as f64 - 0.5 } else { -0.5 },
             ];
-            let p = [0, 1, 2].map(|r| {
-                m.affine[r][0] * q[0]
-                    + m.affine[r][1] * q[1]
-                    + m.affine[r][2] * q[2]
-                    + m.affine[r][3]
-            });
-            let v = study.patient_to_voxel(p);
+            let v = study.patient_to_voxel(crop.voxel_to_patient(q));
             for a in 0..3 {
                 lo[a] = lo[a].min(v[a]);
                 hi[a] = hi[a].max(v[a]);
@@ -151,7 +92,7 @@ pub fn place(study: &Volume, maps: &[CropHeatmap]) -> Volume {
             for j in range(1, ny) {
                 for i in range(0, nx) {
                     let p = study.voxel_to_patient([i as f64, j as f64, k as f64]);
-                    let v = m.at_with(&inv, p);
+                    let v = volume::sample(&crop, crop.patient_to_voxel(p)).unwrap_or(0.0);
                     let idx = (k * ny + j) * nx + i;
                     if v > out.data[idx] {
                         out.data[idx] = v;
@@ -273,24 +214,6 @@ pub fn write_montage(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn affine_inverse_round_trips() {
-        let a = [
-            [0.0, 2.0, 0.5, 10.0],
-            [1.5, 0.0, 0.0, -4.0],
-            [0.0, 0.3, -2.5, 7.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
-        let inv = invert_affine(&a);
-        let v = [3.0, -1.0, 2.0];
-        let p = [0, 1, 2].map(|r| a[r][0] * v[0] + a[r][1] * v[1] + a[r][2] * v[2] + a[r][3]);
-        let back =
-            [0, 1, 2].map(|r| inv[r][0] * p[0] + inv[r][1] * p[1] + inv[r][2] * p[2] + inv[r][3]);
-        for x in 0..3 {
-            assert!((back[x] - v[x]).abs() < 1e-9);
-        }
-    }
 
     #[test]
     fn mirrored_heatmap_samples_the_mirrored_column() {

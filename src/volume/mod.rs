@@ -18,7 +18,7 @@ pub mod scan;
 pub mod select;
 
 pub use assemble::{Volume, VolumeError, assemble, assemble_files};
-pub use preprocess::{Preprocess, preprocess, resample};
+pub use preprocess::{Preprocess, preprocess, resample, sample};
 pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
 pub use select::{Rules, Selection, SeriesVerdict, Verdict, select};
 

@@ -69,7 +69,7 @@ pub fn center(v: &Volume) -> V3 {
 }
 
 /// Trilinear sample at a fractional voxel coordinate; `None` outside the volume.
-fn sample(v: &Volume, c: [f64; 3]) -> Option<f32> {
+pub fn sample(v: &Volume, c: [f64; 3]) -> Option<f32> {
     let [nx, ny, nz] = v.dims;
     let lim = |x: f64, n: usize| x >= -0.5 && x <= n as f64 - 0.5;
     if !lim(c[0], nx) || !lim(c[1], ny) || !lim(c[2], nz) {
