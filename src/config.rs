@@ -49,6 +49,7 @@ struct RawConfig {
     selection: crate::volume::Rules,
     preprocess: crate::volume::Preprocess,
     analysis: crate::pipeline::AnalysisSettings,
+    notify: crate::notify::NotifySettings,
     storage: RawStorage,
     log: RawLog,
 }
@@ -101,6 +102,8 @@ pub struct Settings {
     pub preprocess: crate::volume::Preprocess,
     /// Models and the pipeline's confidence floors.
     pub analysis: crate::pipeline::AnalysisSettings,
+    /// Alerts: which findings, which channels, retries.
+    pub notify: crate::notify::NotifySettings,
     /// Where state lives.
     pub storage: StorageSettings,
     /// Default log filter.
@@ -374,6 +377,15 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be between 0 and 1",
         ));
     }
+    if !(0.0..1.0).contains(&an.heatmap_floor) {
+        return Err(invalid(
+            "analysis.heatmap_floor",
+            "must be at least 0 and below 1",
+        ));
+    }
+    raw.notify
+        .validate()
+        .map_err(|(key, message)| invalid(key, message))?;
     let dev = an.device.as_str();
     if !(dev == "cpu"
         || dev == "cuda"
@@ -456,6 +468,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         selection: raw.selection,
         preprocess: raw.preprocess,
         analysis: raw.analysis,
+        notify: raw.notify,
         storage: StorageSettings { state_dir },
         log_level: raw.log.level,
     })

@@ -22,6 +22,7 @@ pub mod demo;
 pub mod dicom;
 pub mod eval;
 pub mod model;
+pub mod notify;
 pub mod phantom;
 pub mod pipeline;
 pub mod render;

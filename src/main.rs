@@ -22,6 +22,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum AlertsCmd {
+    /// Deliver due alerts, waiting out retries, until none is pending (the daemon does
+    /// this continuously; this is for a box whose daemon is stopped, or after `retry`).
+    Send {
+        /// Site configuration (TOML): channels and the state directory.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Put given-up (`dead`) alerts back in the queue with a fresh attempt count.
+    Retry {
+        /// Site configuration (TOML), to find the state directory.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Alert ids (as `results` shows them); none = every dead alert.
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the whole job on embedded defaults, end to end on loopback.
     Demo,
@@ -39,6 +58,24 @@ enum Cmd {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Show stored results: analyses, per-head findings, series chosen, alert delivery.
+    Results {
+        /// Site configuration (TOML), to find the state directory.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON (one array of results) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only results from this time on: RFC 3339 (`2026-11-28T08:00:00Z`), a date
+        /// (`2026-11-28`, UTC), or an age (`90m`, `12h`, `7d`).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+    },
+    /// The alert outbox: deliver pending alerts now, or requeue given-up ones.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsCmd,
     },
     /// Analyse one study offline: DICOM files or folders → femoral heads, stages, heatmaps.
     /// Exit status: 0 ok, 3 indeterminate, 4 no usable series, 1 error.
@@ -444,6 +481,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = load(config.as_deref())?;
             status(&settings, json)
         }
+        Cmd::Results {
+            config,
+            json,
+            since,
+        } => {
+            let settings = load(config.as_deref())?;
+            results(&settings, json, since.as_deref())
+        }
+        Cmd::Alerts { action } => match action {
+            AlertsCmd::Send { config } => {
+                let settings = load(config.as_deref())?;
+                init_logging(&settings.log_level);
+                let store = open_store(&settings, false)?;
+                let sender = onfh_edge::notify::Sender::new(store.clone(), settings.notify);
+                sender.run(std::time::Duration::from_secs(1), || {
+                    store.alert_counts().map(|c| c.pending == 0).unwrap_or(true)
+                });
+                let c = store.alert_counts()?;
+                println!(
+                    "alerts: {} sent, {} pending, {} dead",
+                    c.sent, c.pending, c.dead
+                );
+                Ok(())
+            }
+            AlertsCmd::Retry { config, ids } => {
+                let settings = load(config.as_deref())?;
+                let store = open_store(&settings, false)?;
+                let n = store.requeue_dead_alerts(&ids, onfh_edge::store::now_ms())?;
+                println!("{n} alert(s) requeued");
+                Ok(())
+            }
+        },
         Cmd::Phantom {
             out,
             studies,
@@ -729,7 +798,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
+/// The daemon's database, which must exist; read-only for commands that only look.
+fn open_store(settings: &Settings, read_only: bool) -> anyhow::Result<Store> {
     let db = settings.storage.database_path();
     if !db.exists() {
         anyhow::bail!(
@@ -737,8 +807,94 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
             db.display()
         );
     }
-    let store =
-        Store::open_read_only(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let store = if read_only {
+        Store::open_read_only(&db)
+    } else {
+        Store::open(&db)
+    };
+    store.with_context(|| format!("cannot open {}", db.display()))
+}
+
+/// `--since`: RFC 3339, a date, or an age.
+fn parse_since(s: &str, now_ms: i64) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if let Some((n, unit)) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .filter(|i| *i > 0 && s.len() == i + 1)
+        .map(|i| (&s[..i], &s[i..]))
+    {
+        let n: i64 = n.parse()?;
+        let ms = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => anyhow::bail!("unknown unit in {s:?} (s, m, h, d)"),
+        };
+        return Ok(now_ms - n * ms);
+    }
+    onfh_edge::notify::parse_rfc3339(s)
+        .with_context(|| format!("--since {s:?}: not RFC 3339, a date or an age like 12h"))
+}
+
+fn results(settings: &Settings, json: bool, since: Option<&str>) -> anyhow::Result<()> {
+    let store = open_store(settings, true)?;
+    let since_ms = match since {
+        Some(s) => parse_since(s, onfh_edge::store::now_ms())?,
+        None => i64::MIN,
+    };
+    let rows = store.analyses_since(since_ms)?;
+    let counts = store.alert_counts()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{} result(s); alerts: {} sent, {} pending, {} dead",
+        rows.len(),
+        counts.sent,
+        counts.pending,
+        counts.dead
+    );
+    for r in &rows {
+        let a = &r.analysis;
+        println!();
+        println!(
+            "#{} {}  accession {}  {}{}",
+            r.id,
+            onfh_edge::notify::rfc3339(r.analysed_ms),
+            a.accession_number,
+            serde_json::to_value(a.status)?.as_str().unwrap_or("?"),
+            a.reason
+                .as_ref()
+                .map(|x| format!(" — {x}"))
+                .unwrap_or_default()
+        );
+        for line in a.head_table(|_| String::new()) {
+            println!("  {line}");
+        }
+        for al in &r.alerts {
+            println!(
+                "  alert {} {} {} via {}: {} after {} attempt(s){}",
+                al.id,
+                al.side,
+                al.idempotency_key,
+                al.channel,
+                al.state,
+                al.attempts,
+                al.last_error
+                    .as_ref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        println!("  {}", a.model.intended_use);
+    }
+    Ok(())
+}
+
+fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let store = open_store(settings, true)?;
     let summary = store.summary()?;
     let series = store.series_rows()?;
     if json {

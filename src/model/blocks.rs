@@ -22,7 +22,9 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::layers::{BatchNorm3d, Conv3d, Conv3dConfig, avg_pool3d, max_pool3d};
+use super::layers::{
+    Activation, BatchNorm3d, Conv3d, Conv3dConfig, ConvNorm, avg_pool3d, max_pool3d,
+};
 
 fn conv(cin: usize, cout: usize, k: usize, s: usize, vb: VarBuilder) -> Result<Conv3d> {
     Conv3d::new(cin, cout, Conv3dConfig::cube(k, s), vb)
@@ -32,8 +34,8 @@ fn conv(cin: usize, cout: usize, k: usize, s: usize, vb: VarBuilder) -> Result<C
 #[derive(Debug, Clone)]
 pub struct DenseLayer {
     norm1: BatchNorm3d,
-    conv1: Conv3d,
-    norm2: BatchNorm3d,
+    /// `conv1` → `norm2`.
+    conv1: ConvNorm,
     conv2: Conv3d,
 }
 
@@ -43,8 +45,10 @@ impl DenseLayer {
         let mid = bn_size * growth;
         Ok(DenseLayer {
             norm1: BatchNorm3d::new(cin, vb.pp("norm1"))?,
-            conv1: conv(cin, mid, 1, 1, vb.pp("conv1"))?,
-            norm2: BatchNorm3d::new(mid, vb.pp("norm2"))?,
+            conv1: ConvNorm::new(
+                conv(cin, mid, 1, 1, vb.pp("conv1"))?,
+                BatchNorm3d::new(mid, vb.pp("norm2"))?,
+            ),
             conv2: conv(mid, growth, 3, 1, vb.pp("conv2"))?,
         })
     }
@@ -52,9 +56,8 @@ impl DenseLayer {
 
 impl ModuleT for DenseLayer {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.norm1.forward_t(x, train)?.relu()?;
-        let y = self.conv1.forward(&y)?;
-        let y = self.norm2.forward_t(&y, train)?.relu()?;
+        let y = self.norm1.forward_act(x, train, Activation::Relu)?;
+        let y = self.conv1.forward_act(&y, train, Activation::Relu)?;
         let y = self.conv2.forward(&y)?;
         // Channels are axis 2 in the depth-major layout.
         Tensor::cat(&[x, &y], 2)
@@ -130,12 +133,12 @@ impl ModuleT for MulPoolFusion {
         }
         let c = self
             .compress
-            .forward(&self.norm.forward_t(x, train)?.relu()?)?;
+            .forward(&self.norm.forward_act(x, train, Activation::Relu)?)?;
         let avg = avg_pool3d(&c, 2, 2)?;
         let max = max_pool3d(&c, 2, 2)?;
         let conv = self.down.forward(&c)?;
         let cat = Tensor::cat(&[&avg, &max, &conv], 2)?;
         self.fuse
-            .forward(&self.fuse_norm.forward_t(&cat, train)?.relu()?)
+            .forward(&self.fuse_norm.forward_act(&cat, train, Activation::Relu)?)
     }
 }

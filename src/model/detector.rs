@@ -40,7 +40,7 @@ use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{BatchNorm3d, Conv3d, Conv3dConfig, upsample_nearest3d};
+use super::layers::{Activation, BatchNorm3d, Conv3d, Conv3dConfig, ConvNorm, upsample_nearest3d};
 use crate::volume::Volume;
 
 /// Architecture of the detector (part of the model manifest).
@@ -126,23 +126,20 @@ impl DetectorConfig {
 
 /// Conv (no bias) → BN → SiLU.
 #[derive(Debug, Clone)]
-struct Cbs {
-    conv: Conv3d,
-    norm: BatchNorm3d,
-}
+struct Cbs(ConvNorm);
 
 impl Cbs {
     fn new(cin: usize, cout: usize, k: usize, s: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Cbs {
-            conv: Conv3d::new(cin, cout, Conv3dConfig::cube(k, s), vb.pp("conv"))?,
-            norm: BatchNorm3d::new(cout, vb.pp("norm"))?,
-        })
+        Ok(Cbs(ConvNorm::new(
+            Conv3d::new(cin, cout, Conv3dConfig::cube(k, s), vb.pp("conv"))?,
+            BatchNorm3d::new(cout, vb.pp("norm"))?,
+        )))
     }
 }
 
 impl ModuleT for Cbs {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.norm.forward_t(&self.conv.forward(x)?, train)?.silu()
+        self.0.forward_act(x, train, Activation::Silu)
     }
 }
 

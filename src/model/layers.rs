@@ -15,8 +15,11 @@
 //!
 //! Pure tensor code: no I/O, no knowledge of the networks built from it.
 
-use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_core::{D, DType, Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+
+pub use super::conv_cpu::Activation;
+use super::conv_cpu::{ChannelAffine, Conv3dCpu};
 
 /// Configuration of a 3D convolution. Height and width share kernel, stride and padding
 /// (Candle's conv2d takes one value for both).
@@ -117,8 +120,20 @@ impl Conv3d {
     }
 }
 
-impl Module for Conv3d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Conv3d {
+    /// Whether `x` goes through the CPU inference kernel (`conv_cpu`): on CPU, in f32, with
+    /// no gradient recorded through the input or the weight.
+    fn use_cpu_kernel(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && !x.track_op()
+            && !self.weight.track_op()
+    }
+
+    /// The general, differentiable path on every device: depth taps gathered into channels,
+    /// then Candle's `conv2d`.
+    pub fn forward_general(&self, x: &Tensor) -> Result<Tensor> {
         let (n, d, c, h, w) = x.dims5()?;
         let (kd, _) = self.cfg.kernel;
         let (co, ci, _, kh, kw) = self.weight.dims5()?;
@@ -182,6 +197,102 @@ impl Module for Conv3d {
     }
 }
 
+impl Conv3d {
+    /// The convolution followed by `act`; on the CPU inference path both run in one pass.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if !self.use_cpu_kernel(x) {
+            return act.tensor(self.forward_general(x)?);
+        }
+        let (_, _, c, _, _) = x.dims5()?;
+        let ci = self.weight.dim(1)?;
+        if c != ci {
+            candle_core::bail!("conv3d expects {ci} channels, got {c} ({:?})", x.shape());
+        }
+        let bias = match &self.bias {
+            Some(b) => Some(b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let op = Conv3dCpu {
+            stride: self.cfg.stride,
+            padding: self.cfg.padding,
+            bias,
+            activation: act,
+        };
+        x.contiguous()?
+            .apply_op2_no_bwd(&self.weight.contiguous()?, &op)
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Activation::Identity)
+    }
+}
+
+/// A convolution followed by batch normalisation (the activation is the caller's). In
+/// inference with fixed (loaded) weights the two run as one convolution, the batch norm
+/// folded into its weight and bias on first use; in training, or while the weights are
+/// variables, they run apart.
+#[derive(Debug, Clone)]
+pub struct ConvNorm {
+    conv: Conv3d,
+    norm: BatchNorm3d,
+    folded: std::sync::OnceLock<Conv3d>,
+}
+
+impl ConvNorm {
+    /// Join a convolution and the batch norm that follows it.
+    pub fn new(conv: Conv3d, norm: BatchNorm3d) -> Self {
+        ConvNorm {
+            conv,
+            norm,
+            folded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The convolution and batch norm as one convolution (inference).
+    pub fn fold(&self) -> Result<Conv3d> {
+        let (scale, shift) = self.norm.scale_shift()?;
+        let w = self.conv.weight();
+        let co = w.dim(0)?;
+        let dtype = w.dtype();
+        let w = w.broadcast_mul(&scale.reshape((co, 1, 1, 1, 1))?.to_dtype(dtype)?)?;
+        let b = match &self.conv.bias {
+            Some(b) => ((b.reshape(co)?.to_dtype(scale.dtype())? * &scale)? + &shift)?,
+            None => shift,
+        };
+        Conv3d::from_weights(
+            &w,
+            Some(&b.to_dtype(dtype)?),
+            Conv3dConfig {
+                bias: true,
+                ..self.conv.cfg
+            },
+        )
+    }
+
+    /// Convolution, batch norm, then `act`.
+    pub fn forward_act(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+        if train || self.conv.weight().track_op() {
+            return act.tensor(self.norm.forward_t(&self.conv.forward(x)?, train)?);
+        }
+        let conv = match self.folded.get() {
+            Some(c) => c,
+            None => {
+                let c = self.fold()?;
+                self.folded.get_or_init(|| c)
+            }
+        };
+        conv.forward_act(x, act)
+    }
+}
+
+impl ModuleT for ConvNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, Activation::Identity)
+    }
+}
+
 /// Batch normalisation over the channel axis of `(N, D, C, H, W)` (train and eval).
 #[derive(Debug, Clone)]
 pub struct BatchNorm3d {
@@ -204,23 +315,60 @@ impl BatchNorm3d {
     }
 }
 
+impl BatchNorm3d {
+    /// The inference map as per-channel `(scale, shift)`, each `(C)`:
+    /// y = x · γ/√(σ² + ε) + (β − μ · γ/√(σ² + ε)).
+    ///
+    /// The running statistics are detached: Candle keeps them as variables (training
+    /// updates them), and without the detach every tensor downstream of a loaded network
+    /// would record a backward graph. Gradients still reach γ and β when they are variables.
+    pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let mean = self.inner.running_mean().detach();
+        let inv = (self.inner.running_var().detach() + self.inner.eps())?
+            .sqrt()?
+            .recip()?;
+        match self.inner.weight_and_bias() {
+            Some((w, b)) => {
+                let s = (w * &inv)?;
+                let sh = (b - (mean * &s)?)?;
+                Ok((s, sh))
+            }
+            None => Ok((inv.clone(), (mean * &inv)?.neg()?)),
+        }
+    }
+}
+
+impl BatchNorm3d {
+    /// Batch norm then `act`. In inference on CPU in f32 with fixed statistics, one pass.
+    pub fn forward_act(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+        let fixed = !train
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && !x.track_op()
+            && !self
+                .inner
+                .weight_and_bias()
+                .is_some_and(|(w, b)| w.track_op() || b.track_op());
+        if !fixed {
+            return act.tensor(self.forward_t(x, train)?);
+        }
+        let (scale, shift) = self.scale_shift()?;
+        let op = ChannelAffine {
+            scale: scale.to_dtype(DType::F32)?.to_vec1()?,
+            shift: shift.to_dtype(DType::F32)?.to_vec1()?,
+            activation: act,
+        };
+        x.contiguous()?.apply_op1_no_bwd(&op)
+    }
+}
+
 impl ModuleT for BatchNorm3d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train {
             // Inference: one per-channel affine map on the depth-major layout, with no
-            // transposes: y = x · γ/√(σ² + ε) + (β − μ · γ/√(σ² + ε)).
+            // transposes.
             let c = x.dim(2)?;
-            let inv = (self.inner.running_var() + self.inner.eps())?
-                .sqrt()?
-                .recip()?;
-            let (scale, shift) = match self.inner.weight_and_bias() {
-                Some((w, b)) => {
-                    let s = (w * &inv)?;
-                    let sh = (b - (self.inner.running_mean() * &s)?)?;
-                    (s, sh)
-                }
-                None => (inv.clone(), (self.inner.running_mean() * &inv)?.neg()?),
-            };
+            let (scale, shift) = self.scale_shift()?;
             let shape = (1, 1, c, 1, 1);
             return x
                 .broadcast_mul(&scale.reshape(shape)?.to_dtype(x.dtype())?)?

@@ -9,6 +9,7 @@
 //! evaluates on; the analysis pipeline (Grad-CAM, findings) is built on it elsewhere.
 
 pub mod blocks;
+pub mod conv_cpu;
 pub mod data;
 pub mod detector;
 pub mod gradcam;

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{DenseBlock, MulPoolFusion};
-use super::layers::{BatchNorm3d, Conv3d, Conv3dConfig, global_avg_pool3d};
+use super::layers::{Activation, BatchNorm3d, Conv3d, Conv3dConfig, ConvNorm, global_avg_pool3d};
 
 /// Architecture of the stager (part of the model manifest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,8 +88,8 @@ impl StagerConfig {
 /// The stager network.
 #[derive(Debug, Clone)]
 pub struct Stager {
-    stem_conv: Conv3d,
-    stem_norm: BatchNorm3d,
+    /// Stem convolution → its batch norm.
+    stem: ConvNorm,
     blocks: Vec<DenseBlock>,
     fusions: Vec<MulPoolFusion>,
     final_norm: BatchNorm3d,
@@ -102,13 +102,15 @@ impl Stager {
     /// Build (or load, through `vb`) a stager.
     pub fn new(cfg: &StagerConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let stem_conv = Conv3d::new(
-            1,
-            cfg.stem_channels,
-            Conv3dConfig::cube(3, 1),
-            vb.pp("stem").pp("conv"),
-        )?;
-        let stem_norm = BatchNorm3d::new(cfg.stem_channels, vb.pp("stem").pp("norm"))?;
+        let stem = ConvNorm::new(
+            Conv3d::new(
+                1,
+                cfg.stem_channels,
+                Conv3dConfig::cube(3, 1),
+                vb.pp("stem").pp("conv"),
+            )?,
+            BatchNorm3d::new(cfg.stem_channels, vb.pp("stem").pp("norm"))?,
+        );
         let mut channels = cfg.stem_channels;
         let (mut blocks, mut fusions) = (Vec::new(), Vec::new());
         for (i, layers) in cfg.block_layers.iter().enumerate() {
@@ -130,8 +132,7 @@ impl Stager {
         let final_norm = BatchNorm3d::new(channels, vb.pp("final_norm"))?;
         let classifier = candle_nn::linear(channels, cfg.classes, vb.pp("classifier"))?;
         Ok(Stager {
-            stem_conv,
-            stem_norm,
+            stem,
             blocks,
             fusions,
             final_norm,
@@ -151,17 +152,14 @@ impl Stager {
                 x.shape()
             );
         }
-        let mut y = self
-            .stem_norm
-            .forward_t(&self.stem_conv.forward(x)?, train)?
-            .relu()?;
+        let mut y = self.stem.forward_act(x, train, Activation::Relu)?;
         for (i, block) in self.blocks.iter().enumerate() {
             y = block.forward_t(&y, train)?;
             if let Some(f) = self.fusions.get(i) {
                 y = f.forward_t(&y, train)?;
             }
         }
-        self.final_norm.forward_t(&y, train)?.relu()
+        self.final_norm.forward_act(&y, train, Activation::Relu)
     }
 
     /// Logits `(N, classes)` from [`Stager::features`].

@@ -52,6 +52,10 @@ pub struct AnalysisSettings {
     pub min_stage_probability: f32,
     /// `grad-cam` or `grad-cam-plus-plus`.
     pub heatmap: CamMethod,
+    /// Heatmap values (scaled to a maximum of 1) below this are written as 0, so the PNG
+    /// and NIfTI show the region that drove the stage rather than a low haze over the
+    /// whole head; 0 keeps the whole map.
+    pub heatmap_floor: f32,
 }
 
 impl Default for AnalysisSettings {
@@ -64,6 +68,7 @@ impl Default for AnalysisSettings {
             min_detection_score: 0.3,
             min_stage_probability: 0.6,
             heatmap: CamMethod::GradCam,
+            heatmap_floor: 0.5,
         }
     }
 }
@@ -446,6 +451,16 @@ pub fn analyze(
         .and_then(|x| x.to_device(&models.device))
         .and_then(|x| x.to_dtype(models.dtype))
         .and_then(|x| gradcam::stage_and_explain_batch(&models.stager, &x, settings.heatmap));
+    let floor = settings.heatmap_floor;
+    let s = s.map(|mut v| {
+        for st in &mut v {
+            st.heatmap
+                .iter_mut()
+                .filter(|x| **x < floor)
+                .for_each(|x| *x = 0.0);
+        }
+        v
+    });
     let staged: Vec<_> = match s {
         Ok(s) => grids
             .into_iter()

@@ -11,6 +11,10 @@
 //! owns no policy: it does not decide when a series is complete (the caller passes the
 //! clock and the due time) and it never touches the spool files.
 
+mod results;
+
+pub use results::{AlertCounts, AlertRow, NewAlert, Recorded, StoredAnalysis};
+
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,6 +33,9 @@ pub enum StoreError {
     /// The database file could not be prepared.
     #[error("cannot prepare database directory: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored value could not be read back.
+    #[error("database content unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
@@ -86,6 +93,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
     "#,
+    // 2: analyses, findings, series verdicts, the alert outbox.
+    results::MIGRATION,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,645 @@
+//! Alerts to the orthopaedic team: which findings alert, what an alert says, and the
+//! sender that delivers the durable outbox.
+//!
+//! [`compose`] turns an analysis into outbox rows (one per alerting head and channel), which
+//! the caller records in the same transaction as the analysis (`Store::record_analysis`).
+//! [`Sender`] then delivers due rows: ntfy and a JSON webhook over HTTP(S) (`ureq`, with
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` honoured), email over SMTP (`lettre`, STARTTLS or
+//! implicit TLS). A failed attempt is retried with exponential backoff; after
+//! `max_attempts` the row is `dead`, which the panel and `results` show. Delivery is
+//! at-least-once with an idempotency key per alert (webhook header, ntfy message header
+//! and the email's Message-ID): a crash after the receiver accepted an alert but before the
+//! row was marked sent can repeat it once, with the same key.
+//!
+//! No patient name, ID or birth date is ever put in an alert (the analysis does not carry
+//! them): an alert names the side, the stage, the accession number, the time, where the
+//! heatmap is, and the model's intended use. This module decides nothing about stages; it
+//! reads the pipeline's result.
+
+mod channels;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::pipeline::{Analysis, HeadFinding};
+use crate::store::{AlertRow, NewAlert, Store, StoreError};
+
+pub use channels::{DeliveryError, deliver};
+
+/// An ntfy topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NtfyChannel {
+    /// Name in the outbox and logs (unique among channels).
+    pub name: String,
+    /// Server base URL, e.g. `https://ntfy.example.org`.
+    pub server: String,
+    /// Topic.
+    pub topic: String,
+    /// Access token (`Authorization: Bearer`), if the topic is protected.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A generic JSON webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookChannel {
+    /// Name in the outbox and logs.
+    pub name: String,
+    /// URL the alert is POSTed to.
+    pub url: String,
+    /// Shared secret: the body's HMAC-SHA256 goes in `X-Onfh-Signature: sha256=<hex>`.
+    pub secret: String,
+}
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS (required).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on loopback or a trusted segment.
+    None,
+}
+
+/// An SMTP relay and recipients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpChannel {
+    /// Name in the outbox and logs.
+    pub name: String,
+    /// Relay host.
+    pub host: String,
+    /// Relay port.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// Connection security.
+    #[serde(default = "default_smtp_security")]
+    pub security: SmtpSecurity,
+    /// Login, if the relay wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Sender address.
+    pub from: String,
+    /// Recipients.
+    pub to: Vec<String>,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_smtp_security() -> SmtpSecurity {
+    SmtpSecurity::Starttls
+}
+
+/// `[notify]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Stages that alert (`"I"`, `"II"`, also `"0"` if a site wants every result).
+    pub stages: Vec<String>,
+    /// Whether a head staged `indeterminate` alerts too.
+    pub indeterminate: bool,
+    /// Prefix for heatmap links (e.g. the appliance's results share); empty = the file
+    /// path on the appliance.
+    pub heatmap_url: String,
+    /// Attempts before an alert is given up (`dead`).
+    pub max_attempts: u32,
+    /// First retry delay, seconds; doubled per attempt.
+    pub retry_initial_secs: u64,
+    /// Longest retry delay, seconds.
+    pub retry_max_secs: u64,
+    /// Per-attempt network timeout, seconds.
+    pub timeout_secs: u64,
+    /// ntfy topics.
+    pub ntfy: Vec<NtfyChannel>,
+    /// JSON webhooks.
+    pub webhook: Vec<WebhookChannel>,
+    /// Email.
+    pub smtp: Vec<SmtpChannel>,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            stages: vec!["I".into(), "II".into()],
+            indeterminate: false,
+            heatmap_url: String::new(),
+            max_attempts: 10,
+            retry_initial_secs: 10,
+            retry_max_secs: 900,
+            timeout_secs: 15,
+            ntfy: Vec::new(),
+            webhook: Vec::new(),
+            smtp: Vec::new(),
+        }
+    }
+}
+
+/// One configured channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Channel {
+    /// ntfy.
+    Ntfy(NtfyChannel),
+    /// Webhook.
+    Webhook(WebhookChannel),
+    /// Email.
+    Smtp(SmtpChannel),
+}
+
+impl Channel {
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        match self {
+            Channel::Ntfy(c) => &c.name,
+            Channel::Webhook(c) => &c.name,
+            Channel::Smtp(c) => &c.name,
+        }
+    }
+}
+
+impl NotifySettings {
+    /// Every channel, in configuration order (ntfy, webhook, smtp).
+    pub fn channels(&self) -> Vec<Channel> {
+        self.ntfy
+            .iter()
+            .cloned()
+            .map(Channel::Ntfy)
+            .chain(self.webhook.iter().cloned().map(Channel::Webhook))
+            .chain(self.smtp.iter().cloned().map(Channel::Smtp))
+            .collect()
+    }
+
+    /// Check the settings; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for s in &self.stages {
+            if !["0", "I", "II"].contains(&s.as_str()) {
+                return Err(("notify.stages", format!("unknown stage {s:?} (0, I, II)")));
+            }
+        }
+        if self.max_attempts == 0 {
+            return Err(("notify.max_attempts", "must be at least 1".into()));
+        }
+        if self.retry_initial_secs == 0 || self.retry_max_secs < self.retry_initial_secs {
+            return Err((
+                "notify.retry_initial_secs",
+                "must be at least 1 and not above retry_max_secs".into(),
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return Err(("notify.timeout_secs", "must be at least 1".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in self.channels() {
+            if c.name().is_empty() || !names.insert(c.name().to_string()) {
+                return Err((
+                    "notify",
+                    format!(
+                        "channel names must be unique and not empty ({:?})",
+                        c.name()
+                    ),
+                ));
+            }
+            let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+            match &c {
+                Channel::Ntfy(n) if !url_ok(&n.server) || n.topic.is_empty() => {
+                    return Err((
+                        "notify.ntfy",
+                        format!("{}: server must be an http(s) URL and topic set", n.name),
+                    ));
+                }
+                Channel::Webhook(w) if !url_ok(&w.url) || w.secret.is_empty() => {
+                    return Err((
+                        "notify.webhook",
+                        format!("{}: url must be http(s) and secret set", w.name),
+                    ));
+                }
+                Channel::Smtp(s) => {
+                    let addr_ok = |a: &str| a.parse::<lettre::Address>().is_ok();
+                    if s.host.is_empty()
+                        || !addr_ok(&s.from)
+                        || s.to.is_empty()
+                        || !s.to.iter().all(|t| addr_ok(t))
+                    {
+                        return Err((
+                            "notify.smtp",
+                            format!(
+                                "{}: host, from and to (valid addresses) are required",
+                                s.name
+                            ),
+                        ));
+                    }
+                    if s.username.is_some() != s.password.is_some() {
+                        return Err((
+                            "notify.smtp",
+                            format!("{}: username and password go together", s.name),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Delay before attempt `attempts + 1` after `attempts` failures.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let secs = self
+            .retry_initial_secs
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+            .min(self.retry_max_secs);
+        Duration::from_secs(secs)
+    }
+}
+
+/// What an alert says; stored as JSON in the outbox and rendered per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertMessage {
+    /// Idempotency key.
+    pub key: String,
+    /// One line.
+    pub title: String,
+    /// Several lines of plain text.
+    pub body: String,
+    /// ntfy priority 1-5.
+    pub priority: u8,
+    /// ntfy tags.
+    pub tags: Vec<String>,
+    /// "R" or "L".
+    pub side: String,
+    /// "0", "I", "II" or "indeterminate".
+    pub stage: String,
+    /// Accession Number.
+    pub accession_number: String,
+    /// When the study was analysed, UTC, RFC 3339.
+    pub analysed_at: String,
+    /// Where the heatmap montage is.
+    pub heatmap: Option<String>,
+    /// Model name and version.
+    pub model: String,
+    /// The model's intended use.
+    pub intended_use: String,
+}
+
+/// Whether a head alerts under `cfg`.
+pub fn alerts_for(cfg: &NotifySettings, head: &HeadFinding) -> bool {
+    if head.stage == "indeterminate" {
+        cfg.indeterminate
+    } else {
+        cfg.stages.iter().any(|s| *s == head.stage)
+    }
+}
+
+fn side_word(side: &str) -> &'static str {
+    if side == "R" { "right" } else { "left" }
+}
+
+/// UTC time of `ms` since the epoch as RFC 3339 (seconds).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DD` (UTC midnight) or
+/// `YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)`.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+    };
+    let (date, time) = match s.split_once(['T', 't', ' ']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days since 1970-01-01 from a civil date (inverse of `rfc3339`).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut secs = days * 86_400;
+    if let Some(t) = time {
+        let (clock, offset) = if let Some(c) = t.strip_suffix(['Z', 'z']) {
+            (c, 0)
+        } else if let Some(i) = t.rfind(['+', '-']) {
+            let (c, o) = t.split_at(i);
+            let (oh, om) = o[1..].split_once(':')?;
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            (c, sign * (num(oh)? * 3600 + num(om)? * 60))
+        } else {
+            return None;
+        };
+        let clock = clock.split('.').next()?;
+        let mut c = clock.splitn(3, ':');
+        let (h, mi, se) = (num(c.next()?)?, num(c.next()?)?, num(c.next()?)?);
+        if h > 23 || mi > 59 || se > 60 {
+            return None;
+        }
+        secs += h * 3600 + mi * 60 + se - offset;
+    }
+    Some(secs * 1000)
+}
+
+/// The message for one head of an analysis.
+pub fn message(
+    cfg: &NotifySettings,
+    a: &Analysis,
+    head: &HeadFinding,
+    key: &str,
+    analysed_ms: i64,
+) -> AlertMessage {
+    let p = [
+        head.probabilities.s0,
+        head.probabilities.s1,
+        head.probabilities.s2,
+    ];
+    let top = p.iter().cloned().fold(0f32, f32::max);
+    let (title, priority, tags) = if head.stage == "indeterminate" {
+        (
+            format!(
+                "ONFH screen indeterminate: {} femoral head",
+                side_word(&head.side)
+            ),
+            3,
+            vec!["grey_question".to_string(), "onfh".into()],
+        )
+    } else if head.early_onfh {
+        (
+            format!(
+                "Early ONFH suspected: {} femoral head, Ficat-Arlet stage {}",
+                side_word(&head.side),
+                head.stage
+            ),
+            4,
+            vec![
+                "warning".to_string(),
+                "onfh".into(),
+                format!("stage-{}", head.stage),
+            ],
+        )
+    } else {
+        (
+            format!(
+                "ONFH screen: {} femoral head, stage {}",
+                side_word(&head.side),
+                head.stage
+            ),
+            2,
+            vec!["onfh".to_string(), format!("stage-{}", head.stage)],
+        )
+    };
+    let heatmap = head.heatmap.as_ref().map(|h| {
+        if cfg.heatmap_url.is_empty() {
+            h.png.clone()
+        } else {
+            let name = std::path::Path::new(&h.png)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dir = std::path::Path::new(&h.png)
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{}/{dir}/{name}", cfg.heatmap_url.trim_end_matches('/'))
+        }
+    });
+    let analysed_at = rfc3339(analysed_ms);
+    let mut body = vec![
+        format!("Femoral head: {}", side_word(&head.side)),
+        match head.stage.as_str() {
+            "indeterminate" => format!(
+                "Stage: indeterminate ({})",
+                head.reason.as_deref().unwrap_or("no confident call")
+            ),
+            s => format!("Ficat-Arlet stage: {s} (probability {top:.2})"),
+        },
+        format!("Accession: {}", a.accession_number),
+        format!("Analysed: {analysed_at}"),
+    ];
+    if let Some(h) = &heatmap {
+        body.push(format!("Heatmap: {h}"));
+    }
+    body.push(format!("Model: {} {}", a.model.name, a.model.version));
+    body.push(a.model.intended_use.clone());
+    AlertMessage {
+        key: key.to_string(),
+        title,
+        body: body.join("\n"),
+        priority,
+        tags,
+        side: head.side.clone(),
+        stage: head.stage.clone(),
+        accession_number: a.accession_number.clone(),
+        analysed_at,
+        heatmap,
+        model: format!("{} {}", a.model.name, a.model.version),
+        intended_use: a.model.intended_use.clone(),
+    }
+}
+
+/// The outbox rows for an analysis recorded under `job_key`: one per alerting head and
+/// channel. The key is stable for the same job, head and channel.
+pub fn compose(
+    cfg: &NotifySettings,
+    job_key: &str,
+    a: &Analysis,
+    analysed_ms: i64,
+) -> Vec<NewAlert> {
+    let mut out = Vec::new();
+    for head in a.heads.iter().filter(|h| alerts_for(cfg, h)) {
+        for ch in cfg.channels() {
+            let key = hex::encode(
+                &Sha256::digest(
+                    format!("{job_key}\n{}\n{}\n{}", head.side, head.stage, ch.name()).as_bytes(),
+                )[..16],
+            );
+            let msg = message(cfg, a, head, &key, analysed_ms);
+            out.push(NewAlert {
+                side: head.side.clone(),
+                channel: ch.name().to_string(),
+                idempotency_key: key,
+                payload: serde_json::to_string(&msg).unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+/// What one pass of the sender did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Delivered.
+    pub sent: usize,
+    /// Failed, to be retried.
+    pub retrying: usize,
+    /// Failed for the last time.
+    pub dead: usize,
+}
+
+/// Delivers the outbox. Blocking (network and SQLite): run it on its own thread.
+pub struct Sender {
+    store: Store,
+    cfg: NotifySettings,
+    channels: Vec<Channel>,
+}
+
+impl Sender {
+    /// A sender for `store` with the channels in `cfg`.
+    pub fn new(store: Store, cfg: NotifySettings) -> Sender {
+        let channels = cfg.channels();
+        Sender {
+            store,
+            cfg,
+            channels,
+        }
+    }
+
+    fn attempt(&self, row: &AlertRow) -> Result<(), DeliveryError> {
+        let msg: AlertMessage = serde_json::from_str(&row.payload)
+            .map_err(|e| DeliveryError::Permanent(format!("stored alert unreadable: {e}")))?;
+        let ch = self
+            .channels
+            .iter()
+            .find(|c| c.name() == row.channel)
+            .ok_or_else(|| {
+                DeliveryError::Permanent(format!(
+                    "channel {:?} is no longer configured",
+                    row.channel
+                ))
+            })?;
+        deliver(ch, &msg, Duration::from_secs(self.cfg.timeout_secs))
+    }
+
+    /// Try every due alert once; record each outcome.
+    pub fn run_once(&self, now_ms: i64) -> Result<Pass, StoreError> {
+        let mut pass = Pass::default();
+        for row in self.store.due_alerts(now_ms, 64)? {
+            match self.attempt(&row) {
+                Ok(()) => {
+                    self.store.alert_sent(row.id, crate::store::now_ms())?;
+                    tracing::info!(alert = row.id, channel = %row.channel, side = %row.side, "alert delivered");
+                    pass.sent += 1;
+                }
+                Err(e) => {
+                    let attempts = row.attempts as u32 + 1;
+                    let last = matches!(e, DeliveryError::Permanent(_))
+                        || attempts >= self.cfg.max_attempts;
+                    let now = crate::store::now_ms();
+                    let retry =
+                        (!last).then(|| now + self.cfg.backoff(attempts).as_millis() as i64);
+                    self.store
+                        .alert_failed(row.id, now, &e.to_string(), retry)?;
+                    if last {
+                        tracing::error!(alert = row.id, channel = %row.channel, attempts, error = %e, "alert undeliverable, given up");
+                        pass.dead += 1;
+                    } else {
+                        tracing::warn!(alert = row.id, channel = %row.channel, attempts, error = %e, "alert delivery failed, will retry");
+                        pass.retrying += 1;
+                    }
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Deliver until `stop` returns true, sleeping until the next alert is due (at most
+    /// `poll` at a time, so new rows and `stop` are noticed).
+    pub fn run(&self, poll: Duration, stop: impl Fn() -> bool) {
+        while !stop() {
+            if let Err(e) = self.run_once(crate::store::now_ms()) {
+                tracing::error!(error = %e, "alert outbox unavailable");
+            }
+            let wait = match self.store.next_alert_due_ms() {
+                Ok(Some(t)) => Duration::from_millis(
+                    (t - crate::store::now_ms()).clamp(0, poll.as_millis() as i64) as u64,
+                ),
+                _ => poll,
+            };
+            std::thread::sleep(wait.max(Duration::from_millis(20)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_888_861_000), "2026-11-28T18:01:01Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_what_it_writes() {
+        for ms in [0, 951_782_400_000, 1_795_888_861_000, 4_102_444_800_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("2026-11-28"), Some(1_795_824_000_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-28T19:01:01+01:00"),
+            Some(1_795_888_861_000)
+        );
+        assert_eq!(parse_rfc3339("2026-13-01"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let cfg = NotifySettings {
+            retry_initial_secs: 10,
+            retry_max_secs: 60,
+            ..NotifySettings::default()
+        };
+        let b: Vec<u64> = (1..=6).map(|a| cfg.backoff(a).as_secs()).collect();
+        assert_eq!(b, [10, 20, 40, 60, 60, 60]);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut cfg = NotifySettings::default();
+        assert!(cfg.validate().is_ok());
+        cfg.stages.push("III".into());
+        assert_eq!(cfg.validate().unwrap_err().0, "notify.stages");
+        cfg.stages.pop();
+        cfg.webhook.push(WebhookChannel {
+            name: "w".into(),
+            url: "ftp://x".into(),
+            secret: "s".into(),
+        });
+        assert_eq!(cfg.validate().unwrap_err().0, "notify.webhook");
+    }
+}

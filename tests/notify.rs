@@ -1,0 +1,506 @@
+//! Alerts with real receivers on loopback: an HTTP server that speaks for ntfy and a JSON
+//! webhook (whose HMAC is checked here, independently), and an SMTP server. A result is
+//! recorded with its alerts in one transaction; the receivers are down for the first
+//! attempts and still get exactly one accepted alert per finding and channel; a sender
+//! process killed between queueing and delivery and started again delivers each exactly
+//! once; and neither alert bodies nor info-level logs carry the patient's name or ID.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use onfh_edge::config::Settings;
+use onfh_edge::notify::{self, NtfyChannel, Sender, SmtpChannel, SmtpSecurity, WebhookChannel};
+use onfh_edge::phantom::{self, Options, anatomy::Stage};
+use onfh_edge::pipeline::{self, Analysis};
+use onfh_edge::store::{Recorded, Store};
+
+const SEED: u64 = 9_000_101;
+const SECRET: &str = "test webhook secret";
+
+/// Serve connections one at a time on a thread until `stop`.
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    mut serve: impl FnMut(TcpStream) + Send + 'static,
+) {
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    serve(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+}
+
+/// One HTTP request as the receiver saw it, and whether it was accepted (200).
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    headers: HashMap<String, String>,
+    body: String,
+    accepted: bool,
+}
+
+/// A loopback HTTP server: refuses the first `fail_first` requests with 503, accepts the
+/// rest.
+struct HttpReceiver {
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpReceiver {
+    fn start(listener: TcpListener, fail_first: usize) -> HttpReceiver {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicUsize::new(fail_first));
+        let r = requests.clone();
+        accept_loop(listener, stop.clone(), move |stream| {
+            if let Some(req) = serve_http(stream, &failures) {
+                r.lock().unwrap().push(req);
+            }
+        });
+        HttpReceiver { requests, stop }
+    }
+
+    fn accepted(&self) -> Vec<Request> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.accepted)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve_http(stream: TcpStream, failures: &AtomicUsize) -> Option<Request> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    let fail = failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if fail {
+        "503 Service Unavailable"
+    } else {
+        "200 OK"
+    };
+    let mut w = stream;
+    write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    )
+    .ok()?;
+    Some(Request {
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        accepted: !fail,
+    })
+}
+
+/// A loopback SMTP server (no TLS): records each message's DATA.
+struct SmtpReceiver {
+    messages: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SmtpReceiver {
+    fn start(listener: TcpListener) -> SmtpReceiver {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let m = messages.clone();
+        accept_loop(listener, stop.clone(), move |stream| {
+            let _ = serve_smtp(stream, &m);
+        });
+        SmtpReceiver { messages, stop }
+    }
+}
+
+impl Drop for SmtpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve_smtp(stream: TcpStream, messages: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    w.write_all(b"220 loopback ESMTP test sink\r\n")?;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_ascii_uppercase();
+        if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+            w.write_all(b"250-loopback\r\n250 8BITMIME\r\n")?;
+        } else if cmd.starts_with("MAIL") || cmd.starts_with("RCPT") || cmd.starts_with("RSET") {
+            w.write_all(b"250 OK\r\n")?;
+        } else if cmd == "DATA" {
+            w.write_all(b"354 go ahead\r\n")?;
+            let mut data = String::new();
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l)? == 0 {
+                    return Ok(());
+                }
+                if l == ".\r\n" {
+                    break;
+                }
+                data.push_str(&l);
+            }
+            messages.lock().unwrap().push(data);
+            w.write_all(b"250 queued\r\n")?;
+        } else if cmd == "QUIT" {
+            w.write_all(b"221 bye\r\n")?;
+            return Ok(());
+        } else {
+            w.write_all(b"502 not implemented\r\n")?;
+        }
+    }
+}
+
+/// A port that nothing listens on (yet).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn listen(port: u16) -> TcpListener {
+    TcpListener::bind(("127.0.0.1", port)).unwrap()
+}
+
+/// A stage II left head, analysed by the shipped models.
+fn analysed_study(dir: &Path) -> Analysis {
+    let study = dir.join("study");
+    phantom::generate_study(
+        &study,
+        SEED,
+        &Options {
+            stages: Some([Stage::S0, Stage::S2]),
+            style: Some("philips-like 1.5T"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let settings = Settings::load_optional(None).unwrap();
+    let models = pipeline::Models::load(&settings.analysis, &settings.preprocess).unwrap();
+    let a = pipeline::analyze(
+        &[study],
+        &models,
+        &settings.analysis,
+        &settings.selection,
+        Some(&dir.join("results")),
+    );
+    assert!(
+        a.heads.iter().any(|h| h.side == "L" && h.stage == "II"),
+        "expected a stage II left head: {a:?}"
+    );
+    a
+}
+
+fn notify_settings(http: u16, smtp: u16) -> notify::NotifySettings {
+    notify::NotifySettings {
+        retry_initial_secs: 1,
+        retry_max_secs: 2,
+        timeout_secs: 5,
+        ntfy: vec![NtfyChannel {
+            name: "ortho-ntfy".into(),
+            server: format!("http://127.0.0.1:{http}"),
+            topic: "hip-onfh".into(),
+            token: Some("tk_test".into()),
+        }],
+        webhook: vec![WebhookChannel {
+            name: "ris-hook".into(),
+            url: format!("http://127.0.0.1:{http}/hook"),
+            secret: SECRET.into(),
+        }],
+        smtp: vec![SmtpChannel {
+            name: "ortho-mail".into(),
+            host: "127.0.0.1".into(),
+            port: smtp,
+            security: SmtpSecurity::None,
+            username: None,
+            password: None,
+            from: "onfh-edge@example.org".into(),
+            to: vec!["ortho@example.org".into()],
+        }],
+        ..Default::default()
+    }
+}
+
+fn assert_no_phi(text: &str, what: &str) {
+    for phi in [
+        format!("PHANTOM^HIP^{SEED:08}"),
+        format!("PHANTOM-{SEED:08}"),
+        "PHANTOM^HIP".to_string(),
+    ] {
+        assert!(!text.contains(&phi), "{what} contains {phi:?}:\n{text}");
+    }
+}
+
+/// Every accepted request, with the webhook's signature verified.
+fn check_http(requests: &[Request], keys: &[String]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in requests {
+        let key = if r.path == "/hook" {
+            let sig = r.headers.get("x-onfh-signature").expect("signature header");
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+            mac.update(r.body.as_bytes());
+            let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            assert_eq!(sig, &want, "webhook HMAC does not verify");
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["type"], "onfh-edge.alert");
+            assert_eq!(v["alert"]["stage"], "II");
+            assert!(
+                v["alert"]["intended_use"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not for clinical use")
+            );
+            r.headers.get("idempotency-key").unwrap().clone()
+        } else {
+            assert_eq!(r.path, "/hip-onfh");
+            assert!(r.headers["title"].contains("left femoral head"), "{r:?}");
+            assert!(r.headers["title"].contains("stage II"));
+            assert_eq!(r.headers["priority"], "4");
+            assert!(r.headers["tags"].contains("stage-II"));
+            assert_eq!(r.headers["authorization"], "Bearer tk_test");
+            assert!(r.body.contains("not for clinical use"), "{}", r.body);
+            assert!(r.body.contains("Accession: PH"), "{}", r.body);
+            r.headers.get("x-onfh-alert-key").unwrap().clone()
+        };
+        assert!(keys.contains(&key), "unknown key {key}");
+        *seen.entry(key).or_default() += 1;
+        assert_no_phi(&r.body, "an HTTP alert");
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a key was accepted twice: {seen:?}"
+    );
+}
+
+#[test]
+fn alerts_reach_every_channel_exactly_once_through_outages() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = analysed_study(dir.path());
+    let store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
+    let (http, smtp) = (free_port(), free_port());
+    let cfg = notify_settings(http, smtp);
+    let now = onfh_edge::store::now_ms();
+    let alerts = notify::compose(&cfg, "series-1#1", &a, now);
+    let early = a.heads.iter().filter(|h| h.early_onfh).count();
+    assert_eq!(
+        alerts.len(),
+        3 * early,
+        "one alert per early-ONFH head and channel"
+    );
+    for al in &alerts {
+        assert_no_phi(&al.payload, "a queued alert");
+    }
+    let first = store
+        .record_analysis("series-1#1", &a, &alerts, now)
+        .unwrap();
+    assert!(matches!(first, Recorded::New(_)));
+    // The same job recorded again (inference re-run after a restart): nothing new.
+    let again = store
+        .record_analysis("series-1#1", &a, &alerts, now)
+        .unwrap();
+    assert_eq!(again, Recorded::Existing(first.id()));
+    assert_eq!(store.alert_counts().unwrap().pending, alerts.len() as i64);
+    let stored = store.analyses_since(0).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].analysis, a);
+
+    // Both receivers down: every attempt fails and is rescheduled.
+    let sender = Sender::new(store.clone(), cfg.clone());
+    let p = sender.run_once(now).unwrap();
+    assert_eq!((p.sent, p.retrying, p.dead), (0, alerts.len(), 0));
+    // Up again, the HTTP one refusing its first request with 503.
+    let h = HttpReceiver::start(listen(http), 1);
+    let s = SmtpReceiver::start(listen(smtp));
+    let mut passes = 0;
+    while store.alert_counts().unwrap().pending > 0 {
+        passes += 1;
+        assert!(passes < 10, "alerts still pending");
+        sender.run_once(now + passes * 3_600_000).unwrap();
+    }
+    let c = store.alert_counts().unwrap();
+    assert_eq!((c.sent, c.dead), (alerts.len() as i64, 0));
+    let keys: Vec<String> = alerts.iter().map(|a| a.idempotency_key.clone()).collect();
+    let accepted = h.accepted();
+    assert_eq!(accepted.len(), 2 * early);
+    check_http(&accepted, &keys);
+    let mails = s.messages.lock().unwrap().clone();
+    assert_eq!(mails.len(), early);
+    for m in &mails {
+        assert!(
+            m.contains("Subject: Early ONFH suspected: left femoral head"),
+            "{m}"
+        );
+        assert!(m.contains("not for clinical use"));
+        let key = keys
+            .iter()
+            .find(|k| m.contains(&format!("<{k}@onfh-edge>")))
+            .expect("Message-ID carries the alert key");
+        assert!(
+            alerts
+                .iter()
+                .any(|a| &a.idempotency_key == key && a.channel == "ortho-mail")
+        );
+        assert_no_phi(m, "an email");
+    }
+    // The audit log tells the story.
+    let rows = store.analyses_since(0).unwrap();
+    assert!(
+        rows[0]
+            .alerts
+            .iter()
+            .all(|a| a.state == "sent" && a.attempts >= 2)
+    );
+}
+
+#[test]
+fn a_killed_sender_delivers_exactly_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = analysed_study(dir.path());
+    let state = dir.path().join("state");
+    let (http, smtp) = (free_port(), free_port());
+    let cfg = notify_settings(http, smtp);
+    let store = Store::open(&state.join("onfh-edge.sqlite3")).unwrap();
+    let now = onfh_edge::store::now_ms();
+    let alerts = notify::compose(&cfg, "series-7#1", &a, now);
+    store
+        .record_analysis("series-7#1", &a, &alerts, now)
+        .unwrap();
+    let toml_cfg = format!(
+        r#"[storage]
+state_dir = {state:?}
+[log]
+level = "info"
+[notify]
+retry_initial_secs = 1
+retry_max_secs = 2
+timeout_secs = 5
+[[notify.ntfy]]
+name = "ortho-ntfy"
+server = "http://127.0.0.1:{http}"
+topic = "hip-onfh"
+token = "tk_test"
+[[notify.webhook]]
+name = "ris-hook"
+url = "http://127.0.0.1:{http}/hook"
+secret = "{SECRET}"
+[[notify.smtp]]
+name = "ortho-mail"
+host = "127.0.0.1"
+port = {smtp}
+security = "none"
+from = "onfh-edge@example.org"
+to = ["ortho@example.org"]
+"#,
+        state = state.display().to_string(),
+    );
+    let cfg_path = dir.path().join("site.toml");
+    std::fs::write(&cfg_path, &toml_cfg).unwrap();
+    let send = || {
+        Command::new(env!("CARGO_BIN_EXE_onfh-edge"))
+            .args(["alerts", "send", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Receivers down: the sender retries; kill it hard after its first failed attempts.
+    let mut child = send();
+    let t = Instant::now();
+    while store.analyses_since(0).unwrap()[0]
+        .alerts
+        .iter()
+        .any(|a| a.attempts == 0)
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no attempt was made");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let out1 = child.wait_with_output().unwrap();
+    assert_eq!(store.alert_counts().unwrap().pending, alerts.len() as i64);
+    // Receivers up; a new sender finishes the queue and exits.
+    let h = HttpReceiver::start(listen(http), 0);
+    let s = SmtpReceiver::start(listen(smtp));
+    let out2 = send().wait_with_output().unwrap();
+    assert!(
+        out2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
+    let c = store.alert_counts().unwrap();
+    assert_eq!((c.sent, c.pending, c.dead), (alerts.len() as i64, 0, 0));
+    let keys: Vec<String> = alerts.iter().map(|a| a.idempotency_key.clone()).collect();
+    check_http(&h.accepted(), &keys);
+    assert_eq!(
+        h.accepted().len() + s.messages.lock().unwrap().len(),
+        alerts.len()
+    );
+    // The logs at info level name channels and alert ids, never the patient.
+    for out in [&out1, &out2] {
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_no_phi(&log, "the sender's log");
+    }
+    assert!(String::from_utf8_lossy(&out2.stderr).contains("alert delivered"));
+    // `results` shows the finding and its delivered alerts.
+    let shown = Command::new(env!("CARGO_BIN_EXE_onfh-edge"))
+        .args(["results", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success());
+    assert!(
+        text.contains(&format!("alerts: {} sent, 0 pending, 0 dead", alerts.len())),
+        "{text}"
+    );
+    assert!(text.contains("II"));
+    assert_no_phi(&text, "`results`");
+}
