@@ -50,6 +50,7 @@ struct RawConfig {
     preprocess: crate::volume::Preprocess,
     analysis: crate::pipeline::AnalysisSettings,
     notify: crate::notify::NotifySettings,
+    panel: crate::panel::driver::PanelSettings,
     storage: RawStorage,
     log: RawLog,
 }
@@ -104,6 +105,8 @@ pub struct Settings {
     pub analysis: crate::pipeline::AnalysisSettings,
     /// Alerts: which findings, which channels, retries.
     pub notify: crate::notify::NotifySettings,
+    /// Front panel outputs.
+    pub panel: crate::panel::driver::PanelSettings,
     /// Where state lives.
     pub storage: StorageSettings,
     /// Default log filter.
@@ -383,6 +386,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be at least 0 and below 1",
         ));
     }
+    if raw.panel.baud == 0 {
+        return Err(invalid("panel.baud", "must be a positive baud rate"));
+    }
     raw.notify
         .validate()
         .map_err(|(key, message)| invalid(key, message))?;
@@ -469,6 +475,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         preprocess: raw.preprocess,
         analysis: raw.analysis,
         notify: raw.notify,
+        panel: raw.panel,
         storage: StorageSettings { state_dir },
         log_level: raw.log.level,
     })

@@ -23,6 +23,7 @@ pub mod dicom;
 pub mod eval;
 pub mod model;
 pub mod notify;
+pub mod panel;
 pub mod phantom;
 pub mod pipeline;
 pub mod render;
