@@ -82,6 +82,7 @@ struct RawSeries {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     state_dir: String,
+    spool_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +176,8 @@ pub struct SeriesSettings {
 pub struct StorageSettings {
     /// Root of all persistent state (database, spool).
     pub state_dir: PathBuf,
+    /// Received DICOM files older than this are deleted (results kept); 0 keeps them.
+    pub spool_retention_days: u32,
 }
 
 impl StorageSettings {
@@ -476,7 +479,10 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         analysis: raw.analysis,
         notify: raw.notify,
         panel: raw.panel,
-        storage: StorageSettings { state_dir },
+        storage: StorageSettings {
+            state_dir,
+            spool_retention_days: raw.storage.spool_retention_days,
+        },
         log_level: raw.log.level,
     })
 }

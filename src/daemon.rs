@@ -114,6 +114,13 @@ pub async fn run(
     let receiver = Receiver::new(r, &settings.series, spool, store.clone());
     tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(completion::run(store.clone(), shutdown.clone()));
+    let days = settings.storage.spool_retention_days;
+    if days > 0 {
+        let dir = settings.storage.spool_dir();
+        let purger = Spool::open(&dir, r.fsync, r.max_instance_bytes)
+            .with_context(|| format!("cannot prepare spool {}", dir.display()))?;
+        tracker.spawn(retention(purger, store.clone(), days, shutdown.clone()));
+    }
 
     shutdown.cancelled().await;
     tracker.close();
@@ -130,6 +137,31 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;
     info!("stopped");
     Ok(())
+}
+
+/// Purge received files older than `days`, a minute after start and then hourly.
+async fn retention(spool: Spool, store: Store, days: u32, shutdown: CancellationToken) {
+    let spool = std::sync::Arc::new(spool);
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = Duration::from_secs(3600);
+        let (sp, st) = (spool.clone(), store.clone());
+        let now = now_ms();
+        let before = now - i64::from(days) * 86_400_000;
+        match tokio::task::spawn_blocking(move || sp.purge(&st, before, now)).await {
+            Ok(Ok((0, _))) => {}
+            Ok(Ok((n, bytes))) => info!(
+                instances = n,
+                bytes, days, "purged received files past retention"
+            ),
+            Ok(Err(e)) => warn!(error = %e, "spool purge failed; will retry in an hour"),
+            Err(e) => warn!(error = %e, "spool purge task failed"),
+        }
+    }
 }
 
 /// Take an exclusive lock on the state directory for the life of the daemon: two

@@ -72,6 +72,15 @@ enum Cmd {
         #[arg(long, value_name = "T")]
         since: Option<String>,
     },
+    /// Delete received DICOM files older than the retention period (results are kept).
+    Purge {
+        /// Site configuration (TOML): the state directory and `storage.spool_retention_days`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Override the retention period (0 purges everything received so far).
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: Option<u32>,
+    },
     /// The alert outbox: deliver pending alerts now, or requeue given-up ones.
     Alerts {
         #[command(subcommand)]
@@ -488,6 +497,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = load(config.as_deref())?;
             results(&settings, json, since.as_deref())
+        }
+        Cmd::Purge {
+            config,
+            older_than_days,
+        } => {
+            let settings = load(config.as_deref())?;
+            let days = older_than_days.unwrap_or(settings.storage.spool_retention_days);
+            if days == 0 && older_than_days.is_none() {
+                println!("storage.spool_retention_days = 0: received files are kept");
+                return Ok(());
+            }
+            let store = open_store(&settings, false)?;
+            let spool = onfh_edge::dicom::spool::Spool::open(
+                &settings.storage.spool_dir(),
+                settings.receiver.fsync,
+                settings.receiver.max_instance_bytes,
+            )
+            .context("cannot open the spool")?;
+            let now = onfh_edge::store::now_ms();
+            let (n, bytes) = spool
+                .purge(&store, now - i64::from(days) * 86_400_000, now)
+                .context("purge failed")?;
+            println!(
+                "purged {n} instance(s), {:.1} MiB, received more than {days} day(s) ago",
+                bytes as f64 / (1024.0 * 1024.0)
+            );
+            Ok(())
         }
         Cmd::Alerts { action } => match action {
             AlertsCmd::Send { config } => {

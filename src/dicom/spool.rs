@@ -329,6 +329,48 @@ impl Spool {
         }
     }
 
+    /// Retention: delete the files of instances received before `before_ms`, then their
+    /// rows (files first, so that start-up repair never re-indexes a purged file; a file
+    /// already missing counts as deleted). Results and findings are kept. Returns
+    /// (instances, bytes).
+    pub fn purge(&self, store: &Store, before_ms: i64, now_ms: i64) -> io::Result<(usize, i64)> {
+        let (mut n, mut bytes) = (0, 0);
+        loop {
+            let batch = store
+                .spool_older_than(before_ms, 500)
+                .map_err(io::Error::other)?;
+            if batch.is_empty() {
+                return Ok((n, bytes));
+            }
+            let mut uids = Vec::with_capacity(batch.len());
+            let mut dirs = std::collections::BTreeSet::new();
+            let mut size = 0;
+            for (uid, file, b) in batch {
+                let path = self.root.join(&file);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                if let Some(d) = path.parent() {
+                    dirs.insert(d.to_owned());
+                }
+                uids.push(uid);
+                size += b;
+            }
+            if self.fsync {
+                for d in dirs {
+                    sync_dir(&d)?;
+                }
+            }
+            store
+                .forget_instances(&uids, size, before_ms, now_ms)
+                .map_err(io::Error::other)?;
+            n += uids.len();
+            bytes += size;
+        }
+    }
+
     /// Start-up repair: drop partial files, index complete files that a crash left
     /// un-indexed (they were never acknowledged, but they are whole and valid), and delete
     /// un-indexed files that do not parse. Returns (removed partial, indexed, deleted).

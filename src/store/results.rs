@@ -330,6 +330,46 @@ impl Store {
         Ok(requeued.len())
     }
 
+    /// Instances received before `before_ms` (spool file name and size), oldest first.
+    pub fn spool_older_than(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT sop_instance_uid, file_name, size_bytes FROM instances
+             WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![before_ms, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forget purged instances (their files are already gone): the instance rows go, the
+    /// study, series, analyses and findings stay; one audit event says what went.
+    pub fn forget_instances(
+        &self,
+        sop_instance_uids: &[String],
+        bytes: i64,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for uid in sop_instance_uids {
+            tx.execute("DELETE FROM instances WHERE sop_instance_uid = ?1", [uid])?;
+        }
+        let detail = serde_json::json!({
+            "instances": sop_instance_uids.len(), "bytes": bytes,
+            "received_before": crate::notify::rfc3339(before_ms),
+        });
+        audit(&tx, now_ms, "spool_purged", &detail.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Whether the results tables exist (a read-only handle on a database the daemon has
     /// not migrated yet sees none).
     fn has_results(conn: &rusqlite::Connection) -> Result<bool, StoreError> {

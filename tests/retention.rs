@@ -1,0 +1,77 @@
+//! Spool retention: `onfh-edge purge` deletes received files past the retention period and
+//! their instance rows, keeps studies, series, results and findings, logs the purge in the
+//! audit table, and a re-sent instance is stored again afterwards.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn purge(d: &Daemon, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_onfh-edge"))
+        .arg("purge")
+        .arg("--config")
+        .arg(&d.config_path)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn purge_deletes_old_files_and_keeps_results() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let study = new_uid();
+    let files: Vec<PathBuf> = mr_series(dir.path(), &study, 1, 6, 64)
+        .iter()
+        .map(|i| i.path.clone())
+        .collect();
+    let (log, ok) = storescu(d.port, &[], &files);
+    assert!(ok, "{log}");
+    assert!(wait_until(Duration::from_secs(20), || d
+        .count("SELECT COUNT(*) FROM instances")
+        == 6));
+    d.sigterm();
+    assert_eq!(d.committed_files().len(), 6);
+
+    // A result for the study, as the pipeline would record it.
+    let store = onfh_edge::store::Store::open(&d.state_dir().join("onfh-edge.sqlite3")).unwrap();
+    let mut a: onfh_edge::pipeline::Analysis =
+        serde_json::from_str(include_str!("fixtures/analysis_example.json")).unwrap();
+    a.study_instance_uid = study.clone();
+    store.record_analysis("job-1", &a, &[], 0).unwrap();
+
+    // Within the retention period: nothing goes.
+    assert!(purge(&d, &[]).contains("purged 0 instance(s)"));
+    assert_eq!(d.committed_files().len(), 6);
+    // Everything received so far is older than 0 days.
+    let out = purge(&d, &["--older-than-days", "0"]);
+    assert!(out.contains("purged 6 instance(s)"), "{out}");
+    assert!(d.committed_files().is_empty());
+    assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 0);
+    assert_eq!(d.count("SELECT COUNT(*) FROM series"), 1);
+    assert_eq!(d.count("SELECT COUNT(*) FROM analyses"), 1);
+    assert_eq!(d.count("SELECT COUNT(*) FROM findings"), 2);
+    assert_eq!(
+        d.count("SELECT COUNT(*) FROM audit WHERE event = 'spool_purged' AND detail LIKE '%\"instances\":6%'"),
+        1
+    );
+
+    // The daemon starts cleanly on the purged spool and stores a re-sent instance again.
+    d.restart();
+    let (log, ok) = storescu(d.port, &[], &files[..1]);
+    assert!(ok, "{log}");
+    assert!(wait_until(Duration::from_secs(20), || d
+        .count("SELECT COUNT(*) FROM instances")
+        == 1));
+    assert_eq!(d.committed_files().len(), 1);
+}
