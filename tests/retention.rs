@@ -5,26 +5,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-fn purge(d: &Daemon, extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_onfh-edge"))
-        .arg("purge")
-        .arg("--config")
-        .arg(&d.config_path)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn purge_deletes_old_files_and_keeps_results() {
@@ -51,10 +34,10 @@ fn purge_deletes_old_files_and_keeps_results() {
     store.record_analysis("job-1", &a, &[], 0).unwrap();
 
     // Within the retention period: nothing goes.
-    assert!(purge(&d, &[]).contains("purged 0 instance(s)"));
+    assert!(d.cli("purge", &[]).contains("purged 0 instance(s)"));
     assert_eq!(d.committed_files().len(), 6);
     // Everything received so far is older than 0 days.
-    let out = purge(&d, &["--older-than-days", "0"]);
+    let out = d.cli("purge", &["--older-than-days", "0"]);
     assert!(out.contains("purged 6 instance(s)"), "{out}");
     assert!(d.committed_files().is_empty());
     assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 0);

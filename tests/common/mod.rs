@@ -183,11 +183,12 @@ impl Daemon {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// `onfh-edge status --json` against this daemon's state.
-    pub fn status_json(&self) -> serde_json::Value {
+    /// `onfh-edge COMMAND --config <this daemon's> ARGS...`, which must succeed; stdout.
+    pub fn cli(&self, command: &str, args: &[&str]) -> String {
         let out = Command::new(BIN)
-            .args(["status", "--json", "--config"])
+            .args([command, "--config"])
             .arg(&self.config_path)
+            .args(args)
             .output()
             .unwrap();
         assert!(
@@ -195,7 +196,12 @@ impl Daemon {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `onfh-edge status --json` against this daemon's state.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli("status", &["--json"])).unwrap()
     }
 
     /// Assert that the daemon is alive and still answers C-ECHO.
