@@ -112,6 +112,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// Default log filter.
     pub log_level: String,
+    /// Hash of the effective (merged) configuration: the daemon audits a change.
+    pub fingerprint: String,
 }
 
 /// Validated receiver settings.
@@ -225,6 +227,13 @@ impl Settings {
         if let Some(site) = site {
             merge(&mut merged, site);
         }
+        // The effective configuration's fingerprint (secrets included, so a changed
+        // password also counts as a change; only the hash is ever logged).
+        let fingerprint = {
+            use sha2::Digest;
+            let text = toml::to_string(&merged).unwrap_or_default();
+            hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12])
+        };
         let raw: RawConfig =
             serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
                 ConfigError::Shape {
@@ -232,7 +241,9 @@ impl Settings {
                     message: e.inner().to_string(),
                 }
             })?;
-        validate(raw)
+        let mut s = validate(raw)?;
+        s.fingerprint = fingerprint;
+        Ok(s)
     }
 }
 
@@ -484,6 +495,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             spool_retention_days: raw.storage.spool_retention_days,
         },
         log_level: raw.log.level,
+        fingerprint: String::new(),
     })
 }
 

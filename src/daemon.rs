@@ -50,6 +50,7 @@ pub async fn run(
     let state_dir = settings.storage.state_dir.clone();
     let db_path = settings.storage.database_path();
     let spool_dir = settings.storage.spool_dir();
+    let fingerprint = settings.fingerprint.clone();
     let fsync = settings.receiver.fsync;
     let max_instance_bytes = settings.receiver.max_instance_bytes;
     let quiet_ms = settings.series.quiet_period.as_millis() as i64;
@@ -88,6 +89,17 @@ pub async fn run(
                     .to_string(),
                 )
                 .context("cannot write the audit log")?;
+            // A configuration different from the one last audited is itself an event.
+            let detail = serde_json::json!({ "fingerprint": fingerprint }).to_string();
+            if store
+                .last_audit("config_changed")
+                .context("cannot read the audit log")?
+                != Some(detail.clone())
+            {
+                store
+                    .audit(now, "config_changed", &detail)
+                    .context("cannot write the audit log")?;
+            }
             Ok((lock, store, spool))
         })
         .await??;

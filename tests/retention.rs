@@ -58,3 +58,22 @@ fn purge_deletes_old_files_and_keeps_results() {
         == 1));
     assert_eq!(d.committed_files().len(), 1);
 }
+
+#[test]
+fn a_changed_configuration_is_audited_once() {
+    let mut d = Daemon::start("");
+    let changes = |d: &Daemon| d.count("SELECT COUNT(*) FROM audit WHERE event = 'config_changed'");
+    assert_eq!(changes(&d), 1);
+    d.sigterm();
+    d.restart();
+    assert_eq!(changes(&d), 1, "same configuration, no new event");
+    d.sigterm();
+    let text = std::fs::read_to_string(&d.config_path).unwrap();
+    std::fs::write(
+        &d.config_path,
+        text.replace("quiet_period_secs = 2", "quiet_period_secs = 3"),
+    )
+    .unwrap();
+    d.restart();
+    assert_eq!(changes(&d), 2);
+}

@@ -425,6 +425,18 @@ impl Store {
         Ok(())
     }
 
+    /// The detail of the newest audit event named `event`.
+    pub fn last_audit(&self, event: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row(
+                "SELECT detail FROM audit WHERE event = ?1 ORDER BY id DESC LIMIT 1",
+                [event],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Counts for the status command.
     pub fn summary(&self) -> Result<Summary, StoreError> {
         let conn = self.lock();
