@@ -134,7 +134,37 @@ pub async fn run(
         tracker.spawn(retention(purger, store.clone(), days, shutdown.clone()));
     }
 
+    // Analysis, alerts and the panel: each on its own thread, all fed from the database.
+    let state_dir = settings.storage.state_dir.clone();
+    let worker =
+        crate::worker::Worker::spawn(store.clone(), settings.clone(), state_dir.join("results"));
+    let sender_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (s, cfg, stop) = (store.clone(), settings.notify.clone(), sender_stop.clone());
+        std::thread::Builder::new()
+            .name("alerts".into())
+            .spawn(move || {
+                crate::notify::Sender::new(s, cfg).run(Duration::from_secs(1), || {
+                    stop.load(std::sync::atomic::Ordering::SeqCst)
+                })
+            })
+            .context("cannot start the alert sender")?
+    };
+    let png = (!settings.panel.png.is_empty()).then(|| state_dir.join(&settings.panel.png));
+    let panel = crate::panel::driver::PanelHandle::spawn(settings.panel.clone(), png);
+    tracker.spawn(panel_feed(
+        store.clone(),
+        worker.status.clone(),
+        settings.clone(),
+        panel,
+        shutdown.clone(),
+    ));
+
     shutdown.cancelled().await;
+    let w = tokio::task::spawn_blocking(move || worker.stop());
+    sender_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = w.await;
+    let _ = tokio::task::spawn_blocking(move || sender.join()).await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -149,6 +179,106 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;
     info!("stopped");
     Ok(())
+}
+
+/// The panel's snapshot, from the database and the worker, every two seconds.
+async fn panel_feed(
+    store: Store,
+    worker: std::sync::Arc<std::sync::Mutex<crate::worker::WorkerStatus>>,
+    settings: Settings,
+    panel: crate::panel::driver::PanelHandle,
+    shutdown: CancellationToken,
+) {
+    let panel = std::sync::Arc::new(panel);
+    loop {
+        let (s, w, cfg) = (store.clone(), worker.clone(), settings.clone());
+        if let Ok(Ok(state)) = tokio::task::spawn_blocking(move || panel_state(&s, &w, &cfg)).await
+        {
+            panel.show(state);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    // Dropping the handle joins the panel thread: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || drop(panel)).await;
+}
+
+/// What the panel shows now.
+fn panel_state(
+    store: &Store,
+    worker: &std::sync::Mutex<crate::worker::WorkerStatus>,
+    settings: &Settings,
+) -> Result<crate::panel::PanelState, crate::store::StoreError> {
+    use crate::panel::{ApplianceState, LastStudy, PanelHead, PanelState};
+    let w = worker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let summary = store.summary()?;
+    let alerts = store.alert_counts()?;
+    let latest = store.latest_analysis()?;
+    let free = crate::dicom::spool::free_bytes(&settings.storage.state_dir).unwrap_or(0);
+    let now = now_ms();
+    let low_disk = free < settings.receiver.min_free_bytes.saturating_mul(2);
+    let (state, detail) = if let Some(e) = &w.models_error {
+        (ApplianceState::Error, Some(format!("models: {e}")))
+    } else if w.analysing.is_some() {
+        (ApplianceState::Analysing, None)
+    } else if summary.jobs_collecting > 0 {
+        (ApplianceState::Receiving, None)
+    } else if alerts.dead > 0 || low_disk {
+        let why = if low_disk {
+            "disk nearly full".to_string()
+        } else {
+            format!(
+                "{} alert(s) undelivered: see `onfh-edge results`",
+                alerts.dead
+            )
+        };
+        (ApplianceState::Degraded, Some(why))
+    } else if latest
+        .as_ref()
+        .is_some_and(|l| now - l.analysed_ms < 15 * 60_000)
+    {
+        (ApplianceState::Result, None)
+    } else {
+        (ApplianceState::Ready, None)
+    };
+    let clock = crate::notify::rfc3339(now);
+    let last_study = latest.map(|l| LastStudy {
+        accession: l.analysis.accession_number.clone(),
+        time: crate::notify::rfc3339(l.analysed_ms)[11..16].to_string(),
+        status: serde_json::to_value(l.analysis.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        heads: l
+            .analysis
+            .heads
+            .iter()
+            .map(|h| PanelHead {
+                side: h.side.clone(),
+                stage: h.stage.clone(),
+                early_onfh: h.early_onfh,
+            })
+            .collect(),
+    });
+    Ok(PanelState {
+        state,
+        detail,
+        ae_title: settings.receiver.ae_title.clone(),
+        port: settings.receiver.listen.port(),
+        last_study,
+        queue_depth: w.queued,
+        alerts_pending: alerts.pending,
+        alerts_dead: alerts.dead,
+        disk_free_bytes: free,
+        model: format!(
+            "{} + {}",
+            settings.analysis.detector, settings.analysis.stager
+        )
+        .replace(".json", ""),
+        clock: format!("{} {} UTC", &clock[..10], &clock[11..16]),
+    })
 }
 
 /// Purge received files older than `days`, a minute after start and then hourly.

@@ -30,3 +30,4 @@ pub mod render;
 pub mod store;
 pub mod synth;
 pub mod volume;
+pub mod worker;

@@ -469,22 +469,23 @@ pub fn message(
     }
 }
 
-/// The outbox rows for an analysis recorded under `job_key`: one per alerting head and
-/// channel. The key is stable for the same job, head and channel.
-pub fn compose(
-    cfg: &NotifySettings,
-    job_key: &str,
-    a: &Analysis,
-    analysed_ms: i64,
-) -> Vec<NewAlert> {
+/// The outbox rows for an analysis: one per alerting head and channel. The key is the
+/// finding's — study, analysed series, side, stage — and the channel's, so analysing the
+/// same series again (after a restart, or when another series of the study arrives late)
+/// does not alert the same finding twice.
+pub fn compose(cfg: &NotifySettings, a: &Analysis, analysed_ms: i64) -> Vec<NewAlert> {
     let mut out = Vec::new();
     for head in a.heads.iter().filter(|h| alerts_for(cfg, h)) {
         for ch in cfg.channels() {
-            let key = hex::encode(
-                &Sha256::digest(
-                    format!("{job_key}\n{}\n{}\n{}", head.side, head.stage, ch.name()).as_bytes(),
-                )[..16],
+            let finding = format!(
+                "{}\n{}\n{}\n{}\n{}",
+                a.study_instance_uid,
+                a.series_instance_uid,
+                head.side,
+                head.stage,
+                ch.name()
             );
+            let key = hex::encode(&Sha256::digest(finding.as_bytes())[..16]);
             let msg = message(cfg, a, head, &key, analysed_ms);
             out.push(NewAlert {
                 side: head.side.clone(),

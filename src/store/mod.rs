@@ -13,7 +13,7 @@
 
 mod results;
 
-pub use results::{AlertCounts, AlertRow, NewAlert, Recorded, StoredAnalysis};
+pub use results::{AlertCounts, AlertRow, NewAlert, Recorded, StoredAnalysis, StudyJob};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -44,6 +44,17 @@ impl Recorded {
     }
 }
 
+/// A study waiting for analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StudyJob {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Unique per study and set of series completions.
+    pub job_key: String,
+    /// Spool file names (relative to the spool root).
+    pub files: Vec<String>,
+}
+
 /// An outbox row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertRow {
@@ -368,6 +379,68 @@ impl Store {
         audit(&tx, now_ms, "spool_purged", &detail.to_string())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Studies ready for analysis: no series still collecting, and a series completed
+    /// after the study's latest analysis (or never analysed). Each comes with its job key
+    /// (the study and every series' completion generation) and its spool files.
+    pub fn ready_studies(&self) -> Result<Vec<StudyJob>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT t.study_uid FROM (
+                 SELECT s.study_uid, MIN(j.completed_ms) AS first_done,
+                        MAX(j.completed_ms) AS last_done,
+                        SUM(j.state = 'collecting') AS collecting
+                 FROM series s JOIN series_jobs j USING (series_uid)
+                 GROUP BY s.study_uid) t
+             WHERE t.collecting = 0
+               AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.study_uid = t.study_uid
+                               AND a.analysed_ms >= t.last_done)
+             ORDER BY t.first_done",
+        )?;
+        let studies = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for study_uid in studies {
+            let mut gens = conn.prepare_cached(
+                "SELECT series_uid, generation FROM series JOIN series_jobs USING (series_uid)
+                 WHERE study_uid = ?1 ORDER BY series_uid",
+            )?;
+            let parts = gens
+                .query_map([&study_uid], |r| {
+                    Ok(format!(
+                        "{}:{}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let job_key = {
+                use sha2::Digest;
+                let h = sha2::Sha256::digest(parts.join(",").as_bytes());
+                format!("{study_uid}#{}", hex::encode(&h[..8]))
+            };
+            let done = conn
+                .prepare_cached("SELECT 1 FROM analyses WHERE job_key = ?1")?
+                .exists([&job_key])?;
+            if done {
+                continue;
+            }
+            let mut files = conn.prepare_cached(
+                "SELECT i.file_name FROM instances i JOIN series s USING (series_uid)
+                 WHERE s.study_uid = ?1 ORDER BY i.file_name",
+            )?;
+            let files = files
+                .query_map([&study_uid], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            out.push(StudyJob {
+                study_uid,
+                job_key,
+                files,
+            });
+        }
+        Ok(out)
     }
 
     /// Whether the results tables exist (a read-only handle on a database the daemon has

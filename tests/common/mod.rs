@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod instances;
+pub mod receivers;
 pub use instances::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_onfh-edge");

@@ -1,0 +1,186 @@
+//! The inference worker: one dedicated thread that takes studies whose series are all
+//! complete (from the database, so a restart resumes them), runs the pipeline with the
+//! models loaded once, and records each result with its alerts in one transaction.
+//!
+//! A study is picked up again only when one of its series completed after its last
+//! analysis; a crash mid-inference leaves no result row, so the study is analysed again
+//! after the restart, and alerts for the same finding are never queued twice (the outbox
+//! key is the finding's). Models that fail to load are retried every minute while the
+//! jobs wait. The worker neither receives DICOM nor delivers alerts.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::notify;
+use crate::pipeline::{self, Models, Status};
+use crate::store::{Recorded, Store, now_ms};
+
+/// What the worker is doing (for the panel and `status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WorkerStatus {
+    /// Models loaded and ready.
+    pub models_loaded: bool,
+    /// Why the models are not loaded.
+    pub models_error: Option<String>,
+    /// The study being analysed.
+    pub analysing: Option<String>,
+    /// Studies waiting (as of the last look).
+    pub queued: usize,
+    /// Studies analysed since start.
+    pub analysed: u64,
+}
+
+/// Handle to the worker thread.
+pub struct Worker {
+    /// Shared status.
+    pub status: Arc<Mutex<WorkerStatus>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Start the worker on `store` with `settings`; heatmaps go under `results_dir`.
+    pub fn spawn(store: Store, settings: Settings, results_dir: PathBuf) -> Worker {
+        let status = Arc::new(Mutex::new(WorkerStatus::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (status.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || run(store, settings, results_dir, st, sp))
+            .expect("cannot start the inference thread");
+        Worker {
+            status,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Ask the worker to stop after the study in progress, and wait for it.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set(status: &Mutex<WorkerStatus>, f: impl FnOnce(&mut WorkerStatus)) {
+    f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+/// A study UID as a folder name.
+fn folder(study_uid: &str) -> String {
+    study_uid
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn run(
+    store: Store,
+    settings: Settings,
+    results_dir: PathBuf,
+    status: Arc<Mutex<WorkerStatus>>,
+    stop: Arc<AtomicBool>,
+) {
+    let spool = settings.storage.spool_dir();
+    let mut models: Option<Models> = None;
+    let mut next_load = std::time::Instant::now();
+    let sleep = |d: Duration| {
+        let end = std::time::Instant::now() + d;
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if models.is_none() && std::time::Instant::now() >= next_load {
+            match Models::load(&settings.analysis, &settings.preprocess) {
+                Ok(m) => {
+                    info!(model = %m.info().name, "models loaded");
+                    set(&status, |s| {
+                        s.models_loaded = true;
+                        s.models_error = None;
+                    });
+                    models = Some(m);
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot load the models; studies wait, retrying in a minute");
+                    set(&status, |s| {
+                        s.models_loaded = false;
+                        s.models_error = Some(e.to_string());
+                    });
+                    next_load = std::time::Instant::now() + Duration::from_secs(60);
+                }
+            }
+        }
+        let jobs = match store.ready_studies() {
+            Ok(j) => j,
+            Err(e) => {
+                error!(error = %e, "cannot read the job queue");
+                sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        set(&status, |s| s.queued = jobs.len());
+        let (Some(m), Some(job)) = (models.as_ref(), jobs.into_iter().next()) else {
+            sleep(Duration::from_millis(500));
+            continue;
+        };
+        set(&status, |s| s.analysing = Some(job.study_uid.clone()));
+        let paths: Vec<PathBuf> = job.files.iter().map(|f| spool.join(f)).collect();
+        let out = results_dir.join(folder(&job.study_uid));
+        let a = pipeline::analyze(
+            &paths,
+            m,
+            &settings.analysis,
+            &settings.selection,
+            Some(&out),
+        );
+        let now = now_ms();
+        let alerts = notify::compose(&settings.notify, &a, now);
+        match store.record_analysis(&job.job_key, &a, &alerts, now) {
+            Ok(Recorded::New(id)) => {
+                let stages: Vec<String> = a
+                    .heads
+                    .iter()
+                    .map(|h| format!("{} {}", h.side, h.stage))
+                    .collect();
+                info!(
+                    analysis = id,
+                    study_uid = %a.study_instance_uid,
+                    status = ?a.status,
+                    heads = %stages.join(", "),
+                    alerts = alerts.len(),
+                    total_ms = a.timings_ms.total,
+                    "study analysed"
+                );
+                if a.status == Status::Error {
+                    warn!(study_uid = %a.study_instance_uid, reason = ?a.reason, "study could not be analysed");
+                }
+            }
+            Ok(Recorded::Existing(id)) => {
+                info!(analysis = id, study_uid = %job.study_uid, "study was already recorded");
+            }
+            Err(e) => {
+                error!(error = %e, study_uid = %job.study_uid, "cannot record the result; will retry");
+                sleep(Duration::from_secs(5));
+            }
+        }
+        set(&status, |s| {
+            s.analysing = None;
+            s.analysed += 1;
+        });
+    }
+}

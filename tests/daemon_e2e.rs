@@ -1,0 +1,102 @@
+//! The appliance end to end: `serve` on loopback with a temporary configuration, DCMTK
+//! storescu sends two phantom studies, the daemon analyses each once its series are
+//! complete, records the findings in SQLite, shows the last result on the panel (PNG), and
+//! a local webhook receiver gets exactly the alerts for the early-ONFH heads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::receivers::*;
+use common::*;
+use onfh_edge::phantom::{self, Options, anatomy::Stage};
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.extension().is_some_and(|x| x == "dcm") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn two_studies_are_analysed_recorded_shown_and_alerted() {
+    let port = free_port();
+    let hook = HttpReceiver::start(listen(port), 0);
+    let mut d = Daemon::start(&format!(
+        "[notify]\nretry_initial_secs = 1\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, stages) in [
+        (9_000_101, [Stage::S0, Stage::S2]),
+        (9_000_102, [Stage::S1, Stage::S0]),
+    ] {
+        let study = dir.path().join(seed.to_string());
+        phantom::generate_study(
+            &study,
+            seed,
+            &Options {
+                stages: Some(stages),
+                style: Some("philips-like 1.5T"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let files = files_under(&study);
+        assert!(!files.is_empty());
+        let (log, ok) = storescu(d.port, &[], &files);
+        assert!(ok, "{log}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(90), || d
+            .count("SELECT COUNT(*) FROM analyses")
+            == 2),
+        "studies not analysed:\n{}",
+        d.log()
+    );
+    // Findings in SQLite, one row per head.
+    assert_eq!(d.count("SELECT COUNT(*) FROM findings"), 4);
+    assert_eq!(
+        d.count("SELECT COUNT(*) FROM findings WHERE side = 'L' AND stage = 'II'"),
+        1,
+        "{}",
+        d.cli("results", &[])
+    );
+    let early = d.count("SELECT COUNT(*) FROM findings WHERE early_onfh = 1");
+    assert!(early >= 1);
+    // Exactly one alert per early-ONFH head, delivered.
+    assert!(
+        wait_until(Duration::from_secs(30), || hook.accepted().len() as i64
+            == early),
+        "alerts: {:?}\n{}",
+        hook.accepted().len(),
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hook.accepted().len() as i64, early, "an alert was repeated");
+    assert_eq!(
+        d.count("SELECT COUNT(*) FROM alerts WHERE state = 'sent'"),
+        early
+    );
+    // The panel shows the last result.
+    let png = d.state_dir().join("panel.png");
+    assert!(wait_until(Duration::from_secs(10), || png.exists()));
+    let results = d.cli("results", &[]);
+    assert!(results.contains("not for clinical use"), "{results}");
+    // Heatmaps were written under the state directory.
+    assert!(files_under(&d.state_dir().join("results")).is_empty());
+    assert!(
+        std::fs::read_dir(d.state_dir().join("results"))
+            .unwrap()
+            .count()
+            == 2
+    );
+    d.sigterm();
+}
