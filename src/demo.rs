@@ -2,13 +2,14 @@
 //!
 //! Starts the real daemon (the same `daemon::run` as `serve`) on the default address — or
 //! on a free loopback port if that one is taken — with its state in a fresh temporary
-//! folder, plays the scanner by sending a phantom hip study over a real C-STORE
-//! association, waits for the series to complete, prints what the receiver holds, and runs
-//! the analysis pipeline with the shipped models on the stored files (series selection with
-//! reasons, femoral heads, stages, Grad-CAM heatmaps as PNG montages and NIfTI), next to the
-//! phantom's truth.
-//! The only departure from the embedded defaults is a 3 s series quiet period, so the demo
-//! does not sit idle for 30 s; it says so.
+//! folder, and a local ntfy-style receiver for its alerts. Plays the scanner by sending a
+//! phantom hip study over a real C-STORE association, waits for the series to complete and
+//! for the daemon's own inference worker to analyse the study, then prints what the
+//! receiver holds, the stored result (series selection with reasons, femoral heads,
+//! stages, probabilities next to the phantom's truth, heatmap montages and NIfTI), the
+//! alert as the receiver got it, and the front panel's picture.
+//! The departures from the embedded defaults: a 3 s series quiet period (so the demo does
+//! not sit idle for 30 s) and the alert channel pointing at the local receiver; it says so.
 //!
 //! This module owns no capability of its own: it wires the others together.
 
@@ -41,6 +42,25 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let addr = listener.local_addr()?;
     settings.receiver.listen = addr;
+    // The models must load, or the worker would only log and retry: say so at once.
+    let (an, pre) = (settings.analysis.clone(), settings.preprocess.clone());
+    tokio::task::spawn_blocking(move || pipeline::Models::load(&an, &pre).map(|_| ()))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot load the models from {} (run the demo from the repository root, or set \
+                 analysis.models_dir)",
+                settings.analysis.models_dir.display()
+            )
+        })?;
+    let receiver = AlertReceiver::start().context("cannot start the local alert receiver")?;
+    settings.notify.ntfy = vec![crate::notify::NtfyChannel {
+        name: "demo-ntfy".into(),
+        server: format!("http://{}", receiver.addr),
+        topic: "onfh-demo".into(),
+        token: None,
+    }];
+    settings.notify.retry_initial_secs = 1;
     println!("onfh-edge demo ({INTENDED_USE})");
     println!(
         "daemon: AE title {} on {addr}, state in {}, series quiet period {} s (demo setting; default 30 s)",
@@ -55,7 +75,11 @@ pub async fn run() -> anyhow::Result<()> {
         listener,
         shutdown.clone(),
     ));
-    let result = play_scanner(&settings, &work, addr).await;
+    println!(
+        "alerts: to a local ntfy-style receiver at http://{}/onfh-demo (demo setting)",
+        receiver.addr
+    );
+    let result = play_scanner(&settings, &work, addr, &receiver).await;
     shutdown.cancel();
     let stopped = daemon.await.context("daemon task failed")?;
     result?;
@@ -74,6 +98,7 @@ async fn play_scanner(
     settings: &Settings,
     work: &std::path::Path,
     addr: std::net::SocketAddr,
+    receiver: &AlertReceiver,
 ) -> anyhow::Result<()> {
     let study_dir = work.join("study");
     let (truth, files) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -120,27 +145,15 @@ async fn play_scanner(
 
     let db = settings.storage.database_path();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (summary, series, spooled) = loop {
+    let (summary, series) = loop {
         let db = db.clone();
-        let spool = settings.storage.spool_dir();
-        let (summary, series, spooled) =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let store = Store::open_read_only(&db)?;
-                let series = store.series_rows()?;
-                let mut files = Vec::new();
-                for s in &series {
-                    files.extend(
-                        store
-                            .series_files(&s.series_uid)?
-                            .into_iter()
-                            .map(|f| spool.join(f)),
-                    );
-                }
-                Ok((store.summary()?, series, files))
-            })
-            .await??;
+        let (summary, series) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let store = Store::open_read_only(&db)?;
+            Ok((store.summary()?, store.series_rows()?))
+        })
+        .await??;
         if summary.jobs_complete == n_series {
-            break (summary, series, spooled);
+            break (summary, series);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -166,28 +179,23 @@ async fn play_scanner(
         );
     }
 
-    // The analysis on what the receiver stored: select, assemble, detect, stage, explain.
-    let analysis_settings = settings.analysis.clone();
-    let selection = settings.selection.clone();
-    let pre = settings.preprocess.clone();
-    let out = work.join("results");
-    let a = tokio::task::spawn_blocking(move || -> anyhow::Result<pipeline::Analysis> {
-        let models = pipeline::Models::load(&analysis_settings, &pre).with_context(|| {
-            format!(
-                "cannot load the models from {} (run the demo from the repository root, or set \
-                 analysis.models_dir)",
-                analysis_settings.models_dir.display()
-            )
-        })?;
-        Ok(pipeline::analyze(
-            &spooled,
-            &models,
-            &analysis_settings,
-            &selection,
-            Some(&out),
-        ))
-    })
-    .await??;
+    // The daemon's inference worker analyses the study once its series are complete.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stored = loop {
+        let db = db.clone();
+        let latest =
+            tokio::task::spawn_blocking(move || Store::open_read_only(&db)?.latest_analysis())
+                .await??;
+        if let Some(l) = latest {
+            break l;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the study was not analysed within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let a = &stored.analysis;
     println!(
         "analysis: {}",
         serde_json::to_value(a.status)?.as_str().unwrap_or("?")
@@ -229,6 +237,105 @@ async fn play_scanner(
         t.volume, t.detect, t.stage, t.gradcam, t.total
     );
     println!("  model: {} — {}", a.model.name, a.model.intended_use);
-    println!("results in SQLite, alerts and the front panel are not built yet");
+    println!(
+        "  stored in SQLite as analysis #{} ({})",
+        stored.id,
+        db.display()
+    );
+
+    // The alerts, as the local receiver got them.
+    let expected = stored.alerts.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.received().len() < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "alerts were not delivered within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if expected == 0 {
+        println!("alerts: none (no head staged I or II)");
+    }
+    for (title, body) in receiver.received() {
+        println!("alert received by the local receiver: {title}");
+        for line in body.lines() {
+            println!("  | {line}");
+        }
+    }
+
+    // The front panel as the daemon drew it (it redraws every 2 s).
+    let png = settings.storage.state_dir.join(&settings.panel.png);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    if png.exists() {
+        println!("front panel: {}", png.display());
+    }
     Ok(())
+}
+
+/// A minimal ntfy-style HTTP receiver on loopback: records each POST's Title header and
+/// body, answers 200.
+struct AlertReceiver {
+    addr: std::net::SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AlertReceiver {
+    fn start() -> std::io::Result<AlertReceiver> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                let mut r = BufReader::new(clone);
+                let (mut title, mut len) = (String::new(), 0usize);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim_end() != "" {
+                    if let Some((k, v)) = line.trim_end().split_once(':') {
+                        match k.to_ascii_lowercase().as_str() {
+                            "title" => title = v.trim().to_string(),
+                            "content-length" => len = v.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_ok() {
+                    g.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((title, String::from_utf8_lossy(&body).into_owned()));
+                }
+                let mut w = stream;
+                let _ = w.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Ok(AlertReceiver { addr, got, stop })
+    }
+
+    fn received(&self) -> Vec<(String, String)> {
+        self.got.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for AlertReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

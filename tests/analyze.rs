@@ -100,12 +100,12 @@ fn a_bilateral_study_is_found_staged_and_explained() {
     let (td, ts, _) = read_nifti(&out.join("t2.nii"));
     assert_eq!(hd, td);
     assert_eq!(hs, ts);
-    // Where the stage II head's heatmap lies. Measured with the shipped stager: about 75 %
-    // of its mass is within the head, its centre of mass some 8 mm superior to the head's
-    // centre (the segment is anterosuperior), and about a quarter of its mass inside the
-    // necrotic segment itself — the last 3D activation is a 4 × 8 × 8 grid over the 64 mm
-    // crop, too coarse to outline the segment (see the issue note). Asserted: mostly in
-    // the head, and shifted toward the lesion's side of it.
+    // Where the stage II head's heatmap lies. The written map keeps values of at least
+    // `analysis.heatmap_floor` (0.5) of its maximum. Measured with the shipped stager on
+    // eight held-out studies: 73-86 % of its mass inside the lesion (+4 mm), 94-99 % within
+    // 8 mm of it, the peak near the segment's border. Asserted: most of the mass inside
+    // the necrotic segment (the lesion sphere within the head, +4 mm for the double line at
+    // its border), the rest on the head, and the centre of mass toward the superior lesion.
     let left = truth.heads.iter().find(|t| t.side == "L").unwrap();
     let lesion = left.lesion_sphere.unwrap();
     let (mut in_head, mut in_lesion, mut total) = (0f64, 0f64, 0f64);
@@ -153,7 +153,11 @@ fn a_bilateral_study_is_found_staged_and_explained() {
         100.0 * in_head / total,
         100.0 * in_lesion / total
     );
-    assert!(in_head / total > 0.6, "heatmap not on the head");
+    assert!(
+        in_lesion / total > 0.5,
+        "heatmap mass not mostly inside the lesion"
+    );
+    assert!(in_head / total > 0.8, "heatmap not on the head");
     assert!(superior > 3.0, "heatmap not toward the superior lesion");
 }
 

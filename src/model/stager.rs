@@ -44,7 +44,7 @@ impl StagerConfig {
             input: [16, 32, 32],
             stem_channels: 16,
             growth: 8,
-            block_layers: vec![2, 3, 3],
+            block_layers: vec![3, 4],
             bn_size: 2,
             compression: 0.5,
             classes: 3,
