@@ -26,9 +26,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Run the daemon until SIGTERM/SIGINT, listening where the settings say.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.receiver.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    // Socket activation (onfh-edge.socket holds port 104), else bind ourselves.
+    let listener = match crate::sdnotify::inherited_listener()
+        .context("the socket passed by systemd is not a listening TCP socket")?
+    {
+        Some(l) => {
+            info!(address = %l.local_addr()?, "using the listening socket passed by systemd");
+            TcpListener::from_std(l)?
+        }
+        None => TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?,
+    };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -124,7 +133,7 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let receiver = Receiver::new(r, &settings.series, spool, store.clone());
-    tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
+    let receiver_task = tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(completion::run(store.clone(), shutdown.clone()));
     let days = settings.storage.spool_retention_days;
     if days > 0 {
@@ -160,7 +169,15 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    tracker.spawn(supervise(
+        worker.status.clone(),
+        receiver_task,
+        store.clone(),
+        shutdown.clone(),
+    ));
+
     shutdown.cancelled().await;
+    let _ = crate::sdnotify::notify("STOPPING=1\nSTATUS=stopping: finishing the study in progress");
     let w = tokio::task::spawn_blocking(move || worker.stop());
     sender_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = w.await;
@@ -179,6 +196,68 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;
     info!("stopped");
     Ok(())
+}
+
+/// systemd: READY once the receiver listens and the worker has tried the models; a STATUS
+/// line with the queue every few seconds; watchdog pings only while the receiver's accept
+/// loop runs and the worker's loop keeps turning.
+async fn supervise(
+    worker: std::sync::Arc<std::sync::Mutex<crate::worker::WorkerStatus>>,
+    receiver: tokio::task::JoinHandle<()>,
+    store: Store,
+    shutdown: CancellationToken,
+) {
+    use crate::sdnotify::{notify, watchdog_interval};
+    let watchdog = watchdog_interval();
+    let tick = watchdog.map_or(Duration::from_secs(5), |w| {
+        (w / 3).min(Duration::from_secs(5))
+    });
+    let mut ready = false;
+    loop {
+        let w = worker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tried = w.models_loaded || w.models_error.is_some();
+        let s = store.clone();
+        let alerts = tokio::task::spawn_blocking(move || s.alert_counts())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let status = match (&w.models_error, &w.analysing) {
+            (Some(e), _) => format!("receiving; models not loaded ({e}); {} queued", w.queued),
+            (None, Some(_)) => format!("analysing; {} queued, {} analysed", w.queued, w.analysed),
+            (None, None) => format!("ready; {} queued, {} analysed", w.queued, w.analysed),
+        };
+        let status = format!(
+            "{status}; alerts {} pending, {} undelivered",
+            alerts.pending, alerts.dead
+        );
+        let mut msg = format!("STATUS={status}");
+        if tried && !ready {
+            ready = true;
+            msg.push_str("\nREADY=1");
+            info!(
+                "ready: receiver listening, models {}",
+                if w.models_loaded {
+                    "loaded"
+                } else {
+                    "NOT loaded"
+                }
+            );
+        }
+        let beat_age = now_ms() - w.heartbeat_ms;
+        let healthy =
+            !receiver.is_finished() && beat_age < watchdog.map_or(60_000, |d| d.as_millis() as i64);
+        if ready && watchdog.is_some() && healthy {
+            msg.push_str("\nWATCHDOG=1");
+        }
+        if let Err(e) = notify(&msg) {
+            warn!(error = %e, "cannot notify systemd");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
 }
 
 /// The panel's snapshot, from the database and the worker, every two seconds.

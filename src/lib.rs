@@ -27,6 +27,7 @@ pub mod panel;
 pub mod phantom;
 pub mod pipeline;
 pub mod render;
+pub mod sdnotify;
 pub mod store;
 pub mod synth;
 pub mod volume;

@@ -34,6 +34,9 @@ pub struct WorkerStatus {
     pub queued: usize,
     /// Studies analysed since start.
     pub analysed: u64,
+    /// When the worker's loop last turned (ms since the epoch): the watchdog's evidence
+    /// that it is not stuck.
+    pub heartbeat_ms: i64,
 }
 
 /// Handle to the worker thread.
@@ -105,6 +108,7 @@ fn run(
         }
     };
     while !stop.load(Ordering::SeqCst) {
+        set(&status, |s| s.heartbeat_ms = now_ms());
         if models.is_none() && std::time::Instant::now() >= next_load {
             match Models::load(&settings.analysis, &settings.preprocess) {
                 Ok(m) => {

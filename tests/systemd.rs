@@ -1,0 +1,184 @@
+//! systemd: the units pass `systemd-analyze verify` with no output (ExecStart pointed at
+//! /bin/true, since the binary is not installed here) and `systemd-analyze security
+//! --offline=yes` rates the service's exposure at 2.5 or better; `serve` speaks the
+//! notification protocol (READY only once the DICOM port answers, STATUS, WATCHDOG,
+//! STOPPING) and takes its listening socket from socket activation.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::receivers::free_port;
+use common::{BIN, echo};
+
+const ANALYZE: &str = "/usr/bin/systemd-analyze";
+
+fn units(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    for name in ["onfh-edge.service", "onfh-edge.socket"] {
+        let text = std::fs::read_to_string(src.join(name)).unwrap();
+        std::fs::write(
+            dir.join(name),
+            text.replace("/usr/bin/onfh-edge", "/bin/true"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn units_verify_clean_and_the_service_is_hardened() {
+    assert!(
+        Path::new(ANALYZE).exists(),
+        "systemd-analyze is missing (.ci/run installs systemd)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    units(dir.path());
+    let out = Command::new(ANALYZE)
+        .current_dir(dir.path())
+        .args([
+            "verify",
+            "--man=no",
+            "./onfh-edge.socket",
+            "./onfh-edge.service",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "verify:\n{text}"
+    );
+
+    let out = Command::new(ANALYZE)
+        .current_dir(dir.path())
+        .args([
+            "security",
+            "--offline=yes",
+            "--threshold=25",
+            "--no-pager",
+            "./onfh-edge.service",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for onfh-edge.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(out.status.success(), "security (threshold 2.5):\n{text}");
+    assert!(level <= 2.5, "exposure {level} > 2.5:\n{text}");
+}
+
+fn config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join("site.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[receiver]\nlisten = \"127.0.0.1:{port}\"\nmin_free_bytes = 0\n[storage]\nstate_dir = {:?}\n",
+            dir.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn serve_notifies_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config(dir.path(), port))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "3000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut ready_at = None;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.contains("READY=1") && ready_at.is_none() {
+                // READY means the DICOM port already answers.
+                assert!(echo(port, "TESTSCU", "ONFH_EDGE").status.success());
+                ready_at = Some(messages.len());
+            }
+            messages.push(m);
+        }
+        if ready_at.is_some() && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2 {
+            break;
+        }
+    }
+    let all = messages.join("\n---\n");
+    assert!(ready_at.is_some(), "no READY=1:\n{all}");
+    assert!(all.contains("STATUS=ready; 0 queued"), "{all}");
+    assert!(
+        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2,
+        "watchdog not pinged:\n{all}"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let mut stopping = false;
+    while t.elapsed() < Duration::from_secs(10) && !stopping {
+        if let Ok(n) = sock.recv(&mut buf) {
+            stopping = String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn serve_takes_the_socket_systemd_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (activated, configured) = (free_port(), free_port());
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new("/usr/bin/systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{activated}"))
+        .args([BIN, "serve", "--config"])
+        .arg(config(dir.path(), configured))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    // systemd-socket-activate starts the service on the first connection.
+    let t = Instant::now();
+    while !echo(activated, "TESTSCU", "ONFH_EDGE").status.success() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("using the listening socket passed by systemd"),
+        "{text}"
+    );
+    // The configured address was not bound.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", configured)).is_ok());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
