@@ -100,3 +100,94 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
     );
     d.sigterm();
 }
+
+fn phantom_files(dir: &Path, seed: u64, stages: [Stage; 2]) -> Vec<PathBuf> {
+    let study = dir.join(seed.to_string());
+    phantom::generate_study(
+        &study,
+        seed,
+        &Options {
+            stages: Some(stages),
+            style: Some("philips-like 1.5T"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    files_under(&study)
+}
+
+#[test]
+fn sigkill_around_inference_still_gives_one_result_and_one_alert() {
+    let port = free_port();
+    let hook = HttpReceiver::start(listen(port), 0);
+    let mut d = Daemon::start(&format!(
+        "[notify]\nretry_initial_secs = 1\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let files = phantom_files(dir.path(), 9_000_101, [Stage::S0, Stage::S2]);
+    let (log, ok) = storescu(d.port, &[], &files);
+    assert!(ok, "{log}");
+    // Kill as soon as every series is complete: the worker is about to start, or in the
+    // middle of, the analysis.
+    assert!(wait_until(Duration::from_secs(30), || d.count(
+        "SELECT COUNT(*) FROM series_jobs WHERE state = 'collecting'"
+    ) == 0
+        && d.count("SELECT COUNT(*) FROM series_jobs") == 3));
+    d.sigkill();
+    let before = d.count("SELECT COUNT(*) FROM analyses");
+    d.restart();
+    assert!(
+        wait_until(Duration::from_secs(60), || d
+            .count("SELECT COUNT(*) FROM analyses")
+            == 1),
+        "not analysed after the restart (analyses before the kill: {before}):\n{}",
+        d.log()
+    );
+    assert!(wait_until(Duration::from_secs(30), || hook
+        .accepted()
+        .len()
+        == 1));
+    // A third start changes nothing: the study is not analysed or alerted again.
+    d.sigterm();
+    d.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.count("SELECT COUNT(*) FROM analyses"), 1);
+    assert_eq!(hook.accepted().len(), 1);
+    assert_eq!(d.count("SELECT COUNT(*) FROM alerts"), 1);
+    eprintln!("analyses recorded before the kill: {before} (0 = the restart did the work)");
+}
+
+#[test]
+fn sigterm_with_an_open_association_loses_no_acknowledged_instance() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let study = new_uid();
+    let files: Vec<PathBuf> = mr_series(dir.path(), &study, 1, 150, 512)
+        .iter()
+        .map(|i| i.path.clone())
+        .collect();
+    let log_path = dir.path().join("storescu.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut scu = storescu_command(d.port, &[], &files)
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || d
+        .count("SELECT COUNT(*) FROM instances")
+        >= 20));
+    let status = d.sigterm();
+    let _ = scu.wait();
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    let acked = stored_ok(&std::fs::read_to_string(&log_path).unwrap());
+    assert!(!acked.is_empty());
+    // Every acknowledged instance is indexed and on disk.
+    let indexed = d.count("SELECT COUNT(*) FROM instances") as usize;
+    assert!(
+        indexed >= acked.len(),
+        "{indexed} indexed < {} acknowledged",
+        acked.len()
+    );
+    assert_eq!(d.committed_files().len(), indexed);
+    assert!(d.tmp_files().is_empty());
+}
