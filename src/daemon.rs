@@ -253,9 +253,15 @@ async fn supervise(
         if let Err(e) = notify(&msg) {
             warn!(error = %e, "cannot notify systemd");
         }
+        // Until READY, look often: start-up time is what systemd waits on.
+        let wait = if ready {
+            tick
+        } else {
+            Duration::from_millis(50)
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
