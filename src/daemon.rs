@@ -244,9 +244,15 @@ async fn supervise(
                 }
             );
         }
-        let beat_age = now_ms() - w.heartbeat_ms;
-        let healthy =
-            !receiver.is_finished() && beat_age < watchdog.map_or(60_000, |d| d.as_millis() as i64);
+        // The worker's loop turns every half second when idle; one study may take longer
+        // (up to 10 minutes on a slow CPU fallback) without counting as stuck.
+        let limit = watchdog.map_or(60_000, |d| d.as_millis() as i64);
+        let worker_ok = if w.analysing.is_some() {
+            now_ms() - w.analysing_since_ms < limit.max(600_000)
+        } else {
+            now_ms() - w.heartbeat_ms < limit
+        };
+        let healthy = !receiver.is_finished() && worker_ok;
         if ready && watchdog.is_some() && healthy {
             msg.push_str("\nWATCHDOG=1");
         }
@@ -394,7 +400,7 @@ async fn retention(spool: Spool, store: Store, days: u32, shutdown: Cancellation
 /// Take an exclusive lock on the state directory for the life of the daemon: two
 /// daemons on one spool would delete each other's partial files at start-up and race
 /// their commits. The lock goes with the returned file (and with the process).
-fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = state_dir.join("onfh-edge.lock");
     let file = std::fs::OpenOptions::new()

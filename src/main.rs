@@ -24,7 +24,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum AlertsCmd {
     /// Deliver due alerts, waiting out retries, until none is pending (the daemon does
-    /// this continuously; this is for a box whose daemon is stopped, or after `retry`).
+    /// this continuously; this is for a box whose daemon is stopped: it refuses to run
+    /// beside the daemon).
     Send {
         /// Site configuration (TOML): channels and the state directory.
         #[arg(long, value_name = "FILE")]
@@ -529,6 +530,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             AlertsCmd::Send { config } => {
                 let settings = load(config.as_deref())?;
                 init_logging(&settings.log_level);
+                // The daemon delivers the outbox itself; two senders could deliver an alert
+                // twice, so this runs only while the daemon is stopped.
+                let _lock = onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir)
+                    .context("`alerts send` runs only while the daemon is stopped")?;
                 let store = open_store(&settings, false)?;
                 let sender = onfh_edge::notify::Sender::new(store.clone(), settings.notify);
                 sender.run(std::time::Duration::from_secs(1), || {

@@ -30,6 +30,8 @@ pub struct WorkerStatus {
     pub models_error: Option<String>,
     /// The study being analysed.
     pub analysing: Option<String>,
+    /// Since when (ms since the epoch).
+    pub analysing_since_ms: i64,
     /// Studies waiting (as of the last look).
     pub queued: usize,
     /// Studies analysed since start.
@@ -142,9 +144,17 @@ fn run(
             sleep(Duration::from_millis(500));
             continue;
         };
-        set(&status, |s| s.analysing = Some(job.study_uid.clone()));
+        set(&status, |s| {
+            s.analysing = Some(job.study_uid.clone());
+            s.analysing_since_ms = now_ms();
+        });
         let paths: Vec<PathBuf> = job.files.iter().map(|f| spool.join(f)).collect();
-        let out = results_dir.join(folder(&job.study_uid));
+        // One folder per job: a re-analysis never overwrites the heatmaps an earlier
+        // result (and its alerts) point at.
+        let job_id = job.job_key.rsplit('#').next().unwrap_or("job");
+        let out = results_dir
+            .join(folder(&job.study_uid))
+            .join(folder(job_id));
         let a = pipeline::analyze(
             &paths,
             m,
@@ -152,9 +162,23 @@ fn run(
             &settings.selection,
             Some(&out),
         );
+        let mut a = a;
+        let finite = a.heads.iter().all(|h| {
+            let p = &h.probabilities;
+            [p.s0, p.s1, p.s2, h.detection_score]
+                .iter()
+                .all(|v| v.is_finite())
+        });
+        if !finite {
+            // Never stored or alerted as a finding; recorded as an error so the study
+            // does not come back forever.
+            a.heads.clear();
+            a.status = Status::Error;
+            a.reason = Some("the networks produced non-finite outputs".into());
+        }
         let now = now_ms();
         let alerts = notify::compose(&settings.notify, &a, now);
-        match store.record_analysis(&job.job_key, &a, &alerts, now) {
+        match store.record_job(&job.job_key, job.completed_ms, &a, &alerts, now) {
             Ok(Recorded::New(id)) => {
                 let stages: Vec<String> = a
                     .heads

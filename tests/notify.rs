@@ -72,7 +72,7 @@ fn notify_settings(http: u16, smtp: u16) -> notify::NotifySettings {
         smtp: vec![SmtpChannel {
             name: "ortho-mail".into(),
             host: "127.0.0.1".into(),
-            port: smtp,
+            port: Some(smtp),
             security: SmtpSecurity::None,
             username: None,
             password: None,
@@ -204,7 +204,6 @@ fn alerts_reach_every_channel_exactly_once_through_outages() {
         );
         assert_no_phi(m, "an email");
     }
-    // The audit log tells the story.
     let rows = store.analyses_since(0).unwrap();
     assert!(
         rows[0]
@@ -212,6 +211,19 @@ fn alerts_reach_every_channel_exactly_once_through_outages() {
             .iter()
             .all(|a| a.state == "sent" && a.attempts >= 2)
     );
+    // A later job (a late series re-opened the study) that finds the same thing is
+    // recorded, and queues no alert again.
+    let later = store
+        .record_analysis(
+            "series-1#2",
+            &a,
+            &notify::compose(&cfg, &a, now + 1),
+            now + 1,
+        )
+        .unwrap();
+    assert!(matches!(later, Recorded::New(id) if id != first.id()));
+    let c = store.alert_counts().unwrap();
+    assert_eq!((c.sent, c.pending), (alerts.len() as i64, 0));
 }
 
 #[test]

@@ -335,11 +335,13 @@ impl Spool {
     /// (instances, bytes).
     pub fn purge(&self, store: &Store, before_ms: i64, now_ms: i64) -> io::Result<(usize, i64)> {
         let (mut n, mut bytes) = (0, 0);
+        // Files that could not be deleted stay indexed; later batches look past them.
+        let mut stuck = 0;
         loop {
             let batch = store
-                .spool_older_than(before_ms, 500)
+                .spool_older_than(before_ms, stuck + 500)
                 .map_err(io::Error::other)?;
-            if batch.is_empty() {
+            if batch.len() <= stuck {
                 return Ok((n, bytes));
             }
             let mut uids = Vec::with_capacity(batch.len());
@@ -350,7 +352,12 @@ impl Spool {
                 match fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // Keep the row (and the file); the rest of the purge goes on.
+                        tracing::warn!(file = %path.display(), error = %e, "cannot delete a file past retention");
+                        stuck += 1;
+                        continue;
+                    }
                 }
                 if let Some(d) = path.parent() {
                     dirs.insert(d.to_owned());

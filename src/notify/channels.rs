@@ -140,7 +140,7 @@ fn smtp(c: &SmtpChannel, msg: &AlertMessage, timeout: Duration) -> Result<(), De
         SmtpSecurity::Tls => lettre::SmtpTransport::relay(&c.host).map_err(|e| bad("relay", &e))?,
         SmtpSecurity::None => lettre::SmtpTransport::builder_dangerous(&c.host),
     };
-    let mut builder = builder.port(c.port).timeout(Some(timeout));
+    let mut builder = builder.port(c.port()).timeout(Some(timeout));
     if let (Some(u), Some(p)) = (&c.username, &c.password) {
         builder = builder.credentials(lettre::transport::smtp::authentication::Credentials::new(
             u.clone(),
@@ -148,7 +148,7 @@ fn smtp(c: &SmtpChannel, msg: &AlertMessage, timeout: Duration) -> Result<(), De
         ));
     }
     builder.build().send(&email).map(|_| ()).map_err(|e| {
-        DeliveryError::Transient(format!("smtp {} ({}:{}): {e}", c.name, c.host, c.port))
+        DeliveryError::Transient(format!("smtp {} ({}:{}): {e}", c.name, c.host, c.port()))
     })
 }
 

@@ -67,6 +67,17 @@ pub enum SmtpSecurity {
     None,
 }
 
+impl SmtpChannel {
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.security {
+            SmtpSecurity::Starttls => 587,
+            SmtpSecurity::Tls => 465,
+            SmtpSecurity::None => 25,
+        })
+    }
+}
+
 /// An SMTP relay and recipients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,9 +86,9 @@ pub struct SmtpChannel {
     pub name: String,
     /// Relay host.
     pub host: String,
-    /// Relay port.
-    #[serde(default = "default_smtp_port")]
-    pub port: u16,
+    /// Relay port; default 587 for STARTTLS, 465 for TLS, 25 without.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Connection security.
     #[serde(default = "default_smtp_security")]
     pub security: SmtpSecurity,
@@ -91,10 +102,6 @@ pub struct SmtpChannel {
     pub from: String,
     /// Recipients.
     pub to: Vec<String>,
-}
-
-fn default_smtp_port() -> u16 {
-    587
 }
 
 fn default_smtp_security() -> SmtpSecurity {
@@ -423,16 +430,13 @@ pub fn message(
         if cfg.heatmap_url.is_empty() {
             h.png.clone()
         } else {
-            let name = std::path::Path::new(&h.png)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let dir = std::path::Path::new(&h.png)
-                .parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            format!("{}/{dir}/{name}", cfg.heatmap_url.trim_end_matches('/'))
+            // The part under the state directory's `results/` (study/job/file), which a
+            // results share serves.
+            let rel = h
+                .png
+                .rsplit_once("/results/")
+                .map_or_else(|| h.png.rsplit('/').next().unwrap_or_default(), |(_, r)| r);
+            format!("{}/{rel}", cfg.heatmap_url.trim_end_matches('/'))
         }
     });
     let analysed_at = rfc3339(analysed_ms);
@@ -514,6 +518,8 @@ pub struct Sender {
     store: Store,
     cfg: NotifySettings,
     channels: Vec<Channel>,
+    /// Delivered, but the database did not take the mark yet: never delivered again.
+    unmarked: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl Sender {
@@ -524,6 +530,7 @@ impl Sender {
             store,
             cfg,
             channels,
+            unmarked: Default::default(),
         }
     }
 
@@ -547,9 +554,14 @@ impl Sender {
     pub fn run_once(&self, now_ms: i64) -> Result<Pass, StoreError> {
         let mut pass = Pass::default();
         for row in self.store.due_alerts(now_ms, 64)? {
-            match self.attempt(&row) {
+            let lock = || self.unmarked.lock().unwrap_or_else(|p| p.into_inner());
+            let already = lock().contains(&row.id);
+            let outcome = if already { Ok(()) } else { self.attempt(&row) };
+            match outcome {
                 Ok(()) => {
+                    lock().insert(row.id);
                     self.store.alert_sent(row.id, crate::store::now_ms())?;
+                    lock().remove(&row.id);
                     tracing::info!(alert = row.id, channel = %row.channel, side = %row.side, "alert delivered");
                     pass.sent += 1;
                 }
@@ -580,7 +592,9 @@ impl Sender {
     pub fn run(&self, poll: Duration, stop: impl Fn() -> bool) {
         while !stop() {
             if let Err(e) = self.run_once(crate::store::now_ms()) {
-                tracing::error!(error = %e, "alert outbox unavailable");
+                tracing::error!(error = %e, "alert outbox unavailable; retrying in 5 s");
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
             }
             let wait = match self.store.next_alert_due_ms() {
                 Ok(Some(t)) => Duration::from_millis(

@@ -51,7 +51,7 @@ pub fn encode(frame: &Frame, fb: FbInfo) -> std::io::Result<Vec<u8>> {
             )));
         }
     };
-    let w = frame.width.min(fb.size.0);
+    let w = frame.width.min(fb.size.0).min(fb.stride / bytes_pp);
     let h = frame.height.min(fb.size.1);
     let mut out = vec![0u8; fb.stride * h];
     for y in 0..h {

@@ -258,6 +258,9 @@ impl Message {
                 }
                 let (x, y, w, h) = (u16le(b, 0), u16le(b, 2), u16le(b, 4), u16le(b, 6));
                 let n = w as usize * h as usize;
+                if n > (1 << 22) {
+                    return Err(DecodeError::Malformed("rectangle larger than any panel"));
+                }
                 let rle = t == 0x05;
                 let pixels = if rle {
                     rle_decode(&b[8..], n)?

@@ -116,6 +116,17 @@ impl<P: Read + Write> SerialLink<P> {
     /// Read replies until one for `seq` arrives (ACK, INFO or NAK); an earlier NAK in the
     /// same wait is reported as the result.
     fn wait(&mut self, seq: u8, budget: Duration) -> Result<Message, LinkError> {
+        self.wait_for(seq, budget, true)
+    }
+
+    /// [`SerialLink::wait`]; with `naks_count` false, NAKs are ignored (a greeting's own
+    /// flush makes the panel NAK the half-frame it held).
+    fn wait_for(
+        &mut self,
+        seq: u8,
+        budget: Duration,
+        naks_count: bool,
+    ) -> Result<Message, LinkError> {
         self.port.flush()?;
         let deadline = Instant::now() + budget;
         let mut rejected = None;
@@ -139,7 +150,7 @@ impl<P: Read + Write> SerialLink<P> {
             };
             for f in self.deframer.push(&buf[..n]) {
                 match Message::decode(&f) {
-                    Ok(Message::Nak { reason, .. }) => rejected = Some(reason),
+                    Ok(Message::Nak { reason, .. }) if naks_count => rejected = Some(reason),
                     Ok(m @ (Message::Ack { .. } | Message::Info { .. })) if m.seq() == seq => {
                         return match rejected {
                             Some(r) => Err(LinkError::Rejected(r)),
@@ -167,7 +178,7 @@ impl<P: Read + Write> SerialLink<P> {
             version: VERSION,
         })?;
         self.shown = None;
-        match self.wait(seq, self.timeout)? {
+        match self.wait_for(seq, self.timeout, false)? {
             Message::Info {
                 version,
                 width,
@@ -233,8 +244,12 @@ impl<P: Read + Write> SerialLink<P> {
                 stats.resyncs += 1;
                 stats.full = true;
                 full = true;
-                // Clear whatever half-frame the panel holds.
-                self.port.write_all(&[0, 0])?;
+                // Greet again: the panel drops its half-frame and damage mark, and takes
+                // the new sequence numbers as its base.
+                if let Err(e) = self.hello() {
+                    self.shown = None;
+                    return Err(e);
+                }
             }
             match self.send_update(frame, full, &mut stats) {
                 Ok(()) => {

@@ -106,9 +106,13 @@ impl Simulator {
         for f in self.deframer.push(bytes) {
             let reply = match Message::decode(&f) {
                 Ok(m) => self.handle(m, now),
-                Err(_) => {
+                Err(e) => {
                     let seq = self.expected.unwrap_or(0);
-                    Some(self.nak(seq, nak::CRC))
+                    let reason = match e {
+                        super::protocol::DecodeError::Malformed(_) => nak::MALFORMED,
+                        _ => nak::CRC,
+                    };
+                    Some(self.nak(seq, reason))
                 }
             };
             if let Some(r) = reply {

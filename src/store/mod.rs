@@ -95,6 +95,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: analyses, findings, series verdicts, the alert outbox.
     results::MIGRATION,
+    // 3: analyses.job_completed_ms.
+    results::MIGRATION_JOB_COMPLETED,
 ];
 
 /// The schema version this build writes.

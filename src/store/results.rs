@@ -51,6 +51,8 @@ pub struct StudyJob {
     pub study_uid: String,
     /// Unique per study and set of series completions.
     pub job_key: String,
+    /// The latest series completion the job covers.
+    pub completed_ms: i64,
     /// Spool file names (relative to the spool root).
     pub files: Vec<String>,
 }
@@ -107,6 +109,13 @@ pub struct StoredAnalysis {
     /// Its alerts.
     pub alerts: Vec<AlertRow>,
 }
+
+/// Migration 3: the latest series completion a job covered. A study is analysed again only
+/// when a series completes after it (not after the time the result was written, which a
+/// completion during a slow analysis would precede).
+pub(super) const MIGRATION_JOB_COMPLETED: &str = r#"
+    ALTER TABLE analyses ADD COLUMN job_completed_ms INTEGER NOT NULL DEFAULT 0;
+"#;
 
 /// Migration 2: results and the outbox.
 pub(super) const MIGRATION: &str = r#"
@@ -214,6 +223,19 @@ impl Store {
         alerts: &[NewAlert],
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
+        self.record_job(job_key, 0, a, alerts, now_ms)
+    }
+
+    /// [`Store::record_analysis`] for a [`StudyJob`] whose latest series completion was
+    /// `job_completed_ms` ([`StudyJob::completed_ms`]).
+    pub fn record_job(
+        &self,
+        job_key: &str,
+        job_completed_ms: i64,
+        a: &Analysis,
+        alerts: &[NewAlert],
+        now_ms: i64,
+    ) -> Result<Recorded, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let existing: Option<i64> = tx
@@ -230,8 +252,9 @@ impl Store {
         tx.execute(
             "INSERT INTO analyses (job_key, study_uid, series_uid, accession_number, status,
                  reason, model_name, model_version, detector_sha256, stager_sha256,
-                 intended_use, skipped_files, timings_json, result_json, analysed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 intended_use, skipped_files, timings_json, result_json, analysed_ms,
+                 job_completed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 job_key,
                 a.study_instance_uid,
@@ -247,7 +270,8 @@ impl Store {
                 a.skipped_files as i64,
                 json(&a.timings_ms),
                 json(a),
-                now_ms
+                now_ms,
+                job_completed_ms
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -295,10 +319,13 @@ impl Store {
         });
         audit(&tx, now_ms, "analysed", &detail.to_string())?;
         for al in alerts {
-            tx.execute(
+            // The key is the finding's: a re-analysis that finds the same thing queues
+            // nothing new (and must not fail the whole record).
+            let n = tx.execute(
                 "INSERT INTO alerts (analysis_id, side, channel, idempotency_key, payload_json,
                      state, next_attempt_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)
+                 ON CONFLICT(idempotency_key) DO NOTHING",
                 params![
                     id,
                     al.side,
@@ -308,6 +335,9 @@ impl Store {
                     now_ms
                 ],
             )?;
+            if n == 0 {
+                continue;
+            }
             let detail = serde_json::json!({
                 "alert_id": tx.last_insert_rowid(), "analysis_id": id,
                 "side": al.side, "channel": al.channel, "key": al.idempotency_key,
@@ -387,7 +417,7 @@ impl Store {
     pub fn ready_studies(&self) -> Result<Vec<StudyJob>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT t.study_uid FROM (
+            "SELECT t.study_uid, t.last_done FROM (
                  SELECT s.study_uid, MIN(j.completed_ms) AS first_done,
                         MAX(j.completed_ms) AS last_done,
                         SUM(j.state = 'collecting') AS collecting
@@ -395,14 +425,14 @@ impl Store {
                  GROUP BY s.study_uid) t
              WHERE t.collecting = 0
                AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.study_uid = t.study_uid
-                               AND a.analysed_ms >= t.last_done)
+                               AND a.job_completed_ms >= t.last_done)
              ORDER BY t.first_done",
         )?;
         let studies = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
-        for study_uid in studies {
+        for (study_uid, completed_ms) in studies {
             let mut gens = conn.prepare_cached(
                 "SELECT series_uid, generation FROM series JOIN series_jobs USING (series_uid)
                  WHERE study_uid = ?1 ORDER BY series_uid",
@@ -437,6 +467,7 @@ impl Store {
             out.push(StudyJob {
                 study_uid,
                 job_key,
+                completed_ms,
                 files,
             });
         }
@@ -447,7 +478,7 @@ impl Store {
     /// not migrated yet sees none).
     fn has_results(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        Ok(v >= 2)
+        Ok(v >= 3)
     }
 
     /// Analyses recorded at or after `since_ms`, newest first, with their alerts.
