@@ -23,13 +23,15 @@ use crate::store::{Store, now_ms};
 /// How long in-flight associations get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Run the daemon until SIGTERM/SIGINT, listening where the settings say.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Run the daemon until SIGTERM/SIGINT, on the socket systemd passed (`inherited`, from
+/// `sdnotify::inherited_listener` before the runtime started) or where the settings say.
+pub async fn serve(
+    settings: Settings,
+    inherited: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     let listen = settings.receiver.listen;
     // Socket activation (onfh-edge.socket holds port 104), else bind ourselves.
-    let listener = match crate::sdnotify::inherited_listener()
-        .context("the socket passed by systemd is not a listening TCP socket")?
-    {
+    let listener = match inherited {
         Some(l) => {
             info!(address = %l.local_addr()?, "using the listening socket passed by systemd");
             TcpListener::from_std(l)?
@@ -52,10 +54,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 /// Run the daemon on an already bound listener until `shutdown` is cancelled.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // What the panel and the logs show: the address actually listened on (an inherited
+    // socket's, not the configured one).
+    settings.receiver.listen = listener.local_addr()?;
     let state_dir = settings.storage.state_dir.clone();
     let db_path = settings.storage.database_path();
     let spool_dir = settings.storage.spool_dir();

@@ -485,7 +485,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve { config } => {
             let settings = load(config.as_deref())?;
             init_logging(&settings.log_level);
-            runtime()?.block_on(onfh_edge::daemon::serve(settings))
+            // Socket activation: take the inherited socket (and clear LISTEN_* from the
+            // environment) before any runtime thread exists.
+            let inherited = onfh_edge::sdnotify::inherited_listener()
+                .context("the socket passed by systemd is not a listening TCP socket")?;
+            runtime()?.block_on(onfh_edge::daemon::serve(settings, inherited))
         }
         Cmd::Status { config, json } => {
             let settings = load(config.as_deref())?;
@@ -832,7 +836,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::CheckConfig { config } => {
-            let settings = load(config.as_deref())?;
+            let mut settings = load(config.as_deref())?;
+            // Alert secrets are shown as set or not, never printed.
+            let redact = |v: &mut String| *v = "<redacted>".into();
+            let n = &mut settings.notify;
+            n.ntfy
+                .iter_mut()
+                .filter_map(|c| c.token.as_mut())
+                .for_each(redact);
+            n.webhook.iter_mut().map(|c| &mut c.secret).for_each(redact);
+            n.smtp
+                .iter_mut()
+                .filter_map(|c| c.password.as_mut())
+                .for_each(redact);
             println!("{settings:#?}");
             Ok(())
         }

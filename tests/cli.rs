@@ -131,3 +131,33 @@ fn database_from_a_newer_build_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("newer than this build"), "{stderr}");
 }
+
+#[test]
+fn check_config_never_prints_alert_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        "[[notify.webhook]]\nname = \"w\"\nurl = \"https://example.org/hook\"\nsecret = \"hook-s3cret\"\n\
+         [[notify.ntfy]]\nname = \"n\"\nserver = \"https://ntfy.example.org\"\ntopic = \"t\"\ntoken = \"tk_s3cret\"\n\
+         [[notify.smtp]]\nname = \"m\"\nhost = \"smtp.example.org\"\nusername = \"u\"\npassword = \"mail-s3cret\"\n\
+         from = \"a@example.org\"\nto = [\"b@example.org\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_onfh-edge"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("hook") && text.contains("<redacted>"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "a secret was printed:\n{text}");
+}
