@@ -38,18 +38,7 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
         (9_000_101, [Stage::S0, Stage::S2]),
         (9_000_102, [Stage::S1, Stage::S0]),
     ] {
-        let study = dir.path().join(seed.to_string());
-        phantom::generate_study(
-            &study,
-            seed,
-            &Options {
-                stages: Some(stages),
-                style: Some("philips-like 1.5T"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let files = files_under(&study);
+        let files = phantom_files(dir.path(), seed, stages);
         assert!(!files.is_empty());
         let (log, ok) = storescu(d.port, &[], &files);
         assert!(ok, "{log}");
