@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::receivers::free_port;
-use common::{BIN, echo};
+use common::{BIN, echo, output_text};
 
 const ANALYZE: &str = "/usr/bin/systemd-analyze";
 
@@ -46,11 +46,7 @@ fn units_verify_clean_and_the_service_is_hardened() {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && text.trim().is_empty(),
         "verify:\n{text}"

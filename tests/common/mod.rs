@@ -345,3 +345,12 @@ pub fn log_lines_with(path: &Path, needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .collect()
 }
+
+/// A finished command's stdout then stderr, as text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
