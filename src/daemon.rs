@@ -138,6 +138,7 @@ pub async fn run(
 
     let tracker = TaskTracker::new();
     let receiver = Receiver::new(r, &settings.series, spool, store.clone());
+    let commit_lock = receiver.commit_lock();
     let receiver_task = tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
     tracker.spawn(completion::run(store.clone(), shutdown.clone()));
     let days = settings.storage.spool_retention_days;
@@ -145,7 +146,13 @@ pub async fn run(
         let dir = settings.storage.spool_dir();
         let purger = Spool::open(&dir, r.fsync, r.max_instance_bytes)
             .with_context(|| format!("cannot prepare spool {}", dir.display()))?;
-        tracker.spawn(retention(purger, store.clone(), days, shutdown.clone()));
+        tracker.spawn(retention(
+            purger,
+            store.clone(),
+            commit_lock,
+            days,
+            shutdown.clone(),
+        ));
     }
 
     // Analysis, alerts and the panel: each on its own thread, all fed from the database.
@@ -339,10 +346,10 @@ fn panel_state(
     } else {
         (ApplianceState::Ready, None)
     };
-    let clock = crate::notify::rfc3339(now);
+    let clock = crate::panel::local_clock(now);
     let last_study = latest.map(|l| LastStudy {
         accession: l.analysis.accession_number.clone(),
-        time: crate::notify::rfc3339(l.analysed_ms)[11..16].to_string(),
+        time: crate::panel::local_clock(l.analysed_ms).hhmm,
         status: serde_json::to_value(l.analysis.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -373,12 +380,20 @@ fn panel_state(
             settings.analysis.detector, settings.analysis.stager
         )
         .replace(".json", ""),
-        clock: format!("{} {} UTC", &clock[..10], &clock[11..16]),
+        clock: format!("{} {} {}", clock.date, clock.hhmm, clock.zone)
+            .trim_end()
+            .to_string(),
     })
 }
 
 /// Purge received files older than `days`, a minute after start and then hourly.
-async fn retention(spool: Spool, store: Store, days: u32, shutdown: CancellationToken) {
+async fn retention(
+    spool: Spool,
+    store: Store,
+    commit_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    days: u32,
+    shutdown: CancellationToken,
+) {
     let spool = std::sync::Arc::new(spool);
     let mut wait = Duration::from_secs(60);
     loop {
@@ -387,10 +402,10 @@ async fn retention(spool: Spool, store: Store, days: u32, shutdown: Cancellation
             _ = tokio::time::sleep(wait) => {}
         }
         wait = Duration::from_secs(3600);
-        let (sp, st) = (spool.clone(), store.clone());
+        let (sp, st, lock) = (spool.clone(), store.clone(), commit_lock.clone());
         let now = now_ms();
         let before = now - i64::from(days) * 86_400_000;
-        match tokio::task::spawn_blocking(move || sp.purge(&st, before, now)).await {
+        match tokio::task::spawn_blocking(move || sp.purge(&st, before, now, &lock)).await {
             Ok(Ok((0, _))) => {}
             Ok(Ok((n, bytes))) => info!(
                 instances = n,

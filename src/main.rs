@@ -513,6 +513,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("storage.spool_retention_days = 0: received files are kept");
                 return Ok(());
             }
+            // The daemon purges under its receiver's commit lock, which another process
+            // cannot share: a purge beside it could delete an instance the daemon has
+            // just acknowledged again. So this runs only while the daemon is stopped.
+            let _lock = onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir)
+                .context("`purge` runs only while the daemon is stopped (the daemon purges hourly by itself)")?;
             let store = open_store(&settings, false)?;
             let spool = onfh_edge::dicom::spool::Spool::open(
                 &settings.storage.spool_dir(),
@@ -522,7 +527,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("cannot open the spool")?;
             let now = onfh_edge::store::now_ms();
             let (n, bytes) = spool
-                .purge(&store, now - i64::from(days) * 86_400_000, now)
+                .purge(
+                    &store,
+                    now - i64::from(days) * 86_400_000,
+                    now,
+                    &std::sync::Mutex::new(()),
+                )
                 .context("purge failed")?;
             println!(
                 "purged {n} instance(s), {:.1} MiB, received more than {days} day(s) ago",

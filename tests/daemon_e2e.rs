@@ -30,9 +30,13 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn two_studies_are_analysed_recorded_shown_and_alerted() {
     let port = free_port();
     let hook = HttpReceiver::start(listen(port), 0);
-    let mut d = Daemon::start(&format!(
-        "[notify]\nretry_initial_secs = 1\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
-    ));
+    // The panel shows local time: a zone 5 h 30 min east of UTC, abbreviated XST.
+    let mut d = Daemon::start_with_env(
+        &format!(
+            "[notify]\nretry_initial_secs = 1\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
+        ),
+        &[("TZ", "XST-5:30")],
+    );
     let dir = tempfile::tempdir().unwrap();
     for (seed, stages) in [
         (9_000_101, [Stage::S0, Stage::S2]),
@@ -74,9 +78,85 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
         d.count("SELECT COUNT(*) FROM alerts WHERE state = 'sent'"),
         early
     );
-    // The panel shows the last result.
+    // The panel shows the last result: panel.json (the state behind the screen) names the
+    // study analysed last with its heads, and panel.png is exactly that state drawn.
+    let (accession, analysed_ms): (String, i64) = d
+        .db()
+        .query_row(
+            "SELECT accession_number, analysed_ms FROM analyses ORDER BY analysed_ms DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
     let png = d.state_dir().join("panel.png");
-    assert!(wait_until(Duration::from_secs(10), || png.exists()));
+    let json = d.state_dir().join("panel.json");
+    let read_state = || -> Option<onfh_edge::panel::PanelState> {
+        serde_json::from_slice(&std::fs::read(&json).ok()?).ok()
+    };
+    let mut shown = None;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let Some(before) = read_state() else {
+                return false;
+            };
+            let Ok(pixels) = std::fs::read(&png) else {
+                return false;
+            };
+            if read_state().as_ref() != Some(&before)
+                || before.last_study.as_ref().map(|l| l.accession.as_str())
+                    != Some(accession.as_str())
+            {
+                return false;
+            }
+            shown = Some((before, pixels));
+            true
+        }),
+        "panel never showed {accession}: {:?}",
+        read_state()
+    );
+    let (state, pixels) = shown.unwrap();
+    let last = state.last_study.as_ref().unwrap();
+    let stored: Vec<(String, String)> = {
+        let db = d.db();
+        let mut q = db
+            .prepare(
+                "SELECT side, stage FROM findings WHERE analysis_id = \
+                 (SELECT id FROM analyses WHERE accession_number = ?1) ORDER BY side DESC",
+            )
+            .unwrap();
+        q.query_map([&accession], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let on_panel: Vec<(String, String)> = last
+        .heads
+        .iter()
+        .map(|h| (h.side.clone(), h.stage.clone()))
+        .collect();
+    assert_eq!(on_panel, stored, "heads on the panel");
+    let xst = (analysed_ms / 1000 + 5 * 3600 + 30 * 60).rem_euclid(86_400);
+    assert_eq!(
+        last.time,
+        format!("{:02}:{:02}", xst / 3600, xst % 3600 / 60)
+    );
+    assert!(state.clock.ends_with(" XST"), "clock {}", state.clock);
+    let drawn = onfh_edge::panel::render(&state);
+    let decoder = png::Decoder::new(std::io::Cursor::new(pixels));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (320, 240));
+    for y in 0..240 {
+        for x in 0..320 {
+            let i = (y * 320 + x) * 3;
+            assert_eq!(
+                &buf[i..i + 3],
+                &drawn.rgb(x, y),
+                "panel.png pixel ({x}, {y})"
+            );
+        }
+    }
     let results = d.cli("results", &[]);
     assert!(results.contains("not for clinical use"), "{results}");
     // Heatmaps were written under the state directory.
@@ -109,9 +189,13 @@ fn phantom_files(dir: &Path, seed: u64, stages: [Stage; 2]) -> Vec<PathBuf> {
 fn sigkill_around_inference_still_gives_one_result_and_one_alert() {
     let port = free_port();
     let hook = HttpReceiver::start(listen(port), 0);
-    let mut d = Daemon::start(&format!(
-        "[notify]\nretry_initial_secs = 1\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
-    ));
+    // The panel shows local time: a zone 5 h 30 min east of UTC, abbreviated XST.
+    let mut d = Daemon::start_with_env(
+        &format!(
+            "[notify]\nretry_initial_secs = 1\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
+        ),
+        &[("TZ", "XST-5:30")],
+    );
     let dir = tempfile::tempdir().unwrap();
     let files = phantom_files(dir.path(), 9_000_101, [Stage::S0, Stage::S2]);
     let (log, ok) = storescu(d.port, &[], &files);

@@ -1,6 +1,9 @@
 //! Spool retention: `onfh-edge purge` deletes received files past the retention period and
 //! their instance rows, keeps studies, series, results and findings, logs the purge in the
-//! audit table, and a re-sent instance is stored again afterwards.
+//! audit table, and a re-sent instance is stored again afterwards. An instance sent again
+//! before a purge restarts its retention period instead of being purged right after it
+//! was acknowledged, and `purge` refuses to run beside the daemon (which purges by itself,
+//! under its receiver's lock).
 
 mod common;
 
@@ -8,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
+use std::process::Command;
 
 #[test]
 fn purge_deletes_old_files_and_keeps_results() {
@@ -76,4 +80,52 @@ fn a_changed_configuration_is_audited_once() {
     .unwrap();
     d.restart();
     assert_eq!(changes(&d), 2);
+}
+
+#[test]
+fn an_instance_sent_again_is_kept_for_another_period() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = mr_series(dir.path(), &new_uid(), 1, 2, 64)
+        .iter()
+        .map(|i| i.path.clone())
+        .collect();
+    let (log, ok) = storescu(d.port, &[], &files);
+    assert!(ok, "{log}");
+    assert!(wait_until(Duration::from_secs(20), || d
+        .count("SELECT COUNT(*) FROM instances")
+        == 2));
+    // Both arrived ten days ago, as far as retention can tell.
+    let ten_days_ago = onfh_edge::store::now_ms() - 10 * 86_400_000;
+    rusqlite::Connection::open(d.state_dir().join("onfh-edge.sqlite3"))
+        .unwrap()
+        .execute("UPDATE instances SET received_ms = ?1", [ten_days_ago])
+        .unwrap();
+
+    // Beside the running daemon, `purge` refuses and deletes nothing.
+    let out = Command::new(BIN)
+        .args(["purge", "--older-than-days", "1", "--config"])
+        .arg(&d.config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("runs only while the daemon is stopped"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(d.committed_files().len(), 2);
+
+    // The scanner sends the first instance again: acknowledged as a duplicate, and its
+    // retention period starts again.
+    let (log, ok) = storescu(d.port, &[], &files[..1]);
+    assert!(ok, "{log}");
+    assert!(wait_until(Duration::from_secs(10), || d.count(&format!(
+        "SELECT COUNT(*) FROM instances WHERE received_ms > {ten_days_ago}"
+    )) == 1));
+    d.sigterm();
+    let out = d.cli("purge", &["--older-than-days", "1"]);
+    assert!(out.contains("purged 1 instance(s)"), "{out}");
+    assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 1);
+    assert_eq!(d.committed_files().len(), 1);
 }

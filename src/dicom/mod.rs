@@ -65,8 +65,9 @@ pub(crate) struct Shared {
     pub spool: spool::Spool,
     /// The database.
     pub store: Store,
-    /// Serialises the check-rename-index step so a UID is stored once (see `Spool::commit`).
-    pub commit_lock: std::sync::Mutex<()>,
+    /// Serialises the check-rename-index step so a UID is stored once (see `Spool::commit`),
+    /// and against the retention purge (see `Spool::purge`).
+    pub commit_lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// The receiver: listener plus association tasks.
@@ -99,9 +100,14 @@ impl Receiver {
                 quiet_period: series.quiet_period,
                 spool,
                 store,
-                commit_lock: std::sync::Mutex::new(()),
+                commit_lock: Arc::new(std::sync::Mutex::new(())),
             }),
         }
+    }
+
+    /// The lock the receiver commits under, for the retention purge to share.
+    pub fn commit_lock(&self) -> Arc<std::sync::Mutex<()>> {
+        self.shared.commit_lock.clone()
     }
 
     /// Accept associations on `listener` until `shutdown` is cancelled. In-flight

@@ -306,7 +306,9 @@ impl Spool {
         info.row.file_name = file_name.clone();
         info.row.calling_ae_title = expected.calling_ae_title.trim().to_string();
         let _guard = commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if store.has_instance(&info.row.sop_instance_uid)? {
+        // Under the lock the retention purge also takes: a duplicate's first copy is
+        // either already purged (and this copy is stored) or kept for another period.
+        if store.touch_instance(&info.row.sop_instance_uid, now_ms)? {
             fs::remove_file(tmp)?;
             return Ok(InsertOutcome::Duplicate);
         }
@@ -333,13 +335,25 @@ impl Spool {
     /// rows (files first, so that start-up repair never re-indexes a purged file; a file
     /// already missing counts as deleted). Results and findings are kept. Returns
     /// (instances, bytes).
-    pub fn purge(&self, store: &Store, before_ms: i64, now_ms: i64) -> io::Result<(usize, i64)> {
+    ///
+    /// Each batch (choose, delete, forget) holds `commit_lock`, the receiver's: an instance
+    /// sent again meanwhile is either stored anew after its batch or, before it, restarts
+    /// its own retention period and is not chosen (see `commit`). Receiving waits for at
+    /// most one batch.
+    pub fn purge(
+        &self,
+        store: &Store,
+        before_ms: i64,
+        now_ms: i64,
+        commit_lock: &std::sync::Mutex<()>,
+    ) -> io::Result<(usize, i64)> {
         let (mut n, mut bytes) = (0, 0);
         // Files that could not be deleted stay indexed; later batches look past them.
         let mut stuck = 0;
         loop {
+            let _guard = commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             let batch = store
-                .spool_older_than(before_ms, stuck + 500)
+                .spool_older_than(before_ms, stuck + 200)
                 .map_err(io::Error::other)?;
             if batch.len() <= stuck {
                 return Ok((n, bytes));

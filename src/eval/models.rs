@@ -262,7 +262,7 @@ pub fn evaluate(
         let dir = opts.scratch.join(format!("study_{seed}"));
         let study = data::phantom_study(&dir, seed, &data::test_options())?;
         results.push(pipeline::analyze(
-            &[dir.clone()],
+            std::slice::from_ref(&dir),
             &models,
             &settings,
             &rules,

@@ -302,7 +302,7 @@ pub fn alerts_for(cfg: &NotifySettings, head: &HeadFinding) -> bool {
     if head.stage == "indeterminate" {
         cfg.indeterminate
     } else {
-        cfg.stages.iter().any(|s| *s == head.stage)
+        cfg.stages.contains(&head.stage)
     }
 }
 

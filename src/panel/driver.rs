@@ -142,7 +142,7 @@ fn run(cfg: PanelSettings, png: Option<PathBuf>, shared: Arc<(Mutex<Slot>, Condv
             let f = render(&state);
             drawn += 1;
             if let Some(p) = &png {
-                if let Err(e) = f.write_png(p) {
+                if let Err(e) = f.write_png(p).and_then(|()| write_state(p, &state)) {
                     errors.push(format!("{}: {e}", p.display()));
                 }
             }
@@ -193,4 +193,14 @@ fn run(cfg: PanelSettings, png: Option<PathBuf>, shared: Arc<(Mutex<Slot>, Condv
         slot.status.serial_connected = link.is_some();
         slot.status.last_error = errors.first().cloned();
     }
+}
+
+/// The state behind the PNG, as JSON beside it (`panel.png` → `panel.json`): what the
+/// screen shows, in words, for a status page or a script. Replaced atomically.
+fn write_state(png: &std::path::Path, state: &PanelState) -> std::io::Result<()> {
+    let path = png.with_extension("json");
+    let tmp = png.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }

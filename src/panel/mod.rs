@@ -27,6 +27,59 @@ use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Baseline, Text};
 use serde::{Deserialize, Serialize};
 
+/// A wall-clock time as the technologist reads it: the system's time zone
+/// (`/etc/localtime`, or `TZ`), with the zone's abbreviation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalClock {
+    /// "YYYY-MM-DD".
+    pub date: String,
+    /// "HH:MM".
+    pub hhmm: String,
+    /// The zone's abbreviation ("CET", "UTC", "+03").
+    pub zone: String,
+}
+
+/// `ms` since the Unix epoch in the system's local time (glibc's `localtime_r`).
+pub fn local_clock(ms: i64) -> LocalClock {
+    let secs = ms.div_euclid(1000) as libc::time_t;
+    // SAFETY: `tm` is plain data that localtime_r fills; `tm_zone` points at a static,
+    // NUL-terminated abbreviation owned by the C library (or is null).
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            None
+        } else {
+            Some(tm)
+        }
+    };
+    let Some(tm) = tm else {
+        let utc = crate::notify::rfc3339(ms);
+        return LocalClock {
+            date: utc[..10].to_string(),
+            hhmm: utc[11..16].to_string(),
+            zone: "UTC".into(),
+        };
+    };
+    let zone = if tm.tm_zone.is_null() {
+        String::new()
+    } else {
+        // SAFETY: see above.
+        unsafe { std::ffi::CStr::from_ptr(tm.tm_zone) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    LocalClock {
+        date: format!(
+            "{:04}-{:02}-{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        ),
+        hhmm: format!("{:02}:{:02}", tm.tm_hour, tm.tm_min),
+        zone,
+    }
+}
+
 /// Panel width in pixels.
 pub const WIDTH: usize = 320;
 /// Panel height in pixels.
@@ -101,7 +154,7 @@ pub struct PanelHead {
 pub struct LastStudy {
     /// Accession Number.
     pub accession: String,
-    /// When it was analysed, "HH:MM" local to the display.
+    /// When it was analysed, "HH:MM" in the system's time zone (the clock's).
     pub time: String,
     /// ok, indeterminate, no_usable_series, error.
     pub status: String,
@@ -122,7 +175,7 @@ pub struct PanelState {
     pub port: u16,
     /// The last result.
     pub last_study: Option<LastStudy>,
-    /// Series waiting for analysis.
+    /// Studies waiting for analysis.
     pub queue_depth: usize,
     /// Alerts not yet delivered (pending).
     pub alerts_pending: i64,
@@ -512,5 +565,26 @@ pub fn example_state(state: ApplianceState) -> PanelState {
         disk_free_bytes: 41_200_000_000,
         model: "3dc-yolox-small + 3d-muldensenet-small 0.1.0".into(),
         clock: "2026-11-28 14:35".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The panel's clock reads like `date` on the same machine, in the same time zone.
+    #[test]
+    fn local_clock_matches_date() {
+        for secs in [0i64, 1_700_000_000, 1_795_000_000] {
+            let out = std::process::Command::new("date")
+                .arg("-d")
+                .arg(format!("@{secs}"))
+                .arg("+%Y-%m-%d %H:%M %Z")
+                .output()
+                .expect("date");
+            let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let c = local_clock(secs * 1000 + 999);
+            assert_eq!(format!("{} {} {}", c.date, c.hhmm, c.zone), want);
+        }
     }
 }

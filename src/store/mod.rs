@@ -282,6 +282,19 @@ impl Store {
         Ok(found)
     }
 
+    /// A sender sent an indexed instance again: restart its retention clock (it is
+    /// wanted now), so that a purge running next cannot delete what was just
+    /// acknowledged. Returns whether the instance was indexed.
+    pub fn touch_instance(&self, sop_instance_uid: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached(
+                "UPDATE instances SET received_ms = MAX(received_ms, ?2) WHERE sop_instance_uid = ?1",
+            )?
+            .execute(params![sop_instance_uid, now_ms])?;
+        Ok(n > 0)
+    }
+
     /// Whether a spool file name is indexed.
     pub fn has_file(&self, file_name: &str) -> Result<bool, StoreError> {
         let conn = self.lock();

@@ -21,18 +21,29 @@ pub struct Daemon {
     pub state: tempfile::TempDir,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Extra environment of the daemon process (e.g. `TZ`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Start with `extra` TOML overlaid on the test defaults; ready once C-ECHO works.
     pub fn start(extra: &str) -> Daemon {
-        let d = Self::start_tcp_ready(extra);
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon process.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let d = Self::start_inner(extra, env);
         d.wait_ready();
         d
     }
 
     /// Start, ready once the port accepts TCP (for configurations that refuse our echo).
     pub fn start_tcp_ready(extra: &str) -> Daemon {
+        Self::start_inner(extra, &[])
+    }
+
+    fn start_inner(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let state = tempfile::tempdir().unwrap();
         // The daemon binds port 0 and logs the port it got; `spawn` reads it from there.
         let port = 0;
@@ -50,6 +61,10 @@ impl Daemon {
             state,
             config_path,
             log_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -68,6 +83,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,onfh_edge=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
