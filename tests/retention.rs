@@ -13,12 +13,9 @@ use std::time::Duration;
 use common::*;
 use std::process::Command;
 
-#[test]
-fn purge_deletes_old_files_and_keeps_results() {
-    let mut d = Daemon::start("");
-    let dir = tempfile::tempdir().unwrap();
-    let study = new_uid();
-    let files: Vec<PathBuf> = mr_series(dir.path(), &study, 1, 6, 64)
+/// Send one series of `n` instances of `study` and wait until the daemon indexed them.
+fn store_series(d: &Daemon, dir: &std::path::Path, study: &str, n: usize) -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = mr_series(dir, study, 1, n, 64)
         .iter()
         .map(|i| i.path.clone())
         .collect();
@@ -26,7 +23,16 @@ fn purge_deletes_old_files_and_keeps_results() {
     assert!(ok, "{log}");
     assert!(wait_until(Duration::from_secs(20), || d
         .count("SELECT COUNT(*) FROM instances")
-        == 6));
+        == n as i64));
+    files
+}
+
+#[test]
+fn purge_deletes_old_files_and_keeps_results() {
+    let mut d = Daemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let study = new_uid();
+    let files = store_series(&d, dir.path(), &study, 6);
     d.sigterm();
     assert_eq!(d.committed_files().len(), 6);
 
@@ -86,15 +92,7 @@ fn a_changed_configuration_is_audited_once() {
 fn an_instance_sent_again_is_kept_for_another_period() {
     let mut d = Daemon::start("");
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = mr_series(dir.path(), &new_uid(), 1, 2, 64)
-        .iter()
-        .map(|i| i.path.clone())
-        .collect();
-    let (log, ok) = storescu(d.port, &[], &files);
-    assert!(ok, "{log}");
-    assert!(wait_until(Duration::from_secs(20), || d
-        .count("SELECT COUNT(*) FROM instances")
-        == 2));
+    let files = store_series(&d, dir.path(), &new_uid(), 2);
     // Both arrived ten days ago, as far as retention can tell.
     let ten_days_ago = onfh_edge::store::now_ms() - 10 * 86_400_000;
     rusqlite::Connection::open(d.state_dir().join("onfh-edge.sqlite3"))

@@ -477,9 +477,13 @@ pub fn message(
 /// finding's — study, analysed series, side, stage — and the channel's, so analysing the
 /// same series again (after a restart, or when another series of the study arrives late)
 /// does not alert the same finding twice.
+///
+/// A study whose femoral heads were not both found has no staged heads at all; when
+/// indeterminate calls alert, it alerts as two indeterminate heads with the analysis's
+/// reason, so that "the machine could not decide" never goes unsaid.
 pub fn compose(cfg: &NotifySettings, a: &Analysis, analysed_ms: i64) -> Vec<NewAlert> {
     let mut out = Vec::new();
-    for head in a.heads.iter().filter(|h| alerts_for(cfg, h)) {
+    for head in alert_heads(a).iter().filter(|h| alerts_for(cfg, h)) {
         for ch in cfg.channels() {
             let finding = format!(
                 "{}\n{}\n{}\n{}\n{}",
@@ -500,6 +504,37 @@ pub fn compose(cfg: &NotifySettings, a: &Analysis, analysed_ms: i64) -> Vec<NewA
         }
     }
     out
+}
+
+/// The heads an analysis alerts about: the staged ones, or, for an indeterminate study in
+/// which the detector did not find both heads (nothing was staged), each side as an
+/// indeterminate head carrying the study's reason.
+fn alert_heads(a: &Analysis) -> Vec<HeadFinding> {
+    if a.status != crate::pipeline::Status::Indeterminate || !a.heads.is_empty() {
+        return a.heads.clone();
+    }
+    ["R", "L"]
+        .into_iter()
+        .map(|side| HeadFinding {
+            side: side.to_string(),
+            stage: "indeterminate".into(),
+            early_onfh: false,
+            probabilities: crate::pipeline::Probabilities {
+                s0: 0.0,
+                s1: 0.0,
+                s2: 0.0,
+            },
+            detection_score: 0.0,
+            center_lps_mm: [0.0; 3],
+            bbox_lps_mm: [[0.0; 3]; 2],
+            heatmap: None,
+            reason: Some(
+                a.reason
+                    .clone()
+                    .unwrap_or_else(|| "femoral heads not found".into()),
+            ),
+        })
+        .collect()
 }
 
 /// What one pass of the sender did.
@@ -656,5 +691,41 @@ mod tests {
             secret: "s".into(),
         });
         assert_eq!(cfg.validate().unwrap_err().0, "notify.webhook");
+    }
+
+    /// A study in which the detector did not find both heads alerts as two indeterminate
+    /// heads, with the study's reason, when indeterminate calls alert; otherwise not.
+    #[test]
+    fn heads_not_found_alert_only_when_indeterminate_calls_do() {
+        let mut a: Analysis =
+            serde_json::from_str(include_str!("../../tests/fixtures/analysis_example.json"))
+                .unwrap();
+        a.status = crate::pipeline::Status::Indeterminate;
+        a.reason = Some("only one femoral head found (detection score 0.12 < 0.30)".into());
+        a.heads.clear();
+        let mut cfg = NotifySettings {
+            webhook: vec![WebhookChannel {
+                name: "hook".into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "s".into(),
+            }],
+            ..NotifySettings::default()
+        };
+        assert!(compose(&cfg, &a, 0).is_empty());
+        cfg.indeterminate = true;
+        let alerts = compose(&cfg, &a, 0);
+        assert_eq!(
+            alerts.iter().map(|x| x.side.as_str()).collect::<Vec<_>>(),
+            ["R", "L"]
+        );
+        for x in &alerts {
+            let m: AlertMessage = serde_json::from_str(&x.payload).unwrap();
+            assert_eq!(m.stage, "indeterminate");
+            assert!(m.body.contains("only one femoral head found"), "{}", m.body);
+            assert!(m.title.contains("indeterminate"), "{}", m.title);
+        }
+        // A study that was never staged for another reason does not alert as heads.
+        a.status = crate::pipeline::Status::NoUsableSeries;
+        assert!(compose(&cfg, &a, 0).is_empty());
     }
 }
