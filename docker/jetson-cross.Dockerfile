@@ -1,7 +1,7 @@
 # Build image for `cross` (see cross.toml): aarch64 for NVIDIA Jetson Orin on JetPack 6,
 # which is Ubuntu 22.04 (glibc 2.35) with CUDA 12. The binary links against this image's
-# arm64 glibc, so it runs on the Jetson's own; the CUDA libraries themselves are loaded at
-# run time from JetPack (cudarc dlopens them), only nvcc and the headers are needed here.
+# arm64 glibc and NVIDIA's arm64 CUDA libraries (libcuda from the stubs; cuBLAS, cuRAND,
+# NVRTC, the CUDA runtime), and at run time uses JetPack's own.
 FROM ubuntu:22.04
 
 # CUDA release of the target's JetPack, as NVIDIA's package names spell it (12-6 = 12.6,
@@ -34,4 +34,5 @@ ENV CUDA_HOME=/usr/local/cuda \
     AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
     NVCC_CCBIN=aarch64-linux-gnu-g++ \
     NVCC_APPEND_FLAGS="--target-directory aarch64-linux" \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-L native=/usr/local/cuda/targets/aarch64-linux/lib -L native=/usr/local/cuda/targets/aarch64-linux/lib/stubs" \
     CUDA_COMPUTE_CAP=87

@@ -42,10 +42,12 @@ export CUDA_COMPUTE_CAP
 export CUDARC_CUDA_VERSION = "${@d.getVar('CUDA_VERSION').replace('.', '0') + '0'}"
 export NVCC_CCBIN = "${CUDAHOSTCXX}"
 export NVCC_APPEND_FLAGS = "${CUDA_NVCC_PATH_FLAGS} ${@' '.join(['-Xcompiler ' + a for a in d.getVar('CXX').split()[1:]])}"
-# Candle's fused kernels are linked against the CUDA runtime (libcudart), which
-# meta-tegra installs under /usr/local/cuda-<version>.
+# Candle links the CUDA libraries it uses (cudarc's dynamic-linking: libcuda, cuBLAS,
+# cuRAND, NVRTC, and libcudart for its fused kernels); meta-tegra installs all but libcuda
+# under /usr/local/cuda-<version>. The shared-library scan then finds the run-time
+# dependencies by itself.
 ONFH_CUDA_LIBDIR = "/usr/local/cuda-${CUDA_VERSION}/${baselib}"
-RUSTFLAGS:append = " -L native=${STAGING_DIR_HOST}${ONFH_CUDA_LIBDIR} -C link-arg=-Wl,-rpath,${ONFH_CUDA_LIBDIR}"
+RUSTFLAGS:append = " -L native=${STAGING_DIR_HOST}${ONFH_CUDA_LIBDIR} -L native=${STAGING_DIR_HOST}${ONFH_CUDA_LIBDIR}/stubs -C link-arg=-Wl,-rpath,${ONFH_CUDA_LIBDIR}"
 
 USERADD_PACKAGES = "${PN}"
 USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/onfh-edge --no-create-home --shell ${base_sbindir}/nologin --user-group onfh-edge"
@@ -75,7 +77,3 @@ do_install:append() {
 }
 
 CONFFILES:${PN} = "${sysconfdir}/onfh-edge/onfh-edge.toml"
-
-# cudarc loads the CUDA libraries at run time (dlopen), so the shared-library scan cannot
-# see them (libcudart, linked, it finds by itself).
-RDEPENDS:${PN} = "cuda-nvrtc libcublas libcurand"
