@@ -516,9 +516,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The daemon purges under its receiver's commit lock, which another process
             // cannot share: a purge beside it could delete an instance the daemon has
             // just acknowledged again. So this runs only while the daemon is stopped.
-            let _lock = onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir)
-                .context("`purge` runs only while the daemon is stopped (the daemon purges hourly by itself)")?;
             let store = open_store(&settings, false)?;
+            let _lock =
+                onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir).map_err(|e| {
+                    if e.to_string().contains("already using") {
+                        e.context("`purge` runs only while the daemon is stopped (the daemon purges hourly by itself)")
+                    } else {
+                        e
+                    }
+                })?;
             let spool = onfh_edge::dicom::spool::Spool::open(
                 &settings.storage.spool_dir(),
                 settings.receiver.fsync,

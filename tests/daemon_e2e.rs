@@ -93,22 +93,24 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
     let read_state = || -> Option<onfh_edge::panel::PanelState> {
         serde_json::from_slice(&std::fs::read(&json).ok()?).ok()
     };
+    // The panel writes the PNG, then the JSON: the same PNG read before and after the JSON
+    // means that JSON is the state it shows.
     let mut shown = None;
     assert!(
         wait_until(Duration::from_secs(15), || {
-            let Some(before) = read_state() else {
-                return false;
-            };
             let Ok(pixels) = std::fs::read(&png) else {
                 return false;
             };
-            if read_state().as_ref() != Some(&before)
-                || before.last_study.as_ref().map(|l| l.accession.as_str())
+            let Some(state) = read_state() else {
+                return false;
+            };
+            if std::fs::read(&png).ok().as_ref() != Some(&pixels)
+                || state.last_study.as_ref().map(|l| l.accession.as_str())
                     != Some(accession.as_str())
             {
                 return false;
             }
-            shown = Some((before, pixels));
+            shown = Some((state, pixels));
             true
         }),
         "panel never showed {accession}: {:?}",

@@ -216,6 +216,9 @@ fn recipe_installs_existing_files_where_the_units_and_config_expect_them() {
     let service = read("systemd/onfh-edge.service");
     assert!(has("/usr/lib/systemd/system/onfh-edge.service"));
     assert!(has("/usr/lib/systemd/system/onfh-edge.socket"));
+    assert!(has(
+        "/usr/lib/systemd/system/onfh-edge.service.d/jetson-gpu.conf"
+    ));
     assert!(
         service
             .contains("ExecStart=/usr/bin/onfh-edge serve --config /etc/onfh-edge/onfh-edge.toml")

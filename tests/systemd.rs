@@ -1,6 +1,7 @@
 //! systemd: the units pass `systemd-analyze verify` with no output (ExecStart pointed at
 //! /bin/true, since the binary is not installed here) and `systemd-analyze security
-//! --offline=yes` rates the service's exposure at 2.5 or better; `serve` speaks the
+//! --offline=yes` rates the service's exposure at 2.5 or better, also with the Jetson GPU
+//! drop-in (`systemd/onfh-edge.service.d/jetson-gpu.conf`); `serve` speaks the
 //! notification protocol (READY only once the DICOM port answers, STATUS, WATCHDOG,
 //! STOPPING) and takes its listening socket from socket activation.
 
@@ -28,16 +29,26 @@ fn units(dir: &Path) {
     }
 }
 
-#[test]
-fn units_verify_clean_and_the_service_is_hardened() {
+/// `systemd-analyze verify` says nothing and `security --offline` rates the service at 2.5
+/// or better; with `drop_in`, that file is installed as the service's drop-in (found
+/// through `SYSTEMD_UNIT_PATH`) and must take effect. Returns the exposure level.
+fn verify_and_rate(drop_in: Option<&str>) -> f64 {
     assert!(
         Path::new(ANALYZE).exists(),
         "systemd-analyze is missing (.ci/run installs systemd)"
     );
     let dir = tempfile::tempdir().unwrap();
     units(dir.path());
+    if let Some(name) = drop_in {
+        let d = dir.path().join("onfh-edge.service.d");
+        std::fs::create_dir(&d).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/onfh-edge.service.d");
+        std::fs::copy(src.join(name), d.join(name)).unwrap();
+    }
+    let unit_path = format!("{}:", dir.path().display());
     let out = Command::new(ANALYZE)
         .current_dir(dir.path())
+        .env("SYSTEMD_UNIT_PATH", &unit_path)
         .args([
             "verify",
             "--man=no",
@@ -54,6 +65,7 @@ fn units_verify_clean_and_the_service_is_hardened() {
 
     let out = Command::new(ANALYZE)
         .current_dir(dir.path())
+        .env("SYSTEMD_UNIT_PATH", &unit_path)
         .args([
             "security",
             "--offline=yes",
@@ -63,8 +75,7 @@ fn units_verify_clean_and_the_service_is_hardened() {
         ])
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = output_text(&out);
     let level: f64 = text
         .lines()
         .find_map(|l| {
@@ -75,6 +86,24 @@ fn units_verify_clean_and_the_service_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     assert!(out.status.success(), "security (threshold 2.5):\n{text}");
     assert!(level <= 2.5, "exposure {level} > 2.5:\n{text}");
+    // Whether the drop-in took effect shows in the device ACL line.
+    let no_acl = text
+        .lines()
+        .any(|l| l.contains("DeviceAllow=") && l.contains("no device ACL"));
+    assert_eq!(no_acl, drop_in.is_some(), "device ACL:\n{text}");
+    level
+}
+
+#[test]
+fn units_verify_clean_and_the_service_is_hardened() {
+    verify_and_rate(None);
+}
+
+/// The Jetson image's drop-in (no device allow-list, W^X off for the CUDA driver) still
+/// verifies and keeps the exposure under the threshold.
+#[test]
+fn the_jetson_gpu_drop_in_verifies_and_stays_hardened() {
+    verify_and_rate(Some("jetson-gpu.conf"));
 }
 
 fn config(dir: &Path, port: u16) -> std::path::PathBuf {

@@ -338,8 +338,8 @@ impl Spool {
     ///
     /// Each batch (choose, delete, forget) holds `commit_lock`, the receiver's: an instance
     /// sent again meanwhile is either stored anew after its batch or, before it, restarts
-    /// its own retention period and is not chosen (see `commit`). Receiving waits for at
-    /// most one batch.
+    /// its own retention period and is not chosen (see `commit`). Between batches the purge
+    /// steps aside, so a waiting commit runs: receiving waits for at most about one batch.
     pub fn purge(
         &self,
         store: &Store,
@@ -389,6 +389,10 @@ impl Spool {
                 .map_err(io::Error::other)?;
             n += uids.len();
             bytes += size;
+            drop(_guard);
+            // std's mutex is not fair: without a pause this thread would take the lock
+            // straight back and a waiting commit could miss every batch.
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 

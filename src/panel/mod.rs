@@ -185,7 +185,7 @@ pub struct PanelState {
     pub disk_free_bytes: u64,
     /// Model names.
     pub model: String,
-    /// Clock, "YYYY-MM-DD HH:MM".
+    /// Clock, "YYYY-MM-DD HH:MM ZONE" in the system's time zone (see [`local_clock`]).
     pub clock: String,
 }
 

@@ -14,16 +14,13 @@ CVE_PRODUCT = "onfh-edge"
 PV = "0.1.0+git"
 
 # The layer lives inside the onfh-edge repository (yocto/meta-onfh): by default the recipe
-# builds the git repository around it, so the recipe and its crate list always match the
-# Cargo.lock they were committed with.
+# builds the commit that repository is checked out at, so the recipe, its crate list and
+# the Cargo.lock they were generated from always go together. Release images pin the
+# commit (SRCREV:pn-onfh-edge) and may point ONFH_EDGE_SRCDIR at a mirror; the layer must
+# then come from the same commit.
 ONFH_EDGE_SRCDIR ?= "${@os.path.normpath(os.path.join(d.getVar('FILE_DIRNAME'), '..', '..', '..', '..'))}"
-SRC_URI = "git://${ONFH_EDGE_SRCDIR};protocol=file;branch=main"
-# The layer is committed inside the repository it builds, so it cannot name its own
-# commit: by default it builds the newest commit of the checkout around it. Release images
-# pin one (SRCREV:pn-onfh-edge in local.conf or a bbappend) and may point ONFH_EDGE_SRCDIR
-# at a mirror of the repository.
-# nooelint: oelint.vars.autorev
-SRCREV ?= "${AUTOREV}"
+SRC_URI = "git://${ONFH_EDGE_SRCDIR};protocol=file;nobranch=1"
+SRCREV ?= "${@bb.process.run(['git', '-C', d.getVar('ONFH_EDGE_SRCDIR'), 'rev-parse', 'HEAD'])[0].strip()}"
 S = "${WORKDIR}/git"
 
 require ${BPN}-crates.inc
@@ -41,7 +38,7 @@ CUDA_COMPUTE_CAP ?= "87"
 export CUDA_COMPUTE_CAP
 export CUDARC_CUDA_VERSION = "${@d.getVar('CUDA_VERSION').replace('.', '0') + '0'}"
 export NVCC_CCBIN = "${CUDAHOSTCXX}"
-export NVCC_APPEND_FLAGS = "${CUDA_NVCC_PATH_FLAGS} ${@' '.join(['-Xcompiler ' + a for a in d.getVar('CXX').split()[1:]])}"
+export NVCC_APPEND_FLAGS = "${CUDA_NVCC_PATH_FLAGS} ${@cuda_extract_compiler('CXX_FOR_CUDA', d)[1]}"
 # Candle links the CUDA libraries it uses (cudarc's dynamic-linking: libcuda, cuBLAS,
 # cuRAND, NVRTC, and libcudart for its fused kernels); meta-tegra installs all but libcuda
 # under /usr/local/cuda-<version>. The shared-library scan then finds the run-time
@@ -56,8 +53,10 @@ SYSTEMD_SERVICE:${PN} = "onfh-edge.socket onfh-edge.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
-    install -d ${D}${systemd_system_unitdir}
+    install -d ${D}${systemd_system_unitdir}/onfh-edge.service.d
     install -m 0644 ${S}/systemd/onfh-edge.service ${S}/systemd/onfh-edge.socket ${D}${systemd_system_unitdir}/
+    # CUDA on the Jetson: no device allow-list, W^X off (see the file).
+    install -m 0644 ${S}/systemd/onfh-edge.service.d/jetson-gpu.conf ${D}${systemd_system_unitdir}/onfh-edge.service.d/
 
     install -d ${D}${datadir}/onfh-edge/models
     install -m 0644 ${S}/models/*.json ${S}/models/*.safetensors ${D}${datadir}/onfh-edge/models/
