@@ -5,7 +5,7 @@
 //!
 //! Needs `rustup target add aarch64-unknown-linux-gnu` and `apt-get install
 //! gcc-aarch64-linux-gnu qemu-user` (.ci/run does both). The cross build has its own target
-//! folder (target/aarch64): the first run compiles every dependency for arm64 (about ten
+//! folder (target/aarch64): the first run compiles every dependency for arm64 (about five
 //! minutes on two cores), later runs only what changed.
 
 mod common;
