@@ -417,9 +417,15 @@ async fn retention(
     }
 }
 
+/// The state directory's lock is held by another process (normally the daemon).
+#[derive(Debug, thiserror::Error)]
+#[error("another onfh-edge is already using the state directory {0}")]
+pub struct StateDirBusy(pub std::path::PathBuf);
+
 /// Take an exclusive lock on the state directory for the life of the daemon: two
 /// daemons on one spool would delete each other's partial files at start-up and race
-/// their commits. The lock goes with the returned file (and with the process).
+/// their commits. The lock goes with the returned file (and with the process). When
+/// another process holds it, the error is a [`StateDirBusy`].
 pub fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = state_dir.join("onfh-edge.lock");
@@ -434,10 +440,7 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<std::fs::Fi
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            anyhow::bail!(
-                "another onfh-edge is already using the state directory {}",
-                state_dir.display()
-            );
+            return Err(StateDirBusy(state_dir.to_path_buf()).into());
         }
         return Err(e).with_context(|| format!("cannot lock {}", path.display()));
     }

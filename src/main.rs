@@ -517,14 +517,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // cannot share: a purge beside it could delete an instance the daemon has
             // just acknowledged again. So this runs only while the daemon is stopped.
             let store = open_store(&settings, false)?;
-            let _lock =
-                onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir).map_err(|e| {
-                    if e.to_string().contains("already using") {
-                        e.context("`purge` runs only while the daemon is stopped (the daemon purges hourly by itself)")
-                    } else {
-                        e
-                    }
-                })?;
+            let _lock = lock_while_stopped(
+                &settings,
+                "`purge` runs only while the daemon is stopped (the daemon purges hourly by itself)",
+            )?;
             let spool = onfh_edge::dicom::spool::Spool::open(
                 &settings.storage.spool_dir(),
                 settings.receiver.fsync,
@@ -552,8 +548,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 init_logging(&settings.log_level);
                 // The daemon delivers the outbox itself; two senders could deliver an alert
                 // twice, so this runs only while the daemon is stopped.
-                let _lock = onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir)
-                    .context("`alerts send` runs only while the daemon is stopped")?;
+                let _lock = lock_while_stopped(
+                    &settings,
+                    "`alerts send` runs only while the daemon is stopped",
+                )?;
                 let store = open_store(&settings, false)?;
                 let sender = onfh_edge::notify::Sender::new(store.clone(), settings.notify);
                 sender.run(std::time::Duration::from_secs(1), || {
@@ -869,6 +867,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The state directory's lock, for a command that must not run beside the daemon; `why`
+/// explains a refusal when the daemon (or another command) holds it.
+fn lock_while_stopped(settings: &Settings, why: &'static str) -> anyhow::Result<std::fs::File> {
+    onfh_edge::daemon::lock_state_dir(&settings.storage.state_dir).map_err(|e| {
+        if e.is::<onfh_edge::daemon::StateDirBusy>() {
+            e.context(why)
+        } else {
+            e
+        }
+    })
 }
 
 /// The daemon's database, which must exist; read-only for commands that only look.
