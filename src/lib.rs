@@ -11,6 +11,8 @@
 //! - [`demo`]: `onfh-edge demo`, the whole job end to end on loopback.
 //! - [`synth`]: plain synthetic MR instances for the receiver's tests and benchmark.
 //! - [`phantom`]: synthetic bilateral hip studies with ground truth.
+//! - [`evalphantom`]: an independent synthetic hip renderer for external-style evaluation
+//!   only (never training or model selection).
 //! - [`volume`]: series selection, 3D assembly, preprocessing, NIfTI.
 //! - [`model`]: the 3D networks on Candle and their training.
 //!
@@ -21,6 +23,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dicom;
 pub mod eval;
+pub mod evalphantom;
 pub mod model;
 pub mod notify;
 pub mod panel;

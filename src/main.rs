@@ -117,10 +117,15 @@ enum Cmd {
         /// Seed of the first study; study i uses seed + i.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Scanner style of every study (default: drawn per study). The held-out test
-        /// style is "philips-like 1.5T".
+        /// Scanner style of every study (default: drawn per study for the classic family,
+        /// every style in turn for the external one). The held-out test style of the
+        /// classic family is "philips-like 1.5T".
         #[arg(long)]
         style: Option<String>,
+        /// Which phantom: `classic` (the training phantom) or `external` (the independent
+        /// evaluation phantom, never used in training).
+        #[arg(long, default_value = "classic")]
+        family: String,
     },
     /// The paper's table (per-class and averaged accuracy, sensitivity, specificity, F1,
     /// AUC, confusion matrix, ROC curves; McNemar against readers) for studies with known
@@ -161,12 +166,23 @@ enum Cmd {
         /// The stager's manifest.
         #[arg(long, default_value = "models/3d-muldensenet-small.json")]
         stager: PathBuf,
-        /// Test studies.
+        /// In-distribution test studies (the training phantom, held-out style).
         #[arg(long, default_value_t = 60)]
         studies: usize,
-        /// First test seed.
+        /// First in-distribution test seed.
         #[arg(long, default_value_t = onfh_edge::model::data::TEST_SEED_BASE)]
         seed: u64,
+        /// External test studies (the independent evaluation phantom, every centre style
+        /// in turn); 0 skips the external test.
+        #[arg(long, default_value_t = 60)]
+        external_studies: usize,
+        /// First external test seed.
+        #[arg(long, default_value_t = onfh_edge::model::data::EXTERNAL_SEED_BASE)]
+        external_seed: u64,
+        /// Also evaluate on the test split of a site's labelled studies (CSV, as for
+        /// `train --dataset`).
+        #[arg(long, value_name = "CSV")]
+        dataset: Option<PathBuf>,
         /// The f32 checkpoint the detector was exported from (for the fp16 comparison).
         #[arg(long, value_name = "FILE")]
         reference_detector: Option<PathBuf>,
@@ -204,6 +220,13 @@ enum TrainWhat {
         /// Validation studies; seeds start at --seed + 1000000.
         #[arg(long, default_value_t = 20)]
         val_studies: usize,
+        /// Domain-randomised studies drawn afresh for every epoch (SynthSeg-style: random
+        /// anatomy, contrast, resolution and artefacts, rendered on the model grid).
+        #[arg(long, default_value_t = 400)]
+        randomised: usize,
+        /// Domain-randomised validation studies (fixed seeds).
+        #[arg(long, default_value_t = 60)]
+        val_randomised: usize,
         /// First training seed.
         #[arg(long, default_value_t = 1000)]
         seed: u64,
@@ -225,6 +248,19 @@ enum TrainWhat {
         /// Export the best epoch as fp16 safetensors + manifest into this folder.
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
+        /// Fine-tune from a model (its manifest, e.g. models/NAME.json) or a checkpoint
+        /// (.safetensors) of the same architecture instead of random weights.
+        #[arg(long, value_name = "FILE")]
+        init: Option<PathBuf>,
+        /// Do not train: export the best epoch of the run already in --out (its
+        /// `*.trained.json` record) into --export, with the manifest these options describe.
+        #[arg(long, requires = "export")]
+        export_only: bool,
+        /// Train on a site's labelled studies (CSV: study,side,stage and a centre/radius or
+        /// an ITK-SNAP label map per head; see `model::dataset`) instead of the classic
+        /// phantom: its train split trains, its val split selects the epoch.
+        #[arg(long, value_name = "CSV")]
+        dataset: Option<PathBuf>,
         /// Extra training crops per head around centres displaced by Gaussian noise (the
         /// detector's centre is never exact).
         #[arg(long, default_value_t = 2)]
@@ -247,6 +283,13 @@ enum TrainWhat {
         /// Validation studies; seeds start at --seed + 1000000.
         #[arg(long, default_value_t = 30)]
         val_studies: usize,
+        /// Domain-randomised studies drawn afresh for every epoch (SynthSeg-style: random
+        /// anatomy, contrast, resolution and artefacts, rendered on the model grid).
+        #[arg(long, default_value_t = 300)]
+        randomised: usize,
+        /// Domain-randomised validation studies (fixed seeds).
+        #[arg(long, default_value_t = 60)]
+        val_randomised: usize,
         /// First training seed.
         #[arg(long, default_value_t = 1000)]
         seed: u64,
@@ -268,6 +311,19 @@ enum TrainWhat {
         /// Export the best epoch as fp16 safetensors + manifest into this folder.
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
+        /// Fine-tune from a model (its manifest, e.g. models/NAME.json) or a checkpoint
+        /// (.safetensors) of the same architecture instead of random weights.
+        #[arg(long, value_name = "FILE")]
+        init: Option<PathBuf>,
+        /// Do not train: export the best epoch of the run already in --out (its
+        /// `*.trained.json` record) into --export, with the manifest these options describe.
+        #[arg(long, requires = "export")]
+        export_only: bool,
+        /// Train on a site's labelled studies (CSV: study,side,stage and a centre/radius or
+        /// an ITK-SNAP label map per head; see `model::dataset`) instead of the classic
+        /// phantom: its train split trains, its val split selects the epoch.
+        #[arg(long, value_name = "CSV")]
+        dataset: Option<PathBuf>,
     },
 }
 
@@ -354,7 +410,31 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn print_evaluation(e: &onfh_edge::eval::models::Evaluation) {
-    println!("test set: {}", e.test_set);
+    for set in [&e.in_distribution, &e.external, &e.dataset]
+        .into_iter()
+        .flatten()
+    {
+        print_set_evaluation(set);
+    }
+    if let Some(a) = &e.fp16_vs_f32 {
+        println!(
+            "fp16 vs f32 weights: max stage probability difference {:.2e}, {} stage disagreements, max detection score difference {:.2e}, max centre difference {:.3} mm",
+            a.max_probability_difference,
+            a.stage_disagreements,
+            a.max_detection_score_difference,
+            a.max_center_difference_mm
+        );
+    }
+}
+
+fn print_set_evaluation(e: &onfh_edge::eval::models::SetEvaluation) {
+    println!("=== {:?} test: {}", e.family, e.test_set);
+    if e.unreadable_studies > 0 {
+        println!(
+            "{} studies had no readable T2 (their heads count as missed)",
+            e.unreadable_studies
+        );
+    }
     println!("--- the whole pipeline (what `onfh-edge eval` reports)");
     print_report(&e.pipeline);
     println!("--- the networks");
@@ -388,15 +468,12 @@ fn print_evaluation(e: &onfh_edge::eval::models::Evaluation) {
             m.confusion
         );
     }
-    if let Some(a) = &e.fp16_vs_f32 {
-        println!(
-            "fp16 vs f32 weights: max stage probability difference {:.2e}, {} stage disagreements, max detection score difference {:.2e}, max centre difference {:.3} mm",
-            a.max_probability_difference,
-            a.stage_disagreements,
-            a.max_detection_score_difference,
-            a.max_center_difference_mm
-        );
-    }
+}
+
+/// The training command a manifest records: the command line as run, without
+/// `--export-only` (which exports a finished run; the command that trains it is the rest).
+fn training_command() -> String {
+    command_line().replace(" --export-only", "")
 }
 
 /// The command line as run (for manifests: the command that reproduces a model).
@@ -577,27 +654,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             studies,
             seed,
             style,
+            family,
         } => {
+            let names: Vec<&'static str> = match family.as_str() {
+                "classic" => onfh_edge::phantom::style_names().collect(),
+                "external" => onfh_edge::evalphantom::style_names().collect(),
+                other => anyhow::bail!("unknown phantom family {other:?} (classic or external)"),
+            };
             let style = match style {
                 None => None,
-                Some(name) => Some(
-                    onfh_edge::phantom::style_names()
-                        .find(|s| *s == name)
-                        .with_context(|| {
-                            format!(
-                                "unknown style {name:?} (one of: {})",
-                                onfh_edge::phantom::style_names()
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        })?,
-                ),
+                Some(name) => Some(*names.iter().find(|s| **s == name).with_context(|| {
+                    format!(
+                        "unknown {family} style {name:?} (one of: {})",
+                        names.join(", ")
+                    )
+                })?),
             };
-            let options = onfh_edge::phantom::Options {
-                style,
-                ..Default::default()
+            let truths = if family == "external" {
+                let options = onfh_edge::evalphantom::Options {
+                    style,
+                    ..Default::default()
+                };
+                onfh_edge::evalphantom::generate(&out, studies, seed, &options)?
+            } else {
+                let options = onfh_edge::phantom::Options {
+                    style,
+                    ..Default::default()
+                };
+                onfh_edge::phantom::generate_with(&out, studies, seed, &options)?
             };
-            let truths = onfh_edge::phantom::generate_with(&out, studies, seed, &options)?;
             for t in &truths {
                 let heads: Vec<String> = t
                     .heads
@@ -627,6 +712,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     preset,
                     train_studies,
                     val_studies,
+                    randomised,
+                    val_randomised,
                     seed,
                     epochs,
                     batch,
@@ -636,6 +723,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     jitter_copies,
                     jitter_mm,
                     export,
+                    init,
+                    dataset,
+                    export_only,
                 },
         } => {
             use onfh_edge::model::{data::CropConfig, stager::StagerConfig, train};
@@ -653,6 +743,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crop,
                 train_studies,
                 val_studies,
+                randomised,
+                val_randomised,
                 seed,
                 epochs,
                 batch,
@@ -661,6 +753,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 gamma: 2.0,
                 jitter: (jitter_copies > 0).then_some((jitter_copies, jitter_mm)),
                 out: out.clone(),
+                init,
+                dataset,
                 resume,
             };
             println!(
@@ -668,26 +762,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 onfh_edge::phantom::DISCLAIMER
             );
             let start = std::time::Instant::now();
-            let reports = train::train_stager(&opts, step_progress(start), |r| {
+            let trained = if export_only {
+                train::Trained::load(&out, "stager")?
+            } else {
+                train::train_stager(&opts, step_progress(start), |r| {
                 eprintln!();
                 println!(
-                    "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3}{}",
+                    "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3} (classic {:.3}, randomised {:.3}){}",
                     r.epoch,
                     r.train_loss,
                     r.val_loss,
                     r.val_accuracy,
+                    r.val_classic_accuracy,
+                    r.val_randomised_accuracy,
                     if r.best { "  (best)" } else { "" }
                 )
-            })?;
+                })?
+            };
             println!("checkpoints in {}", out.display());
             if let Some(dir) = export {
-                let best = reports
+                let best = trained
+                    .reports
                     .iter()
                     .rev()
                     .find(|r| r.best)
                     .context("no epoch ran")?;
                 let name = format!("3d-muldensenet-{preset}");
-                let m = train::stager_manifest(&opts, best, &name, &command_line());
+                let m = train::stager_manifest(&opts, &trained, best, &name, &training_command());
                 export_model(&out.join("stager.best.safetensors"), m, &dir)?;
             }
             Ok(())
@@ -699,6 +800,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     preset,
                     train_studies,
                     val_studies,
+                    randomised,
+                    val_randomised,
                     seed,
                     epochs,
                     batch,
@@ -706,6 +809,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     weight_decay,
                     resume,
                     export,
+                    init,
+                    dataset,
+                    export_only,
                 },
         } => {
             use onfh_edge::model::{detector::DetectorConfig, train_detector as td};
@@ -723,12 +829,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 preprocess,
                 train_studies,
                 val_studies,
+                randomised,
+                val_randomised,
                 seed,
                 epochs,
                 batch,
                 lr,
                 weight_decay,
                 out: out.clone(),
+                init,
+                dataset,
                 resume,
             };
             println!(
@@ -736,26 +846,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 onfh_edge::phantom::DISCLAIMER
             );
             let start = std::time::Instant::now();
-            let reports = td::train_detector(&opts, step_progress(start), |r| {
+            let trained = if export_only {
+                onfh_edge::model::train::Trained::load(&out, "detector")?
+            } else {
+                td::train_detector(&opts, step_progress(start), |r| {
                 eprintln!();
                 println!(
-                    "epoch {:>3}  train loss {:.4}  val detection {:.3}  val centre error {:.2} mm{}",
+                    "epoch {:>3}  train loss {:.4}  val detection {:.3} (classic {:.3}, randomised {:.3})  val centre error {:.2} mm{}",
                     r.epoch,
                     r.train_loss,
                     r.val_detection_rate,
+                    r.val_classic_rate,
+                    r.val_randomised_rate,
                     r.val_center_error_mm,
                     if r.best { "  (best)" } else { "" }
                 )
-            })?;
+                })?
+            };
             println!("checkpoints in {}", out.display());
             if let Some(dir) = export {
-                let best = reports
+                let best = trained
+                    .reports
                     .iter()
                     .rev()
                     .find(|r| r.best)
                     .context("no epoch ran")?;
                 let name = format!("3dc-yolox-{preset}");
-                let m = td::detector_manifest(&opts, best, &name, &command_line());
+                let m = td::detector_manifest(&opts, &trained, best, &name, &training_command());
                 export_model(&out.join("detector.best.safetensors"), m, &dir)?;
             }
             Ok(())
@@ -765,27 +882,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             stager,
             studies,
             seed,
+            external_studies,
+            external_seed,
+            dataset,
             reference_detector,
             reference_stager,
             json,
             write,
         } => {
             use onfh_edge::eval::models as evaluate;
-            anyhow::ensure!(studies > 0, "--studies must be positive");
+            anyhow::ensure!(
+                studies + external_studies > 0 || dataset.is_some(),
+                "nothing to evaluate: --studies and --external-studies are 0 and no --dataset"
+            );
             let scratch = tempfile_dir()?;
             let opts = evaluate::EvalOptions {
                 detector,
                 stager,
                 studies,
                 seed,
+                external_studies,
+                external_seed,
+                dataset,
                 reference_detector,
                 reference_stager,
                 scratch: scratch.clone(),
                 min_detection_score: onfh_edge::pipeline::AnalysisSettings::default()
                     .min_detection_score,
             };
-            let result = evaluate::evaluate(&opts, &command_line(), |i, seed| {
-                eprint!("\r  study {i:>4}/{studies} (seed {seed})");
+            let result = evaluate::evaluate(&opts, &command_line(), |family, i, seed| {
+                match family {
+                    evaluate::Family::InDistribution => {
+                        eprint!("\r  in-distribution study {i:>4}/{studies} (seed {seed})   ")
+                    }
+                    evaluate::Family::External => {
+                        eprint!("\r  external study {i:>4}/{external_studies} (seed {seed})   ")
+                    }
+                    evaluate::Family::Dataset => eprint!("\r  dataset test study {i:>4}   "),
+                }
             });
             eprintln!();
             let _ = std::fs::remove_dir_all(&scratch);

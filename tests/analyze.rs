@@ -229,6 +229,74 @@ fn failure_paths_have_the_right_status_and_exit_code() {
     assert!(v["heads"].as_array().unwrap().is_empty());
 }
 
+/// Studies the models cannot read are indeterminate with a reason — never a normal call:
+/// another body part (a head, drawn slice by slice), a uniform gel phantom, and a T2 whose
+/// every slice is the same constant.
+#[test]
+fn out_of_distribution_studies_are_indeterminate_never_normal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, u64, &dyn Fn(usize, &mut [u16])); 3] = [
+        ("brain", 9_000_505, &|cols, px| draw_head(cols, px)),
+        ("gel", 9_000_606, &|cols, px| draw_gel(cols, px)),
+        ("flat", 9_000_707, &|_, px| px.fill(800)),
+    ];
+    for (name, seed, edit) in cases {
+        let study = dir.path().join(name);
+        let classic = Options {
+            enhanced_t2: Some(false),
+            ..Default::default()
+        };
+        phantom::generate_study(&study, seed, &classic).unwrap();
+        edit_images(&truth_t2_folder(&study), edit);
+        let (o, v) = analyze(&[&study], None);
+        assert_eq!(o.status.code(), Some(3), "{name}: {v:#}");
+        assert_eq!(v["status"], "indeterminate", "{name}");
+        assert!(
+            !v["reason"].as_str().unwrap_or_default().is_empty(),
+            "{name}: {v:#}"
+        );
+        for h in v["heads"].as_array().unwrap() {
+            assert_ne!(h["stage"], "0", "{name}: a normal call on {h:#}");
+        }
+    }
+}
+
+/// An axial-looking head: skull ring, brain, ventricles, the same on every slice.
+fn draw_head(cols: usize, px: &mut [u16]) {
+    let rows = px.len() / cols;
+    let (cx, cy) = (cols as f64 / 2.0, rows as f64 / 2.0);
+    let r = cols.min(rows) as f64 * 0.4;
+    for (i, x) in px.iter_mut().enumerate() {
+        let (dx, dy) = ((i % cols) as f64 - cx, (i / cols) as f64 - cy);
+        let d = (dx * dx / (r * r) + dy * dy / (1.25 * r * 1.25 * r)).sqrt();
+        let vent = ((dx.abs() - r * 0.12).powi(2) + (dy * 0.6).powi(2)).sqrt() < r * 0.12;
+        *x = if d > 1.0 {
+            5
+        } else if d > 0.9 {
+            900 // scalp
+        } else if d > 0.82 {
+            40 // skull
+        } else if vent {
+            1600 // CSF
+        } else {
+            650 // brain
+        };
+    }
+}
+
+/// A cylindrical gel phantom of uniform signal.
+fn draw_gel(cols: usize, px: &mut [u16]) {
+    let rows = px.len() / cols;
+    let r = cols.min(rows) as f64 * 0.35;
+    for (i, x) in px.iter_mut().enumerate() {
+        let (dx, dy) = (
+            (i % cols) as f64 - cols as f64 / 2.0,
+            (i / cols) as f64 - rows as f64 / 2.0,
+        );
+        *x = if (dx * dx + dy * dy).sqrt() < r { 1000 } else { 3 };
+    }
+}
+
 fn truth_t2_folder(study: &Path) -> std::path::PathBuf {
     let t: phantom::StudyTruth =
         serde_json::from_slice(&std::fs::read(study.join("truth.json")).unwrap()).unwrap();

@@ -1,5 +1,5 @@
-//! `onfh-edge train stager`: a tiny run end to end — phantom studies, crops, epochs,
-//! checkpoints, resume.
+//! `onfh-edge train stager`: a tiny run end to end — phantom studies and domain-randomised
+//! ones, crops, epochs, checkpoints, resume.
 
 use std::process::Command;
 
@@ -14,6 +14,10 @@ fn train_stager_command_runs_and_resumes() {
                 "--train-studies",
                 "3",
                 "--val-studies",
+                "2",
+                "--randomised",
+                "3",
+                "--val-randomised",
                 "2",
                 "--batch",
                 "4",
@@ -32,6 +36,8 @@ fn train_stager_command_runs_and_resumes() {
     };
     let text = run("2", &[]);
     assert_eq!(text.matches("epoch ").count(), 2, "{text}");
+    // Both validation sets are measured: the classic phantom's and the randomised one.
+    assert!(text.contains("randomised"), "{text}");
     assert!(text.contains("not patient data"), "{text}");
     assert!(dir.path().join("stager.best.safetensors").is_file());
     let last = dir.path().join("stager.last.safetensors");

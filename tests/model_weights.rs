@@ -31,6 +31,7 @@ fn manifest(name: &str, architecture: Architecture) -> Manifest {
             seeds: "none".into(),
             scanner_styles: vec![],
             selected: "none".into(),
+            ..Default::default()
         },
         metrics: None,
         intended_use: INTENDED_USE.into(),

@@ -1,8 +1,12 @@
-//! Measuring the shipped models on a held-out phantom test set (`onfh-edge evaluate-models`).
+//! Measuring the shipped models on two test sets (`onfh-edge evaluate-models`).
 //!
-//! The test set is generated here from seeds no training run draws (from
+//! The in-distribution test set is generated here from seeds no training run draws (from
 //! `data::TEST_SEED_BASE`) and with the scanner style training never saw
-//! (`data::HELD_OUT_STYLE`). For each study: the T2 is selected, assembled and preprocessed
+//! (`data::HELD_OUT_STYLE`). The external test set comes from the independent evaluation
+//! phantom (`evalphantom`: its own anatomy, signal model, artefacts, tags and encodings,
+//! every centre style in turn, seeds from `data::EXTERNAL_SEED_BASE`); it is never used for
+//! training or model selection, so it says how the models do on images they were not
+//! shaped by. For each study of either set: the T2 is selected, assembled and preprocessed
 //! as in the pipeline; the detector's two best boxes are matched to the true heads
 //! (`train_detector::judge`: both found, centre error < radius / 2); each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
@@ -43,10 +47,16 @@ pub struct EvalOptions {
     pub detector: PathBuf,
     /// The stager's manifest.
     pub stager: PathBuf,
-    /// Test studies.
+    /// In-distribution test studies (the training phantom, held-out style and seeds).
     pub studies: usize,
-    /// First test seed.
+    /// First in-distribution test seed.
     pub seed: u64,
+    /// External test studies (`evalphantom`, every centre style in turn); 0 = none.
+    pub external_studies: usize,
+    /// First external test seed.
+    pub external_seed: u64,
+    /// A site dataset (`model::dataset`) whose test split is evaluated too.
+    pub dataset: Option<PathBuf>,
     /// Folder holding the f32 checkpoints `detector.best.safetensors` and
     /// `stager.best.safetensors` the shipped fp16 weights were exported from.
     pub reference_detector: Option<PathBuf>,
@@ -112,23 +122,55 @@ pub struct Fp16Agreement {
     pub max_center_difference_mm: f64,
 }
 
-/// Everything measured.
+/// Which phantom a test set comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// The training phantom (`phantom`), with seeds and a scanner style training never used.
+    InDistribution,
+    /// The independent evaluation phantom (`evalphantom`): another anatomy, signal model,
+    /// artefacts, tags and encodings; never used for training or model selection.
+    External,
+    /// The test split of a site's labelled studies (`--dataset`).
+    Dataset,
+}
+
+/// The figures on one test set.
 #[derive(Debug, Clone, Serialize)]
-pub struct Evaluation {
+pub struct SetEvaluation {
+    /// Which phantom.
+    pub family: Family,
     /// What the test set was.
     pub test_set: String,
-    /// The command that reproduces these figures.
-    pub command: String,
+    /// Studies.
+    pub studies: usize,
+    /// First seed.
+    pub seed: u64,
+    /// Studies whose T2 could not be selected or assembled (their heads count as missed).
+    pub unreadable_studies: usize,
     /// Detector.
     pub detector: DetectorMetrics,
     /// Stager on crops around the true centres.
     pub stager_at_true_centers: StagerMetrics,
     /// Stager on crops around the detector's centres (a missed head counts as wrong).
     pub stager_at_detected_centers: StagerMetrics,
-    /// fp16 vs f32, where reference checkpoints were given.
-    pub fp16_vs_f32: Option<Fp16Agreement>,
     /// The paper's table from the whole pipeline (what `onfh-edge eval` prints).
     pub pipeline: super::Report,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// The command that reproduces these figures.
+    pub command: String,
+    /// The in-distribution test, when asked for.
+    pub in_distribution: Option<SetEvaluation>,
+    /// The external test, when asked for.
+    pub external: Option<SetEvaluation>,
+    /// The site dataset's test split, when asked for.
+    pub dataset: Option<SetEvaluation>,
+    /// fp16 vs f32 over every test study, where reference checkpoints were given.
+    pub fp16_vs_f32: Option<Fp16Agreement>,
 }
 
 fn stager_metrics(pairs: &[(u32, Option<u32>)], classes: &[String]) -> StagerMetrics {
@@ -208,13 +250,29 @@ fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 
-/// Run the evaluation; `progress` hears each study's seed.
+/// The networks and settings shared by both test sets.
+struct Context {
+    det: Detector,
+    stg: Stager,
+    classes: Vec<String>,
+    models: pipeline::Models,
+    settings: pipeline::AnalysisSettings,
+    preprocess: Preprocess,
+    crop: CropConfig,
+    ref_det: Option<Detector>,
+    ref_stg: Option<Stager>,
+}
+
+/// Run the evaluation; `progress` hears each study's family, number and seed.
 pub fn evaluate(
     opts: &EvalOptions,
     command: &str,
-    mut progress: impl FnMut(usize, u64),
+    mut progress: impl FnMut(Family, usize, u64),
 ) -> anyhow::Result<Evaluation> {
-    anyhow::ensure!(opts.studies > 0, "no test studies");
+    anyhow::ensure!(
+        opts.studies + opts.external_studies > 0 || opts.dataset.is_some(),
+        "no test studies"
+    );
     let dev = Device::Cpu;
     let (det, dm) = weights::load_detector(&opts.detector, &dev, DType::F32)?;
     let (stg, sm) = weights::load_stager(&opts.stager, &dev, DType::F32)?;
@@ -234,8 +292,6 @@ pub fn evaluate(
     };
     let preprocess: Preprocess = preprocess.clone();
     let models = pipeline::Models::load(&settings, &preprocess)?;
-    let rules = crate::volume::Rules::default();
-    let (mut results, mut truth_rows) = (Vec::new(), Vec::new());
     let Architecture::Stager { crop, .. } = &sm.architecture else {
         unreachable!("load_stager checked the kind");
     };
@@ -248,35 +304,208 @@ pub fn evaluate(
         Some(p) => Some(f32_stager(&sm, p)?),
         None => None,
     };
-    let (mut found, mut errors, mut rel) = (0usize, Vec::new(), 0f64);
-    let (mut at_truth, mut at_det) = (Vec::new(), Vec::new());
+    let ctx = Context {
+        det,
+        stg,
+        classes: sm.classes.clone(),
+        models,
+        settings,
+        preprocess,
+        crop,
+        ref_det,
+        ref_stg,
+    };
     let mut agree = Fp16Agreement {
         max_probability_difference: 0.0,
         stage_disagreements: 0,
         max_detection_score_difference: 0.0,
         max_center_difference_mm: 0.0,
     };
-    for i in 0..opts.studies {
-        let seed = opts.seed + i as u64;
-        progress(i + 1, seed);
-        let dir = opts.scratch.join(format!("study_{seed}"));
-        let study = data::phantom_study(&dir, seed, &data::test_options())?;
+    let generated = |family: Family, first: u64| {
+        move |i: usize| -> anyhow::Result<Source> {
+            let seed = first + i as u64;
+            let dir = opts.scratch.join(format!("study_{seed}"));
+            let truth = write_test_study(family, &dir, i, seed)?;
+            Ok(Source {
+                dir,
+                truth,
+                assembled: None,
+                remove: true,
+            })
+        }
+    };
+    let in_distribution = if opts.studies > 0 {
+        Some(evaluate_set(
+            &ctx,
+            opts,
+            Family::InDistribution,
+            opts.studies,
+            opts.seed,
+            &generated(Family::InDistribution, opts.seed),
+            &mut agree,
+            &mut progress,
+        )?)
+    } else {
+        None
+    };
+    let external = if opts.external_studies > 0 {
+        Some(evaluate_set(
+            &ctx,
+            opts,
+            Family::External,
+            opts.external_studies,
+            opts.external_seed,
+            &generated(Family::External, opts.external_seed),
+            &mut agree,
+            &mut progress,
+        )?)
+    } else {
+        None
+    };
+    let dataset = match &opts.dataset {
+        Some(csv) => {
+            let ds = crate::model::dataset::load(csv, &[])?;
+            let test: Vec<_> = ds
+                .split(crate::model::dataset::Split::Test)
+                .cloned()
+                .collect();
+            anyhow::ensure!(
+                !test.is_empty(),
+                "{}: no study in the test split",
+                csv.display()
+            );
+            let fetch = |i: usize| -> anyhow::Result<Source> {
+                let s = &test[i];
+                Ok(Source {
+                    dir: s.dir.clone(),
+                    truth: s.study.truth.clone(),
+                    assembled: Some(s.study.clone()),
+                    remove: false,
+                })
+            };
+            let mut e = evaluate_set(
+                &ctx,
+                opts,
+                Family::Dataset,
+                test.len(),
+                0,
+                &fetch,
+                &mut agree,
+                &mut progress,
+            )?;
+            e.test_set = format!(
+                "test split of the site dataset {} (SHA-256 {}): {} studies",
+                csv.display(),
+                ds.sha256,
+                test.len()
+            );
+            Some(e)
+        }
+        None => None,
+    };
+    Ok(Evaluation {
+        command: command.to_owned(),
+        in_distribution,
+        external,
+        dataset,
+        fp16_vs_f32: (ctx.ref_det.is_some() || ctx.ref_stg.is_some()).then_some(agree),
+    })
+}
+
+/// One test study: where its files are and what is true of it.
+struct Source {
+    dir: PathBuf,
+    truth: crate::phantom::StudyTruth,
+    /// Its T2, when already assembled (a dataset's studies are, when they are loaded).
+    assembled: Option<data::PhantomStudy>,
+    /// Delete `dir` afterwards (generated studies).
+    remove: bool,
+}
+
+/// Write test study `i` (seed `seed`) of `family` under `dir`; its truth.
+pub fn write_test_study(
+    family: Family,
+    dir: &Path,
+    i: usize,
+    seed: u64,
+) -> anyhow::Result<crate::phantom::StudyTruth> {
+    Ok(match family {
+        Family::Dataset => anyhow::bail!("a dataset's studies are not generated"),
+        Family::InDistribution => {
+            crate::phantom::generate_study(dir, seed, &data::test_options())?
+        }
+        Family::External => {
+            let styles: Vec<&'static str> = crate::evalphantom::style_names().collect();
+            crate::evalphantom::generate_study(
+                dir,
+                seed,
+                &crate::evalphantom::Options {
+                    style: Some(styles[i % styles.len()]),
+                    ..Default::default()
+                },
+            )?
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_set(
+    ctx: &Context,
+    opts: &EvalOptions,
+    family: Family,
+    n: usize,
+    first_seed: u64,
+    fetch: &dyn Fn(usize) -> anyhow::Result<Source>,
+    agree: &mut Fp16Agreement,
+    progress: &mut impl FnMut(Family, usize, u64),
+) -> anyhow::Result<SetEvaluation> {
+    let dev = Device::Cpu;
+    let rules = crate::volume::Rules::default();
+    let (det, stg, crop) = (&ctx.det, &ctx.stg, &ctx.crop);
+    let (mut results, mut truth_rows) = (Vec::new(), Vec::new());
+    let (mut found, mut errors, mut rel) = (0usize, Vec::new(), 0f64);
+    let (mut at_truth, mut at_det) = (Vec::new(), Vec::new());
+    let mut unreadable = 0usize;
+    for i in 0..n {
+        let seed = first_seed + i as u64;
+        progress(family, i + 1, seed);
+        let src = fetch(i)?;
+        let (dir, truth) = (&src.dir, &src.truth);
         results.push(pipeline::analyze(
-            std::slice::from_ref(&dir),
-            &models,
-            &settings,
+            std::slice::from_ref(dir),
+            &ctx.models,
+            &ctx.settings,
             &rules,
             None,
         ));
-        let _ = std::fs::remove_dir_all(&dir);
-        for h in &study.truth.heads {
+        for h in &truth.heads {
             truth_rows.push(super::TruthRow {
-                study: study.truth.study_uid.clone(),
+                study: truth.study_uid.clone(),
                 side: h.side.clone(),
                 class: data::class_of(h.stage) as usize,
             });
         }
-        let sample = data::detector_sample(&study, &preprocess);
+        let study = match src.assembled.clone() {
+            Some(s) => Ok(s),
+            None => data::assemble_study(dir, truth.clone()),
+        };
+        if src.remove {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let study = match study {
+            Ok(s) => s,
+            Err(_) => {
+                // The pipeline reported why; the networks never saw these heads.
+                unreadable += 1;
+                for h in &truth.heads {
+                    errors.push(f64::INFINITY);
+                    at_truth.push((data::class_of(h.stage), None));
+                    at_det.push((data::class_of(h.stage), None));
+                }
+                continue;
+            }
+        };
+        let sample = data::detector_sample(&study, &ctx.preprocess);
         let dets = det.detect(
             &sample.volume,
             &dev,
@@ -292,7 +521,7 @@ pub fn evaluate(
             errors.push(e);
             rel = rel.max(e / h.radius_mm);
         }
-        if let Some(rd) = &ref_det {
+        if let Some(rd) = &ctx.ref_det {
             let rdets = rd.detect(
                 &sample.volume,
                 &dev,
@@ -317,10 +546,10 @@ pub fn evaluate(
         };
         for h in &study.truth.heads {
             let truth_class = data::class_of(h.stage);
-            let c = data::crop(&study.volume, h.center_lps_mm, h.side == "R", &crop);
-            let p = probabilities(&stg, &c, crop.shape)?;
+            let c = data::crop(&study.volume, h.center_lps_mm, h.side == "R", crop);
+            let p = probabilities(stg, &c, crop.shape)?;
             at_truth.push((truth_class, Some(argmax(&p))));
-            if let Some(r) = &ref_stg {
+            if let Some(r) = &ctx.ref_stg {
                 let q = probabilities(r, &c, crop.shape)?;
                 for (a, b) in p.iter().zip(&q) {
                     agree.max_probability_difference =
@@ -334,8 +563,8 @@ pub fn evaluate(
             });
             let pred = match called {
                 Some((s, d)) => {
-                    let c = data::crop(&study.volume, d.center_lps_mm, *s == "R", &crop);
-                    Some(argmax(&probabilities(&stg, &c, crop.shape)?))
+                    let c = data::crop(&study.volume, d.center_lps_mm, *s == "R", crop);
+                    Some(argmax(&probabilities(stg, &c, crop.shape)?))
                 }
                 None => None,
             };
@@ -343,56 +572,119 @@ pub fn evaluate(
         }
     }
     let finite: Vec<f64> = errors.iter().cloned().filter(|e| e.is_finite()).collect();
-    let n = opts.studies;
-    Ok(Evaluation {
-        test_set: format!(
-            "{n} synthetic phantom studies, seeds {}..={}, scanner style \"{}\" (not used in training)",
-            opts.seed,
-            (opts.seed + n as u64).saturating_sub(1),
+    let last = (first_seed + n as u64).saturating_sub(1);
+    let test_set = match family {
+        Family::InDistribution => format!(
+            "{n} synthetic phantom studies, seeds {first_seed}..={last}, scanner style \"{}\" (not used in training)",
             data::HELD_OUT_STYLE
         ),
-        command: command.to_owned(),
+        Family::Dataset => String::new(),
+        Family::External => format!(
+            "{n} studies of the independent evaluation phantom (`onfh-edge phantom --family external`), seeds {first_seed}..={last}, centre styles {} in turn (never used in training or model selection)",
+            crate::evalphantom::style_names()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Ok(SetEvaluation {
+        family,
+        test_set,
+        studies: n,
+        seed: first_seed,
+        unreadable_studies: unreadable,
         detector: DetectorMetrics {
             studies: n,
             both_heads_found: found,
             detection_rate: found as f64 / n.max(1) as f64,
             mean_center_error_mm: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
-            max_center_error_mm: errors.iter().cloned().fold(0.0, f64::max),
+            max_center_error_mm: finite.iter().cloned().fold(0.0, f64::max),
             max_center_error_over_radius: rel,
         },
-        stager_at_true_centers: stager_metrics(&at_truth, &sm.classes),
-        stager_at_detected_centers: stager_metrics(&at_det, &sm.classes),
-        fp16_vs_f32: (ref_det.is_some() || ref_stg.is_some()).then_some(agree),
+        stager_at_true_centers: stager_metrics(&at_truth, &ctx.classes),
+        stager_at_detected_centers: stager_metrics(&at_det, &ctx.classes),
         pipeline: super::evaluate(&truth_rows, &results, &Default::default()),
     })
 }
 
 /// Put the figures into both manifests' `metrics` (the weights and their hashes are
-/// untouched).
+/// untouched). The in-distribution figures keep their keys at the top (`test_seed`,
+/// `test_studies`, `test_style`, `pipeline`, ...); the external test is under `external`.
 pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
+    let part = |set: &Option<SetEvaluation>, keys: &[&str]| -> serde_json::Value {
+        let Some(x) = set else {
+            return serde_json::Value::Null;
+        };
+        let full = serde_json::to_value(x).expect("figures serialise");
+        let mut out = serde_json::Map::new();
+        for k in ["family", "test_set", "studies", "seed", "unreadable_studies"]
+            .iter()
+            .chain(keys)
+        {
+            out.insert(k.to_string(), full[*k].clone());
+        }
+        serde_json::Value::Object(out)
+    };
+    let merge = |m: &mut Manifest, top: serde_json::Value| {
+        let mut obj = match m.metrics.take() {
+            Some(serde_json::Value::Object(o)) => o,
+            _ => serde_json::Map::new(),
+        };
+        if let serde_json::Value::Object(t) = top {
+            for (k, v) in t {
+                if !v.is_null() {
+                    obj.insert(k, v);
+                }
+            }
+        }
+        m.metrics = Some(serde_json::Value::Object(obj));
+    };
+    let head = |i: &SetEvaluation| {
+        serde_json::json!({
+            "test_set": i.test_set,
+            "test_seed": i.seed,
+            "test_studies": i.studies,
+            "test_style": data::HELD_OUT_STYLE,
+        })
+    };
     let mut dm = weights::read_manifest(&opts.detector)?;
-    dm.metrics = Some(serde_json::json!({
-        "test_set": e.test_set,
-        "test_seed": opts.seed,
-        "test_studies": opts.studies,
-        "test_style": data::HELD_OUT_STYLE,
+    let mut top = serde_json::json!({
         "command": e.command,
-        "detector": e.detector,
         "fp16_vs_f32": e.fp16_vs_f32,
-    }));
+        "external": part(&e.external, &["detector"]),
+        "dataset": part(&e.dataset, &["detector"]),
+    });
+    if let Some(i) = &e.in_distribution {
+        top["detector"] = serde_json::to_value(&i.detector)?;
+        for (k, v) in head(i).as_object().expect("object") {
+            top[k] = v.clone();
+        }
+    }
+    merge(&mut dm, top);
     weights::write_manifest(&opts.detector, &dm)?;
     let mut sm = weights::read_manifest(&opts.stager)?;
-    sm.metrics = Some(serde_json::json!({
-        "test_set": e.test_set,
-        "test_seed": opts.seed,
-        "test_studies": opts.studies,
-        "test_style": data::HELD_OUT_STYLE,
+    let keys = [
+        "detector",
+        "stager_at_true_centers",
+        "stager_at_detected_centers",
+        "pipeline",
+    ];
+    let mut top = serde_json::json!({
         "command": e.command,
-        "stager_at_true_centers": e.stager_at_true_centers,
-        "stager_at_detected_centers": e.stager_at_detected_centers,
         "fp16_vs_f32": e.fp16_vs_f32,
-        "pipeline": e.pipeline,
-    }));
+        "external": part(&e.external, &keys),
+        "dataset": part(&e.dataset, &keys),
+    });
+    if let Some(i) = &e.in_distribution {
+        top["stager_at_true_centers"] = serde_json::to_value(&i.stager_at_true_centers)?;
+        top["stager_at_detected_centers"] =
+            serde_json::to_value(&i.stager_at_detected_centers)?;
+        top["pipeline"] = serde_json::to_value(&i.pipeline)?;
+        for (k, v) in head(i).as_object().expect("object") {
+            top[k] = v.clone();
+        }
+    }
+    merge(&mut sm, top);
     weights::write_manifest(&opts.stager, &sm)?;
     Ok(())
 }

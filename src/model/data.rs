@@ -20,7 +20,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::detector::VoxelBox;
-use crate::phantom::{self, StudyTruth, anatomy::Stage};
+use crate::phantom::{self, StudyTruth, anatomy::Stage, randomised};
+use crate::volume::preprocess::{Normalisation, normalise};
 use crate::volume::{self, Preprocess, Volume};
 
 /// Scanner styles of training and validation studies.
@@ -31,6 +32,9 @@ pub const HELD_OUT_STYLE: &str = "philips-like 1.5T";
 
 /// First seed of the held-out test set (training seeds stay below it).
 pub const TEST_SEED_BASE: u64 = 9_000_000;
+
+/// First seed of the external test set (`evalphantom`), by default.
+pub const EXTERNAL_SEED_BASE: u64 = 7_000_000;
 
 /// Phantom options of a training or validation study.
 pub fn training_options(seed: u64) -> phantom::Options {
@@ -60,16 +64,41 @@ pub struct CropConfig {
     pub window_level: f64,
     /// Intensity window width.
     pub window_width: f64,
+    /// Robust normalisation of each crop before the window: these percentiles of the crop's
+    /// tissue map onto `reference`. None (manifests written before it existed) = window only.
+    #[serde(default)]
+    pub percentiles: Option<[f64; 2]>,
+    /// Intensities the percentiles are mapped onto.
+    #[serde(default = "default_reference")]
+    pub reference: [f64; 2],
+}
+
+fn default_reference() -> [f64; 2] {
+    Preprocess::default().reference
 }
 
 impl CropConfig {
-    /// Crops for the small stager preset: 64 mm around the head.
+    /// Crops for the small stager preset: 64 mm around the head, normalised like the
+    /// detector's input.
     pub fn small() -> Self {
+        let p = Preprocess::default();
         CropConfig {
             shape: [16, 32, 32],
             field_of_view_mm: [64.0, 64.0, 64.0],
-            window_level: 300.0,
-            window_width: 1500.0,
+            window_level: p.window_level,
+            window_width: p.window_width,
+            percentiles: p.percentiles,
+            reference: p.reference,
+        }
+    }
+
+    /// The crop's intensity steps.
+    pub fn normalisation(&self) -> Normalisation {
+        Normalisation {
+            percentiles: self.percentiles,
+            reference: self.reference,
+            window_level: self.window_level,
+            window_width: self.window_width,
         }
     }
 }
@@ -110,19 +139,8 @@ pub fn crop_with_grid(
     cfg: &CropConfig,
 ) -> (Vec<f32>, [[f64; 4]; 4]) {
     let (c, inside) = volume::resample(v, center, cfg.field_of_view_mm, cfg.shape);
-    let low = cfg.window_level - cfg.window_width / 2.0;
-    let mut out: Vec<f32> = c
-        .data
-        .iter()
-        .zip(&inside)
-        .map(|(x, ins)| {
-            if *ins {
-                ((*x as f64 - low) / cfg.window_width).clamp(0.0, 1.0) as f32
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let mut out = c.data;
+    normalise(&mut out, &inside, &cfg.normalisation());
     if mirror {
         let w = cfg.shape[2];
         for row in out.chunks_mut(w) {
@@ -171,6 +189,13 @@ pub fn phantom_study(
     options: &phantom::Options,
 ) -> Result<PhantomStudy, DataError> {
     let truth: StudyTruth = phantom::generate_study(dir, seed, options)?;
+    assemble_study(dir, truth)
+}
+
+/// Select and assemble the T2 of a study already written under `dir` (by either phantom
+/// family) the way the pipeline does.
+pub fn assemble_study(dir: &Path, truth: StudyTruth) -> Result<PhantomStudy, DataError> {
+    let seed = truth.seed;
     let files = volume::collect_files(&[dir.to_owned()])?;
     let report = volume::scan_files(&files);
     let sel = volume::select(&report.series, &volume::Rules::default());
@@ -238,10 +263,18 @@ pub struct DetectorSample {
 /// The detector's sample of a study.
 pub fn detector_sample(study: &PhantomStudy, pre: &Preprocess) -> DetectorSample {
     let volume = volume::preprocess(&study.volume, pre);
+    DetectorSample {
+        boxes: head_boxes(&volume, &study.truth.heads),
+        volume,
+        heads: study.truth.heads.clone(),
+        seed: study.truth.seed,
+    }
+}
+
+/// The heads' spheres' bounding boxes in the voxels of `volume`, (d, h, w) order.
+fn head_boxes(volume: &Volume, heads: &[phantom::HeadTruth]) -> Vec<VoxelBox> {
     let sp = volume.spacing();
-    let boxes = study
-        .truth
-        .heads
+    heads
         .iter()
         .map(|h| {
             let v = volume.patient_to_voxel(h.center_lps_mm);
@@ -251,13 +284,79 @@ pub fn detector_sample(study: &PhantomStudy, pre: &Preprocess) -> DetectorSample
                 score: 1.0,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// A domain-randomised detector sample (`phantom::randomised`), drawn from `seed`:
+/// rendered straight onto the preprocessing grid, centred on the drawn series centre, and
+/// normalised exactly as `volume::preprocess` does.
+pub fn randomised_detector_sample(seed: u64, pre: &Preprocess) -> DetectorSample {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let scene = randomised::draw_scene(&mut rng, None);
+    let acq = randomised::draw_acquisition(&mut rng, &scene);
+    let c = acq.center;
+    let center = [0, 1, 2].map(|a| c[a] + pre.center_offset_mm[a]);
+    let grid = randomised::Grid::canonical(center, pre.field_of_view_mm, pre.shape);
+    let (mut data, inside) = randomised::render(&scene, &acq, &grid, seed);
+    normalise(&mut data, &inside, &pre.normalisation());
+    let [d, h, w] = pre.shape;
+    let volume = Volume {
+        data,
+        dims: [w, h, d],
+        affine: grid.affine,
+        series_uid: String::new(),
+        study_uid: String::new(),
+    };
     DetectorSample {
+        boxes: head_boxes(&volume, &scene.heads),
         volume,
-        boxes,
-        heads: study.truth.heads.clone(),
-        seed: study.truth.seed,
+        heads: scene.heads,
+        seed,
     }
+}
+
+/// Domain-randomised head crops of the study drawn from `seed`: per head, `copies` crops
+/// around the true centre displaced by N(0, `jitter_mm`) (the first one undisplaced),
+/// rendered on the crop's grid, normalised as `crop` does and mirrored for right heads.
+pub fn randomised_head_samples(
+    seed: u64,
+    cfg: &CropConfig,
+    copies: usize,
+    jitter_mm: f64,
+) -> Vec<HeadSample> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let scene = randomised::draw_scene(&mut rng, None);
+    let acq = randomised::draw_acquisition(&mut rng, &scene);
+    let normal = rand_distr::Normal::new(0.0, jitter_mm.max(1e-9)).expect("finite sigma");
+    let mut out = Vec::new();
+    for (n, h) in scene.heads.iter().enumerate() {
+        for copy in 0..copies.max(1) {
+            let c = h.center_lps_mm;
+            let center = if copy == 0 {
+                c
+            } else {
+                [0, 1, 2].map(|a| c[a] + rng.sample(normal))
+            };
+            let grid = randomised::Grid::canonical(center, cfg.field_of_view_mm, cfg.shape);
+            let noise_seed = seed ^ ((n * 64 + copy) as u64).wrapping_mul(0x2545_f491);
+            let (mut voxels, inside) = randomised::render(&scene, &acq, &grid, noise_seed);
+            normalise(&mut voxels, &inside, &cfg.normalisation());
+            if h.side == "R" {
+                for row in voxels.chunks_mut(cfg.shape[2]) {
+                    row.reverse();
+                }
+            }
+            out.push(HeadSample {
+                voxels,
+                class: class_of(h.stage),
+                side: h.side.clone(),
+                seed,
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -272,6 +371,8 @@ mod tests {
             field_of_view_mm: [4.0, 6.0, 8.0],
             window_level: 300.0,
             window_width: 1500.0,
+            percentiles: None,
+            reference: [0.0, 1200.0],
         };
         let a = crop(&v, [-90.0, 10.0, 30.0], false, &cfg);
         let b = crop(&v, [-90.0, 10.0, 30.0], true, &cfg);

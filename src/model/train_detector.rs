@@ -27,7 +27,12 @@ use serde::Serialize;
 
 use super::data::{self, DetectorSample};
 use super::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
-use super::train::VALIDATION_SEED_OFFSET;
+use super::dataset::{self, Split};
+use super::train::{
+    RANDOMISED_EPOCH_STRIDE, Trained, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS,
+    VALIDATION_SEED_OFFSET,
+};
+use rayon::prelude::*;
 use crate::phantom::HeadTruth;
 use crate::volume::Preprocess;
 
@@ -49,6 +54,10 @@ pub struct DetectorTrainOptions {
     pub train_studies: usize,
     /// Validation studies.
     pub val_studies: usize,
+    /// Domain-randomised studies drawn afresh for every epoch (`phantom::randomised`).
+    pub randomised: usize,
+    /// Domain-randomised validation studies (fixed seeds).
+    pub val_randomised: usize,
     /// First training seed.
     pub seed: u64,
     /// Epochs.
@@ -61,19 +70,30 @@ pub struct DetectorTrainOptions {
     pub weight_decay: f64,
     /// Where checkpoints go.
     pub out: PathBuf,
+    /// Train and validate on a site's labelled studies (`dataset`: its train and val
+    /// splits) instead of the classic phantom's studies.
+    pub dataset: Option<PathBuf>,
+    /// Fine-tune: start from this model (manifest) or checkpoint instead of random
+    /// weights (ignored when resuming).
+    pub init: Option<PathBuf>,
     /// Continue from `detector.last.safetensors` in `out`.
     pub resume: bool,
 }
 
 /// One epoch's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DetectorEpochReport {
     /// 1-based epoch.
     pub epoch: usize,
     /// Mean training loss.
     pub train_loss: f32,
-    /// Fraction of validation studies with both heads found.
+    /// Fraction of validation studies with both heads found (classic and randomised
+    /// together: the selection criterion).
     pub val_detection_rate: f32,
+    /// The same on the classic phantom's validation studies alone.
+    pub val_classic_rate: f32,
+    /// The same on the domain-randomised validation studies alone.
+    pub val_randomised_rate: f32,
     /// Mean centre error of the found heads, mm.
     pub val_center_error_mm: f32,
     /// Whether this epoch became the best checkpoint.
@@ -236,7 +256,7 @@ pub fn train_detector(
     opts: &DetectorTrainOptions,
     mut on_step: impl FnMut(usize, usize, f32),
     mut progress: impl FnMut(&DetectorEpochReport),
-) -> anyhow::Result<Vec<DetectorEpochReport>> {
+) -> anyhow::Result<Trained<DetectorEpochReport>> {
     anyhow::ensure!(
         opts.preprocess.shape == opts.config.input,
         "preprocessing shape {:?} differs from the network input {:?}",
@@ -244,25 +264,50 @@ pub fn train_detector(
         opts.config.input
     );
     anyhow::ensure!(
-        opts.batch > 0 && opts.train_studies > 0 && opts.val_studies > 0,
+        opts.batch > 0
+            && opts.train_studies + opts.randomised > 0
+            && opts.val_studies + opts.val_randomised > 0,
         "batch and study counts must be positive"
     );
     std::fs::create_dir_all(&opts.out)?;
     let scratch = opts.out.join("scratch");
-    let train = samples(
-        opts.seed..opts.seed + opts.train_studies as u64,
-        data::training_options,
-        &opts.preprocess,
-        &scratch,
-    )?;
-    let vseed = opts.seed + VALIDATION_SEED_OFFSET;
-    let val = samples(
-        vseed..vseed + opts.val_studies as u64,
-        data::training_options,
-        &opts.preprocess,
-        &scratch,
-    )?;
-    let _ = std::fs::remove_dir_all(&scratch);
+    let (train, val, dataset) = match &opts.dataset {
+        Some(csv) => {
+            let ds = dataset::load(csv, &[Split::Train])?;
+            let of = |split| -> Vec<DetectorSample> {
+                ds.split(split)
+                    .map(|s| data::detector_sample(&s.study, &opts.preprocess))
+                    .collect()
+            };
+            (of(Split::Train), of(Split::Val), Some(ds.summary()))
+        }
+        None => {
+            let train = samples(
+                opts.seed..opts.seed + opts.train_studies as u64,
+                data::training_options,
+                &opts.preprocess,
+                &scratch,
+            )?;
+            let vseed = opts.seed + VALIDATION_SEED_OFFSET;
+            let val = samples(
+                vseed..vseed + opts.val_studies as u64,
+                data::training_options,
+                &opts.preprocess,
+                &scratch,
+            )?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            (train, val, None)
+        }
+    };
+    anyhow::ensure!(
+        !val.is_empty() || opts.val_randomised > 0,
+        "no validation studies (a dataset needs a val split, or --val-randomised)"
+    );
+    let started = std::time::Instant::now();
+    let val_dr: Vec<DetectorSample> = (0..opts.val_randomised as u64)
+        .into_par_iter()
+        .map(|n| data::randomised_detector_sample(opts.seed + RANDOMISED_VALIDATION_SEEDS + n, &opts.preprocess))
+        .collect();
 
     let mut map = VarMap::new();
     let net = Detector::new(
@@ -272,6 +317,8 @@ pub fn train_detector(
     let last = opts.out.join("detector.last.safetensors");
     if opts.resume && last.exists() {
         map.load(&last)?;
+    } else if let Some(init) = &opts.init {
+        super::weights::init_from(&map, init)?;
     }
     let mut opt = AdamW::new(
         map.all_vars(),
@@ -282,11 +329,24 @@ pub fn train_detector(
         },
     )?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xde7ec7);
-    let mut order: Vec<usize> = (0..train.len()).collect();
     let mut best: Option<(f32, f32)> = None;
     let mut reports = Vec::new();
-    let batches = train.len().div_ceil(opts.batch);
+    let per_epoch = train.len() + opts.randomised;
+    let batches = per_epoch.div_ceil(opts.batch);
     for epoch in 1..=opts.epochs {
+        // Fresh randomised studies every epoch: the network never sees one appearance twice.
+        let fresh: Vec<DetectorSample> = (0..opts.randomised as u64)
+            .into_par_iter()
+            .map(|n| {
+                let seed = opts.seed
+                    + RANDOMISED_TRAINING_SEEDS
+                    + (epoch as u64) * RANDOMISED_EPOCH_STRIDE
+                    + n;
+                data::randomised_detector_sample(seed, &opts.preprocess)
+            })
+            .collect();
+        let pool: Vec<&DetectorSample> = train.iter().chain(fresh.iter()).collect();
+        let mut order: Vec<usize> = (0..pool.len()).collect();
         order.shuffle(&mut rng);
         let (mut sum, mut n) = (0f32, 0usize);
         for (bi, chunk) in order.chunks(opts.batch).enumerate() {
@@ -295,7 +355,7 @@ pub fn train_detector(
                 (epoch - 1) * batches + bi,
                 opts.epochs * batches,
             ));
-            let items: Vec<&DetectorSample> = chunk.iter().map(|&i| &train[i]).collect();
+            let items: Vec<&DetectorSample> = chunk.iter().map(|&i| pool[i]).collect();
             let (x, boxes) = to_batch(&items, &mut rng)?;
             let raw = net.forward_t(&x, true)?;
             let loss = detection_loss(&raw, &boxes, CENTER_RADIUS)?;
@@ -305,7 +365,11 @@ pub fn train_detector(
             n += 1;
             on_step(bi + 1, batches, l);
         }
-        let (rate, err) = validate(&net, &val)?;
+        let (classic, err_c) = validate(&net, &val)?;
+        let (randomised, err_r) = validate(&net, &val_dr)?;
+        let (nc, nr) = (val.len() as f32, val_dr.len() as f32);
+        let rate = (classic * nc + randomised * nr) / (nc + nr).max(1.0);
+        let err = (err_c * nc + err_r * nr) / (nc + nr).max(1.0);
         let is_best = best.is_none_or(|(r, e)| rate > r || (rate == r && err < e));
         if is_best {
             best = Some((rate, err));
@@ -316,19 +380,32 @@ pub fn train_detector(
             epoch,
             train_loss: sum / n.max(1) as f32,
             val_detection_rate: rate,
+            val_classic_rate: classic,
+            val_randomised_rate: randomised,
             val_center_error_mm: err,
             best: is_best,
         };
         progress(&report);
         reports.push(report);
+        Trained {
+            reports: reports.clone(),
+            dataset: dataset.clone(),
+            wall_time: started.elapsed(),
+        }
+        .save(&opts.out, "detector")?;
     }
-    Ok(reports)
+    Ok(Trained {
+        reports,
+        dataset,
+        wall_time: started.elapsed(),
+    })
 }
 
 /// The manifest of a detector trained with `opts`, keeping `best` (its weights reference
 /// is filled in by `weights::export`).
 pub fn detector_manifest(
     opts: &DetectorTrainOptions,
+    trained: &Trained<DetectorEpochReport>,
     best: &DetectorEpochReport,
     name: &str,
     command: &str,
@@ -355,29 +432,63 @@ pub fn detector_manifest(
         training: Training {
             command: command.to_owned(),
             data: format!(
-                "whole T2 volumes of synthetic hip phantom studies (`onfh-edge phantom`), \
-                 selected, assembled and preprocessed as in the pipeline; boxes are the \
+                "{}; {} domain-randomised studies drawn afresh per epoch (`phantom::randomised`, \
+                 rendered on the input grid), {} fixed ones for validation; boxes are the \
                  femoral-head spheres' bounds; augmentation: brightness x0.85-1.15, Gaussian \
                  noise sigma 0.02, right-left flips; negatives: 12 % one hip blanked beyond the midline, \
                  8 % noise without anatomy; SimOTA assignment (centre radius {CENTER_RADIUS} \
-                 cells), AdamW lr {} weight decay {}, batch {}, {} epochs",
-                opts.lr, opts.weight_decay, opts.batch, opts.epochs
+                 cells), AdamW lr {} weight decay {}, batch {}, {} epochs{}",
+                match &trained.dataset {
+                    Some(d) => format!("site dataset {} (train and val splits)", d.csv),
+                    None => format!(
+                        "{} + {} whole T2 volumes of classic phantom studies (`onfh-edge phantom`), \
+                         selected, assembled and preprocessed as in the pipeline",
+                        opts.train_studies, opts.val_studies
+                    ),
+                },
+                opts.randomised,
+                opts.val_randomised,
+                opts.lr,
+                opts.weight_decay,
+                opts.batch,
+                opts.epochs,
+                match &opts.init {
+                    Some(p) => format!(", fine-tuned from {}", p.display()),
+                    None => String::new(),
+                }
             ),
             seeds: format!(
-                "training {}..={}, validation {}..={}",
+                "classic training {}..={}, validation {}..={}; randomised training from {} + \
+                 epoch x {}, validation {}..={}",
                 opts.seed,
                 (opts.seed + opts.train_studies as u64).saturating_sub(1),
                 vseed,
-                (vseed + opts.val_studies as u64).saturating_sub(1)
+                (vseed + opts.val_studies as u64).saturating_sub(1),
+                opts.seed + RANDOMISED_TRAINING_SEEDS,
+                RANDOMISED_EPOCH_STRIDE,
+                opts.seed + RANDOMISED_VALIDATION_SEEDS,
+                (opts.seed + RANDOMISED_VALIDATION_SEEDS + opts.val_randomised as u64)
+                    .saturating_sub(1)
             ),
             scanner_styles: data::TRAINING_STYLES
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
             selected: format!(
-                "epoch {}: validation detection rate {:.3}, centre error {:.2} mm",
-                best.epoch, best.val_detection_rate, best.val_center_error_mm
+                "epoch {}: validation detection rate {:.3} (classic {:.3}, randomised {:.3}), centre error {:.2} mm",
+                best.epoch,
+                best.val_detection_rate,
+                best.val_classic_rate,
+                best.val_randomised_rate,
+                best.val_center_error_mm
             ),
+            normalisation: Some(super::train::normalisation_text(
+                &opts.preprocess.normalisation(),
+            )),
+            randomisation: (opts.randomised > 0)
+                .then(|| crate::phantom::randomised::DESCRIPTION.to_owned()),
+            dataset: trained.dataset.clone(),
+            wall_time: Some(super::train::wall_time_text(trained.wall_time)),
         },
         metrics: None,
         intended_use: INTENDED_USE.to_owned(),

@@ -79,7 +79,7 @@ pub struct WeightsRef {
 }
 
 /// How a model was trained.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Training {
     /// The command that reproduces the training run.
@@ -92,6 +92,18 @@ pub struct Training {
     pub scanner_styles: Vec<String>,
     /// The epoch kept and its validation figure.
     pub selected: String,
+    /// Intensity normalisation before the window, as trained (inference must match it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalisation: Option<String>,
+    /// Domain randomisation: what was drawn per training study.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub randomisation: Option<String>,
+    /// A site dataset the model was trained on (`--dataset`): its hash, counts and splits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<super::dataset::DatasetSummary>,
+    /// Wall time of the training run on the machine that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time: Option<String>,
 }
 
 /// A model manifest (`models/<name>.json`).
@@ -446,6 +458,49 @@ pub fn load_stager(
         candle(format!("{}: building the stager", manifest_path.display())),
     )?;
     Ok((net, m))
+}
+
+/// Initialise a network's variables from a model (a manifest, `*.json`) or a checkpoint
+/// (`*.safetensors`, f32 or f16) for fine-tuning: every variable of `map` must be present
+/// with its shape; values are converted to f32. Returns how many tensors were set.
+pub fn init_from(map: &candle_nn::VarMap, path: &Path) -> Result<usize, ModelError> {
+    let file = if path.extension().is_some_and(|e| e == "json") {
+        let m = read_manifest(path)?;
+        path.parent()
+            .unwrap_or(Path::new("."))
+            .join(&m.weights.file)
+    } else {
+        path.to_owned()
+    };
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
+        ModelError::Format {
+            path: file.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let vars = map.data().lock().expect("var map lock");
+    for (name, var) in vars.iter() {
+        let mismatch = |problems: String| ModelError::Mismatch {
+            path: file.clone(),
+            kind: "initial",
+            problems,
+        };
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| mismatch(format!("no tensor {name}")))?;
+        if t.dims() != var.dims() {
+            return Err(mismatch(format!(
+                "tensor {name} has shape {:?}, the network {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        let t = t
+            .to_dtype(DType::F32)
+            .map_err(candle(format!("converting {name}")))?;
+        var.set(&t).map_err(candle(format!("setting {name}")))?;
+    }
+    Ok(vars.len())
 }
 
 /// Convert an f32 training checkpoint into `<dir>/<manifest.name>.safetensors` (fp16) and

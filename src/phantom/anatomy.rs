@@ -160,6 +160,9 @@ pub struct Hip {
     pub lesion_dir: V3,
     /// Lesion size relative to the radius (focus radius for I, segment depth for II).
     pub lesion_size: f64,
+    /// Abduction of the leg, degrees: the femur below the head swings laterally about the
+    /// head's centre (0 in the classic phantom).
+    pub abduction_deg: f64,
 }
 
 impl Hip {
@@ -171,8 +174,23 @@ impl Hip {
         add(self.center, scale(d, self.radius * 2.1))
     }
 
+    /// A point in the frame of the un-abducted femur: the leg's abduction undone by a
+    /// rotation about the anterior-posterior axis through the head's centre.
+    fn femur_frame(&self, p: V3) -> V3 {
+        if self.abduction_deg == 0.0 {
+            return p;
+        }
+        let (s, c) = (-self.sign * self.abduction_deg.to_radians()).sin_cos();
+        let q = sub(p, self.center);
+        add(
+            self.center,
+            [q[0] * c - q[2] * s, q[1], q[0] * s + q[2] * c],
+        )
+    }
+
     /// Signed distance to the femur (head, neck, trochanter, shaft).
     fn femur(&self, p: V3) -> f64 {
+        let p = self.femur_frame(p);
         let j = self.neck_end();
         let head = sphere(p, self.center, self.radius);
         let neck = capsule(p, self.center, j, self.radius * 0.62);
@@ -278,6 +296,7 @@ impl Hip {
         if self.variant != Variant::HerniationPit {
             return 0.0;
         }
+        let p = self.femur_frame(p);
         let j = self.neck_end();
         let c = add(
             add(self.center, scale(sub(j, self.center), 0.45)),
@@ -308,7 +327,7 @@ fn ramp_band(d: f64, lo: f64, hi: f64, vox: f64) -> f64 {
 
 /// Signal of a tissue in the two contrasts.
 #[derive(Debug, Clone, Copy)]
-struct Tissue {
+pub struct Tissue {
     t1: f64,
     t2: f64,
 }
@@ -369,20 +388,134 @@ pub struct Anatomy {
     pub hips: [Hip; 2],
 }
 
+/// The tissue classes the phantom is built from: the labels of its label map. The classic
+/// renderer gives each a fixed signal per contrast; the domain-randomised renderer
+/// (`phantom::randomised`) draws a signal for each per study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    /// Outside the body.
+    Air = 0,
+    /// Subcutaneous fat.
+    Fat,
+    /// Muscle and other soft tissue inside the fat layer.
+    Muscle,
+    /// Urine in the bladder.
+    Urine,
+    /// Cortical bone.
+    Cortex,
+    /// Fatty bone marrow.
+    Marrow,
+    /// Joint space: cartilage and fluid (also a herniation pit's fluid).
+    Joint,
+    /// Marrow oedema of a stage I head.
+    Oedema,
+    /// The necrotic segment of a stage II head.
+    Necrotic,
+    /// Granulation tissue: the inner, fluid-like line of the double-line sign.
+    Granulation,
+    /// Sclerosis: the outer, dark line of the double-line sign.
+    Sclerosis,
+}
+
+/// Number of [`Label`]s.
+pub const LABELS: usize = 11;
+
+/// Every label, in index order.
+pub const ALL_LABELS: [Label; LABELS] = [
+    Label::Air,
+    Label::Fat,
+    Label::Muscle,
+    Label::Urine,
+    Label::Cortex,
+    Label::Marrow,
+    Label::Joint,
+    Label::Oedema,
+    Label::Necrotic,
+    Label::Granulation,
+    Label::Sclerosis,
+];
+
+/// What the painter-style composition mixes: a tissue's signals, or a vector of label
+/// fractions. Mixing is linear, so composing fractions and weighting them by signals later
+/// gives the same image as composing signals.
+pub trait Mix: Copy {
+    /// `self` covered by `other` to the fraction `w`.
+    fn mix(self, other: Self, w: f64) -> Self;
+}
+
+impl Mix for Tissue {
+    fn mix(self, other: Self, w: f64) -> Self {
+        mix(self, other, w)
+    }
+}
+
+/// Fractions of each label in a voxel (index = `Label as usize`).
+pub type Fractions = [f64; LABELS];
+
+impl Mix for Fractions {
+    fn mix(self, other: Self, w: f64) -> Self {
+        let mut out = self;
+        for (o, b) in out.iter_mut().zip(other) {
+            *o += (b - *o) * w;
+        }
+        out
+    }
+}
+
+/// The one-hot fractions of a label.
+pub fn one_hot(l: Label) -> Fractions {
+    let mut f = [0.0; LABELS];
+    f[l as usize] = 1.0;
+    f
+}
+
 impl Anatomy {
     /// (T1, fat-suppressed T2) signal at canonical point `p` for a voxel of size `vox` mm.
     pub fn signal(&self, p: V3, vox: f64) -> (f64, f64) {
+        let t = self.compose(p, vox, &|l: Label, q: V3| match l {
+            Label::Air => AIR,
+            Label::Fat => FAT,
+            Label::Muscle => MUSCLE,
+            Label::Urine => URINE,
+            Label::Cortex => CORTEX,
+            Label::Marrow => MARROW,
+            Label::Joint => JOINT,
+            Label::Oedema => OEDEMA,
+            Label::Necrotic => {
+                // Early necrosis keeps a fat-like but mottled signal.
+                let mottle =
+                    0.85 + 0.15 * ((q[0] * 0.9).sin() * (q[1] * 1.1).cos() * (q[2] * 0.7).sin());
+                Tissue {
+                    t1: NECROTIC.t1 * mottle,
+                    t2: NECROTIC.t2 * (2.0 - mottle),
+                }
+            }
+            Label::Granulation => GRANULATION,
+            Label::Sclerosis => SCLEROSIS,
+        });
+        (t.t1, t.t2)
+    }
+
+    /// Fractions of each label at canonical point `p` for a voxel of size `vox` mm (partial
+    /// volume as in [`Anatomy::signal`]).
+    pub fn fractions(&self, p: V3, vox: f64) -> Fractions {
+        self.compose(p, vox, &|l: Label, _| one_hot(l))
+    }
+
+    /// The painter-style composition of the shapes at `p`, each weighted by its partial-volume
+    /// coverage; `tissue` gives what a label contributes at a point.
+    fn compose<T: Mix>(&self, p: V3, vox: f64, tissue: &impl Fn(Label, V3) -> T) -> T {
         let (a, b) = self.body;
         let body = elliptic_cylinder(p, 0.0, 8.0, a, b, -400.0, 220.0);
+        let air = tissue(Label::Air, p);
         if body > vox {
-            return (0.0, 0.0);
+            return air;
         }
-        let mut t = mix(AIR, FAT, coverage(body, vox));
+        let mut t = air.mix(tissue(Label::Fat, p), coverage(body, vox));
         let inner = elliptic_cylinder(p, 0.0, 8.0, a - self.fat, b - self.fat, -400.0, 220.0);
-        t = mix(t, MUSCLE, coverage(inner, vox));
-        t = mix(
-            t,
-            URINE,
+        t = t.mix(tissue(Label::Muscle, p), coverage(inner, vox));
+        t = t.mix(
+            tissue(Label::Urine, p),
             coverage(ellipsoid(p, self.bladder.0, self.bladder.1), vox),
         );
         // Pelvis: both sides, the sacrum, cortex then marrow.
@@ -393,40 +526,33 @@ impl Anatomy {
             .min(self.hips[0].acetabulum(p))
             .min(self.hips[1].acetabulum(p))
             .min(sacrum);
-        t = mix(t, CORTEX, coverage(pelvis, vox));
-        t = mix(t, MARROW, coverage(pelvis + 2.5, vox));
+        t = t.mix(tissue(Label::Cortex, p), coverage(pelvis, vox));
+        t = t.mix(tissue(Label::Marrow, p), coverage(pelvis + 2.5, vox));
         for hip in &self.hips {
             let d = hip.femur(p);
             if d > 12.0 + vox && hip.joint(p) > vox {
                 continue;
             }
-            t = mix(t, JOINT, coverage(hip.joint(p), vox));
-            t = mix(t, CORTEX, coverage(d, vox));
+            t = t.mix(tissue(Label::Joint, p), coverage(hip.joint(p), vox));
+            t = t.mix(tissue(Label::Cortex, p), coverage(d, vox));
             let marrow = coverage(d + 2.2, vox);
             if marrow <= 0.0 {
                 continue;
             }
             // Marrow, then the head's lesion inside the head only.
-            let mut m = MARROW;
+            let mut m = tissue(Label::Marrow, p);
             let in_head = coverage(sphere(p, hip.center, hip.radius - 2.2), vox);
             if in_head > 0.0 {
                 let l = hip.lesion(p, vox);
-                m = mix(m, OEDEMA, l.oedema * in_head);
-                // Early necrosis keeps a fat-like but mottled signal.
-                let mottle =
-                    0.85 + 0.15 * ((p[0] * 0.9).sin() * (p[1] * 1.1).cos() * (p[2] * 0.7).sin());
-                let necrotic = Tissue {
-                    t1: NECROTIC.t1 * mottle,
-                    t2: NECROTIC.t2 * (2.0 - mottle),
-                };
-                m = mix(m, necrotic, l.necrotic * in_head);
-                m = mix(m, GRANULATION, l.granulation * in_head);
-                m = mix(m, SCLEROSIS, l.sclerosis * in_head);
+                m = m.mix(tissue(Label::Oedema, p), l.oedema * in_head);
+                m = m.mix(tissue(Label::Necrotic, p), l.necrotic * in_head);
+                m = m.mix(tissue(Label::Granulation, p), l.granulation * in_head);
+                m = m.mix(tissue(Label::Sclerosis, p), l.sclerosis * in_head);
             }
-            m = mix(m, JOINT, hip.pit(p, vox));
-            t = mix(t, m, marrow);
+            m = m.mix(tissue(Label::Joint, p), hip.pit(p, vox));
+            t = t.mix(m, marrow);
         }
-        (t.t1, t.t2)
+        t
     }
 }
 
@@ -444,6 +570,7 @@ mod tests {
             variant: Variant::None,
             lesion_dir: unit([sign * 0.2, -0.45, 0.87]),
             lesion_size: 0.75,
+            abduction_deg: 0.0,
         }
     }
 

@@ -20,6 +20,7 @@
 //! are derived from the seed under [`UID_ROOT`].
 
 pub mod anatomy;
+pub mod randomised;
 
 use std::path::{Path, PathBuf};
 
@@ -378,6 +379,7 @@ pub fn generate_study(
                 Stage::S1 => rng.random_range(0.3..0.42),
                 _ => rng.random_range(0.6..0.8),
             },
+            abduction_deg: 0.0,
         }
     });
     let anatomy = Anatomy {
@@ -592,7 +594,25 @@ pub fn generate_study(
         });
     }
 
-    let heads = anatomy
+    let heads = head_truths(&anatomy, &pose);
+    let truth = StudyTruth {
+        note: DISCLAIMER.to_string(),
+        seed,
+        study_uid,
+        accession_number: accession,
+        scanner: style.name.to_string(),
+        heads,
+        series: written,
+    };
+    let path = dir.join("truth.json");
+    let text = serde_json::to_string_pretty(&truth).map_err(|e| werr(&path, e))?;
+    std::fs::write(&path, text).map_err(|e| werr(&path, e))?;
+    Ok(truth)
+}
+
+/// Each head's ground truth (right, then left) in patient space.
+fn head_truths(anatomy: &Anatomy, pose: &Pose) -> Vec<HeadTruth> {
+    anatomy
         .hips
         .iter()
         .map(|h| {
@@ -636,20 +656,7 @@ pub fn generate_study(
                 lesion_center_lps_mm: lesion,
             }
         })
-        .collect();
-    let truth = StudyTruth {
-        note: DISCLAIMER.to_string(),
-        seed,
-        study_uid,
-        accession_number: accession,
-        scanner: style.name.to_string(),
-        heads,
-        series: written,
-    };
-    let path = dir.join("truth.json");
-    let text = serde_json::to_string_pretty(&truth).map_err(|e| werr(&path, e))?;
-    std::fs::write(&path, text).map_err(|e| werr(&path, e))?;
-    Ok(truth)
+        .collect()
 }
 
 /// Render the slices of one series: stored pixel values, row-major per slice.

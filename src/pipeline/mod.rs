@@ -89,9 +89,8 @@ pub struct Models {
 
 impl Models {
     /// Load both networks (checked: hash, shapes, finiteness) onto the settings' device.
-    /// `site` is the configured preprocessing: its geometry and window must be the ones
-    /// the detector was trained with (its percentile normalisation and centre offset are the
-    /// site's to tune).
+    /// `site` is the configured preprocessing: its geometry, normalisation and window must
+    /// be the ones the detector was trained with (its centre offset is the site's to tune).
     pub fn load(s: &AnalysisSettings, site: &Preprocess) -> Result<Models, ModelError> {
         let device = weights::device(&s.device)?;
         let dtype = weights::dtype_for(&device);
@@ -108,20 +107,28 @@ impl Models {
             || site.field_of_view_mm != preprocess.field_of_view_mm
             || site.window_level != preprocess.window_level
             || site.window_width != preprocess.window_width
+            || site.percentiles != preprocess.percentiles
+            || site.reference != preprocess.reference
         {
             return Err(ModelError::Manifest {
                 path: s.models_dir.join(&s.detector),
                 message: format!(
-                    "the configured [preprocess] (shape {:?}, field of view {:?} mm, window {}/{}) \
-                     differs from the detector's (shape {:?}, field of view {:?} mm, window {}/{})",
+                    "the configured [preprocess] (shape {:?}, field of view {:?} mm, window {}/{}, \
+                     percentiles {:?} onto {:?}) differs from the detector's (shape {:?}, field of \
+                     view {:?} mm, window {}/{}, percentiles {:?} onto {:?}): the network reads \
+                     only the input it was trained on",
                     site.shape,
                     site.field_of_view_mm,
                     site.window_level,
                     site.window_width,
+                    site.percentiles,
+                    site.reference,
                     preprocess.shape,
                     preprocess.field_of_view_mm,
                     preprocess.window_level,
-                    preprocess.window_width
+                    preprocess.window_width,
+                    preprocess.percentiles,
+                    preprocess.reference
                 ),
             });
         }

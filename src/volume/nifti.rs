@@ -143,6 +143,176 @@ pub fn write(v: &Volume, path: &Path, description: &str) -> std::io::Result<()> 
     f.flush()
 }
 
+/// Why a NIfTI file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NiftiError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a NIfTI-1 image this reader supports.
+    #[error("{path}: not a readable NIfTI-1 image: {message}")]
+    Format {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A NIfTI-1 image as read: voxel values (x fastest) and the voxel → patient LPS affine.
+#[derive(Debug, Clone)]
+pub struct NiftiImage {
+    /// Voxels along x, y, z.
+    pub dims: [usize; 3],
+    /// Values after the header's scaling, x fastest.
+    pub data: Vec<f32>,
+    /// Voxel (i, j, k) → patient LPS mm (rows; NIfTI's RAS converted).
+    pub affine: [[f64; 4]; 4],
+}
+
+impl NiftiImage {
+    /// Patient LPS mm of voxel (i, j, k).
+    pub fn voxel_to_patient(&self, v: [f64; 3]) -> [f64; 3] {
+        let a = &self.affine;
+        [0, 1, 2].map(|r| a[r][0] * v[0] + a[r][1] * v[1] + a[r][2] * v[2] + a[r][3])
+    }
+}
+
+/// Largest image this reader accepts, in voxels (a label map of a hip MRI is far smaller).
+const MAX_VOXELS: usize = 256 * 1024 * 1024;
+
+/// Read a NIfTI-1 image (`.nii`, or gzip-compressed `.nii.gz` as ITK-SNAP saves label
+/// maps): 3-D (or 4-D with one volume), integer or float voxels, little or big endian; the
+/// affine from the sform when set, else the qform, else the voxel sizes.
+pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
+    use std::io::Read;
+    let bad = |message: String| NiftiError::Format {
+        path: path.to_owned(),
+        message,
+    };
+    let raw = std::fs::read(path).map_err(|source| NiftiError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take((MAX_VOXELS * 8 + 352) as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| bad(format!("gzip: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    if bytes.len() < 348 {
+        return Err(bad(format!("{} bytes, shorter than a header", bytes.len())));
+    }
+    let little = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) == 348;
+    let big = i32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes")) == 348;
+    if !little && !big {
+        return Err(bad("sizeof_hdr is not 348".into()));
+    }
+    let i16_at = |o: usize| {
+        let b: [u8; 2] = bytes[o..o + 2].try_into().expect("2 bytes");
+        if little { i16::from_le_bytes(b) } else { i16::from_be_bytes(b) }
+    };
+    let f32_at = |o: usize| {
+        let b: [u8; 4] = bytes[o..o + 4].try_into().expect("4 bytes");
+        if little { f32::from_le_bytes(b) } else { f32::from_be_bytes(b) }
+    };
+    let ndim = i16_at(40);
+    if !(1..=7).contains(&ndim) {
+        return Err(bad(format!("dim[0] = {ndim}")));
+    }
+    let dim = |i: usize| if i as i16 <= ndim { i16_at(40 + 2 * i).max(1) as usize } else { 1 };
+    let dims = [dim(1), dim(2), dim(3)];
+    if (4..=7).any(|i| dim(i) != 1) {
+        return Err(bad("more than one volume".into()));
+    }
+    let n = dims[0] * dims[1] * dims[2];
+    if n > MAX_VOXELS {
+        return Err(bad(format!("{n} voxels is more than this reader accepts")));
+    }
+    let datatype = i16_at(70);
+    let (size, read_one): (usize, fn(&[u8], bool) -> f64) = match datatype {
+        2 => (1, |b, _| b[0] as f64),
+        256 => (1, |b, _| b[0] as i8 as f64),
+        4 => (2, |b, le| {
+            let a = [b[0], b[1]];
+            (if le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }) as f64
+        }),
+        512 => (2, |b, le| {
+            let a = [b[0], b[1]];
+            (if le { u16::from_le_bytes(a) } else { u16::from_be_bytes(a) }) as f64
+        }),
+        8 => (4, |b, le| {
+            let a = [b[0], b[1], b[2], b[3]];
+            (if le { i32::from_le_bytes(a) } else { i32::from_be_bytes(a) }) as f64
+        }),
+        768 => (4, |b, le| {
+            let a = [b[0], b[1], b[2], b[3]];
+            (if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }) as f64
+        }),
+        16 => (4, |b, le| {
+            let a = [b[0], b[1], b[2], b[3]];
+            (if le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) }) as f64
+        }),
+        64 => (8, |b, le| {
+            let a: [u8; 8] = b[..8].try_into().expect("8 bytes");
+            if le { f64::from_le_bytes(a) } else { f64::from_be_bytes(a) }
+        }),
+        other => return Err(bad(format!("datatype {other} is not supported"))),
+    };
+    let offset = f32_at(108).max(348.0) as usize;
+    if bytes.len() < offset + n * size {
+        return Err(bad(format!(
+            "{} bytes, the header promises {}",
+            bytes.len(),
+            offset + n * size
+        )));
+    }
+    let (slope, inter) = (f32_at(112) as f64, f32_at(116) as f64);
+    let scale = |v: f64| if slope != 0.0 && slope.is_finite() { v * slope + inter } else { v };
+    let data = bytes[offset..offset + n * size]
+        .chunks_exact(size)
+        .map(|b| scale(read_one(b, little)) as f32)
+        .collect();
+    let pixdim = [f32_at(80) as f64, f32_at(84) as f64, f32_at(88) as f64];
+    let ras: [[f64; 4]; 3] = if i16_at(254) > 0 {
+        [0, 1, 2].map(|r| [0, 1, 2, 3].map(|c| f32_at(280 + 16 * r + 4 * c) as f64))
+    } else if i16_at(252) > 0 {
+        let (b, c, d) = (f32_at(256) as f64, f32_at(260) as f64, f32_at(264) as f64);
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let qfac = if f32_at(76) < 0.0 { -1.0 } else { 1.0 };
+        let rot = [
+            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
+            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
+            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ];
+        let s = [pixdim[0], pixdim[1], pixdim[2] * qfac];
+        let off = [f32_at(268) as f64, f32_at(272) as f64, f32_at(276) as f64];
+        [0, 1, 2].map(|r| [rot[r][0] * s[0], rot[r][1] * s[1], rot[r][2] * s[2], off[r]])
+    } else {
+        [
+            [pixdim[0], 0.0, 0.0, 0.0],
+            [0.0, pixdim[1], 0.0, 0.0],
+            [0.0, 0.0, pixdim[2], 0.0],
+        ]
+    };
+    let affine = [
+        [-ras[0][0], -ras[0][1], -ras[0][2], -ras[0][3]],
+        [-ras[1][0], -ras[1][1], -ras[1][2], -ras[1][3]],
+        [ras[2][0], ras[2][1], ras[2][2], ras[2][3]],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    Ok(NiftiImage { dims, data, affine })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +331,33 @@ mod tests {
         assert_eq!([f(312), f(316), f(320), f(324)], [0.0, -0.8, 0.0, 50.0]);
         assert_eq!(&b[344..348], b"n+1\0");
         assert_eq!([f(80), f(84), f(88)], [0.8, 0.8, 3.5]);
+    }
+
+    #[test]
+    fn what_is_written_reads_back_with_its_affine_plain_and_gzipped() {
+        use std::io::Write;
+        let mut v = crate::volume::assemble::coronal_test_volume([3, 4, 5], 1.0);
+        for (i, x) in v.data.iter_mut().enumerate() {
+            *x = i as f32;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.nii");
+        write(&v, &p, "test").unwrap();
+        let gz = dir.path().join("v.nii.gz");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&std::fs::read(&p).unwrap()).unwrap();
+        std::fs::write(&gz, e.finish().unwrap()).unwrap();
+        for path in [&p, &gz] {
+            let n = read(path).unwrap();
+            assert_eq!(n.dims, v.dims);
+            assert_eq!(n.data, v.data);
+            for r in 0..3 {
+                for c in 0..4 {
+                    assert!((n.affine[r][c] - v.affine[r][c]).abs() < 1e-4, "{r} {c}");
+                }
+            }
+        }
+        std::fs::write(&p, [0u8; 100]).unwrap();
+        assert!(matches!(read(&p), Err(NiftiError::Format { .. })));
     }
 }

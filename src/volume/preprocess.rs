@@ -43,12 +43,12 @@ impl Default for Preprocess {
     fn default() -> Self {
         Preprocess {
             shape: [32, 64, 112],
-            field_of_view_mm: [96.0, 160.0, 280.0],
+            field_of_view_mm: [128.0, 224.0, 320.0],
             center_offset_mm: [0.0, 0.0, 0.0],
             window_level: 300.0,
             window_width: 1500.0,
-            percentiles: None,
-            reference: [0.0, 1200.0],
+            percentiles: Some([1.0, 99.0]),
+            reference: [-300.0, 900.0],
         }
     }
 }
@@ -108,16 +108,16 @@ pub fn preprocess(v: &Volume, p: &Preprocess) -> Volume {
         c[2] + p.center_offset_mm[2],
     ];
     let (mut out, inside) = resample(v, c, p.field_of_view_mm, p.shape);
-    normalise(&mut out.data, &inside, p);
+    normalise(&mut out.data, &inside, &p.normalisation());
     out
 }
 
-/// Resample `v` onto a canonical grid of `shape` (D, H, W) covering `fov_mm`
-/// (anterior-posterior, superior-inferior, right-left) centred on `center` (LPS mm):
-/// trilinear, averaging sub-samples where the grid is coarser than the input. Returns the
-/// volume (its affine maps every voxel to patient mm) and which voxels fell inside the input
-/// (the others are 0). Crops around a femoral head use this too.
-pub fn resample(v: &Volume, c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> (Volume, Vec<bool>) {
+/// The affine of a canonical grid of `shape` (D, H, W) covering `fov_mm`
+/// (anterior-posterior, superior-inferior, right-left) centred on `c` (LPS mm): voxel
+/// (column, row, slice) to patient mm, columns to patient left, rows inferior, slices
+/// posterior. [`resample`] samples a volume onto it; the domain-randomised phantom renders
+/// onto it directly.
+pub fn canonical_grid(c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> [[f64; 4]; 4] {
     let [d, h, w] = shape;
     let step = [
         fov_mm[0] / d as f64,
@@ -130,7 +130,7 @@ pub fn resample(v: &Volume, c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> (Volu
             - ROWS[a] * step[1] * (h as f64 - 1.0) / 2.0
             - SLICES[a] * step[0] * (d as f64 - 1.0) / 2.0
     });
-    let affine = [
+    [
         [
             COLS[0] * step[2],
             ROWS[0] * step[1],
@@ -150,6 +150,21 @@ pub fn resample(v: &Volume, c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> (Volu
             origin[2],
         ],
         [0.0, 0.0, 0.0, 1.0],
+    ]
+}
+
+/// Resample `v` onto a canonical grid of `shape` (D, H, W) covering `fov_mm`
+/// (anterior-posterior, superior-inferior, right-left) centred on `center` (LPS mm):
+/// trilinear, averaging sub-samples where the grid is coarser than the input. Returns the
+/// volume (its affine maps every voxel to patient mm) and which voxels fell inside the input
+/// (the others are 0). Crops around a femoral head use this too.
+pub fn resample(v: &Volume, c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> (Volume, Vec<bool>) {
+    let [d, h, w] = shape;
+    let affine = canonical_grid(c, fov_mm, shape);
+    let step = [
+        fov_mm[0] / d as f64,
+        fov_mm[1] / h as f64,
+        fov_mm[2] / w as f64,
     ];
     let mut out = Volume {
         data: vec![0.0; d * h * w],
@@ -211,8 +226,34 @@ pub fn resample(v: &Volume, c: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> (Volu
     (out, inside)
 }
 
+/// The intensity steps, shared by the detector's preprocessing and the stager's crops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalisation {
+    /// Percentiles of the body's intensities mapped onto `reference`; None = window only.
+    pub percentiles: Option<[f64; 2]>,
+    /// Intensities the percentiles are mapped onto.
+    pub reference: [f64; 2],
+    /// Intensity window level.
+    pub window_level: f64,
+    /// Intensity window width.
+    pub window_width: f64,
+}
+
+impl Preprocess {
+    /// The intensity steps of this preprocessing.
+    pub fn normalisation(&self) -> Normalisation {
+        Normalisation {
+            percentiles: self.percentiles,
+            reference: self.reference,
+            window_level: self.window_level,
+            window_width: self.window_width,
+        }
+    }
+}
+
 /// Percentile mapping (optional) then the window, to [0, 1]; outside voxels become 0.
-fn normalise(data: &mut [f32], inside: &[bool], p: &Preprocess) {
+/// The one intensity step of training and inference alike.
+pub fn normalise(data: &mut [f32], inside: &[bool], p: &Normalisation) {
     if let Some([lo_pct, hi_pct]) = p.percentiles {
         // Percentiles of the body: voxels inside the acquisition and brighter than a tenth
         // of the 99th percentile, which leaves out air and its (Rician) noise.
@@ -288,6 +329,7 @@ mod tests {
             field_of_view_mm: [8.0, 12.0, 16.0],
             window_level: 1000.0,
             window_width: 2000.0,
+            percentiles: None,
             ..Preprocess::default()
         };
         let out = preprocess(&v, &p);
@@ -313,9 +355,12 @@ mod tests {
 
     #[test]
     fn window_and_percentiles() {
-        let p = Preprocess::default();
+        let p = Preprocess {
+            percentiles: None,
+            ..Preprocess::default()
+        };
         let mut d = vec![-450.0f32, 300.0, 1050.0, 5000.0];
-        normalise(&mut d, &[true; 4], &p);
+        normalise(&mut d, &[true; 4], &p.normalisation());
         assert_eq!(d, vec![0.0, 0.5, 1.0, 1.0]);
         // With percentile mapping, a scanner at twice the scale lands where the reference does.
         let q = Preprocess {
@@ -340,14 +385,14 @@ mod tests {
             ..q
         };
         let (mut a, mut b) = (tissue(1.0), tissue(2.0));
-        normalise(&mut a, &[true; 400], &q);
-        normalise(&mut b, &[true; 400], &q);
+        normalise(&mut a, &[true; 400], &q.normalisation());
+        normalise(&mut b, &[true; 400], &q.normalisation());
         for i in (1..400).filter(|i| i % 4 != 0) {
             assert!((a[i] - b[i]).abs() < 0.02, "{i}: {} vs {}", a[i], b[i]);
         }
         // Outside the acquisition is air.
         let mut e = vec![700.0f32];
-        normalise(&mut e, &[false], &p);
+        normalise(&mut e, &[false], &p.normalisation());
         assert_eq!(e, vec![0.0]);
     }
 }

@@ -1,0 +1,567 @@
+//! Domain-randomised rendering of the phantom's anatomy, for training only.
+//!
+//! The classic renderer (`phantom::generate_study`) gives every tissue one signal per
+//! contrast, so a network trained on it learns that phantom's look, not femoral heads. Here,
+//! as in SynthSeg (Billot et al., Medical Image Analysis 2023), images are sampled from the
+//! anatomy's *label map* with every appearance parameter drawn anew per study:
+//!
+//! - anatomy: body habitus and fat thickness, pelvis tilt, obliquity and rotation, overall
+//!   size, bladder from empty to full, head radius 20–27 mm, neck-shaft angle 115–145°, leg
+//!   abduction, lesion size and direction within each stage's definition;
+//! - contrast: a mean and spread per label, either T2-like (fat suppressed as in FS-T2 or
+//!   STIR, or bright as in plain T2/PD) or drawn independently (orderings no scanner makes,
+//!   inverted ones included). The lesions stay what a reader would call them whatever the
+//!   contrast: oedema and the inner (granulation) line move from marrow towards fluid, the
+//!   outer (sclerotic) line towards cortex, the necrotic segment stays marrow-like and mottled;
+//!   marrow and fluid are always told apart, so a stage is never drawn invisible;
+//! - acquisition: coronal or axial slab of 3–6 mm slices with gaps (blur along the slice
+//!   direction), in-plane resolution, field of view from tight hips to the whole pelvis and
+//!   where it is centred relative to the heads (the model grid is centred on the series
+//!   centre, as in the pipeline; what lies outside the acquisition is not acquired);
+//! - artefacts: multiplicative bias field, gamma, Rician noise, phase-encode ghosts and
+//!   motion copies, partial volume at the grid's voxel size.
+//!
+//! Images are rendered directly on a model grid (the detector's input grid, or a stager
+//! crop's grid), so thousands of distinct studies cost little; they then go through the same
+//! intensity normalisation as in inference (`volume::preprocess::normalise`). The DICOM path
+//! (`phantom::generate_study`) stays for validation and tests.
+//!
+//! Not here: DICOM, files, or anything used at inference time.
+
+/// What is drawn per training study, as a manifest states it.
+pub const DESCRIPTION: &str = "SynthSeg-style, per study: anatomy (body habitus, fat 5-45 mm, \
+pelvis tilt +-8 deg, obliquity +-4 deg, rotation +-6 deg, size x0.88-1.12, bladder empty to full, \
+head radius 20-27 mm, neck-shaft angle 115-145 deg, abduction -10..15 deg, lesion size and \
+direction within each stage); contrast (a mean and spread per label: fat-suppressed T2/STIR-like, \
+plain T2/PD-like, or independent draws with any ordering; oedema and the granulation line move \
+from marrow towards fluid, the sclerotic line towards cortex, marrow and fluid always differ); \
+acquisition (coronal or axial slab of 16-40 slices of 3-6 mm with 0-1.5 mm gaps, in-plane \
+0.6-2 mm, field of view 220-440 mm centred -30..+75 mm from the heads superiorly and +-20 mm \
+otherwise, outside it not acquired); artefacts (bias field, gamma 0.67-1.5, Rician noise \
+1-8 %, phase-encode ghosts and motion copies); partial volume at the grid's voxel size";
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::anatomy::{self, Anatomy, Hip, LABELS, Label, Stage, V3, Variant, unit};
+use super::{HeadTruth, Pose, head_truths};
+use crate::volume::preprocess::canonical_grid;
+
+/// One drawn study: anatomy placed in patient space, and its heads' truth.
+#[derive(Debug, Clone)]
+pub struct Scene {
+    /// The canonical anatomy (label shapes and lesions).
+    anatomy: Anatomy,
+    /// Where the anatomy sits in patient space.
+    pose: Pose,
+    /// The heads' ground truth in patient LPS mm, right then left.
+    pub heads: Vec<HeadTruth>,
+}
+
+/// Draw a scene; `stages` pins (right, left).
+pub fn draw_scene(rng: &mut ChaCha8Rng, stages: Option<[Stage; 2]>) -> Scene {
+    let stages = stages.unwrap_or_else(|| {
+        let mut draw = || match rng.random_range(0..3) {
+            0 => Stage::S0,
+            1 => Stage::S1,
+            _ => Stage::S2,
+        };
+        [draw(), draw()]
+    });
+    let scale: f64 = rng.random_range(0.88..1.12);
+    let pose = Pose {
+        rot: anatomy::rotation(
+            rng.random_range(-0.14..0.14),
+            rng.random_range(-0.07..0.07),
+            rng.random_range(-0.1..0.1),
+        ),
+        scale,
+        shift: [
+            rng.random_range(-30.0..30.0),
+            rng.random_range(-30.0..30.0),
+            rng.random_range(-30.0..30.0),
+        ],
+    };
+    // Patient-space head radius 20–27 mm, the two within 1.5 mm of each other.
+    let radius: f64 = rng.random_range(20.0..27.0);
+    let half_gap: f64 = rng.random_range(80.0..100.0);
+    let hips = [0usize, 1].map(|i| {
+        let sign = if i == 0 { -1.0 } else { 1.0 };
+        let stage = stages[i];
+        Hip {
+            sign,
+            center: [
+                sign * half_gap + rng.random_range(-3.0..3.0),
+                rng.random_range(-6.0..6.0),
+                rng.random_range(-4.0..4.0),
+            ],
+            radius: (radius + rng.random_range(-1.5..1.5)) / scale,
+            neck_shaft_deg: rng.random_range(115.0..145.0),
+            stage,
+            variant: if stage == Stage::S0 && rng.random_bool(0.4) {
+                Variant::HerniationPit
+            } else {
+                Variant::None
+            },
+            lesion_dir: unit([
+                sign * rng.random_range(0.0..0.4),
+                -rng.random_range(0.2..0.7),
+                rng.random_range(0.7..0.95),
+            ]),
+            lesion_size: match stage {
+                Stage::S1 => rng.random_range(0.28..0.5),
+                _ => rng.random_range(0.55..0.85),
+            },
+            abduction_deg: rng.random_range(-10.0..15.0),
+        }
+    });
+    let a: f64 = rng.random_range(140.0..200.0);
+    let b: f64 = rng.random_range(95.0..140.0);
+    let anatomy = Anatomy {
+        body: (a, b),
+        fat: rng.random_range(5.0..45.0_f64).min(b - 70.0),
+        bladder: (
+            [
+                rng.random_range(-8.0..8.0),
+                rng.random_range(-55.0..-35.0),
+                rng.random_range(15.0..55.0),
+            ],
+            [
+                rng.random_range(15.0..55.0),
+                rng.random_range(12.0..40.0),
+                rng.random_range(12.0..45.0),
+            ],
+        ),
+        hips,
+    };
+    let heads = head_truths(&anatomy, &pose);
+    Scene {
+        anatomy,
+        pose,
+        heads,
+    }
+}
+
+impl Scene {
+    /// Midpoint of the two head centres, patient mm.
+    pub fn heads_midpoint(&self) -> V3 {
+        let (a, b) = (self.heads[0].center_lps_mm, self.heads[1].center_lps_mm);
+        [0, 1, 2].map(|i| (a[i] + b[i]) / 2.0)
+    }
+}
+
+/// Slice orientation of the simulated acquisition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceAxis {
+    /// Slices stack anterior to posterior (patient y).
+    Coronal,
+    /// Slices stack inferior to superior (patient z).
+    Axial,
+}
+
+/// What was acquired and how: the region, its resolution and its artefacts.
+#[derive(Debug, Clone)]
+pub struct Acquisition {
+    /// Centre of the acquired region (the series centre), patient mm.
+    pub center: V3,
+    /// Slice orientation.
+    pub axis: SliceAxis,
+    /// Extent along the slice normal, mm (slices x spacing).
+    pub slab_mm: f64,
+    /// In-plane extents, mm: (patient x, the other in-plane patient axis).
+    pub fov_mm: [f64; 2],
+    /// Slice thickness plus gap, mm: blur along the slice normal.
+    pub slice_mm: f64,
+    /// In-plane resolution, mm.
+    pub pixel_mm: f64,
+    /// Mean signal per label, in arbitrary units (index = `Label as usize`).
+    means: [f64; LABELS],
+    /// Within-label spread per label (texture), same units.
+    spread: [f64; LABELS],
+    /// Bias field: coefficients of x, y, z, x², y², z² (patient mm / 200).
+    bias: [f64; 6],
+    /// Gamma applied to the normalised signal.
+    gamma: f64,
+    /// Rician noise sigma, relative to the brightest mean.
+    noise: f64,
+    /// Copies along the phase-encode axis: (shift in voxels, amplitude) — ghosts and motion.
+    ghosts: Vec<(isize, f64)>,
+    /// Phase-encode axis on the grid: 1 = rows (superior-inferior), 2 = columns (right-left).
+    phase_axis: usize,
+}
+
+/// Draw an acquisition for `scene`: where it is centred, what it covers, and how it looks.
+pub fn draw_acquisition(rng: &mut ChaCha8Rng, scene: &Scene) -> Acquisition {
+    let mid = scene.heads_midpoint();
+    let axis = if rng.random_bool(0.75) {
+        SliceAxis::Coronal
+    } else {
+        SliceAxis::Axial
+    };
+    let thickness: f64 = rng.random_range(3.0..6.0);
+    let gap: f64 = rng.random_range(0.0..1.5);
+    let slices: f64 = rng.random_range(16.0..40.0);
+    // Tight hips to the whole pelvis: the series centre from a little below the heads to
+    // well above them, and off-centre left-right and front-back.
+    let center = [
+        mid[0] + rng.random_range(-20.0..20.0),
+        mid[1] + rng.random_range(-20.0..20.0),
+        mid[2] + rng.random_range(-30.0..75.0),
+    ];
+    let fov_mm = match axis {
+        SliceAxis::Coronal => [rng.random_range(260.0..440.0), rng.random_range(220.0..440.0)],
+        SliceAxis::Axial => [rng.random_range(280.0..440.0), rng.random_range(220.0..400.0)],
+    };
+    let pixel_mm = if rng.random_bool(0.85) {
+        rng.random_range(0.6..1.2)
+    } else {
+        rng.random_range(1.2..2.0)
+    };
+    let (means, spread) = draw_contrast(rng);
+    let mut ghosts = Vec::new();
+    if rng.random_bool(0.3) {
+        // N/2 ghost of the whole image.
+        ghosts.push((0, rng.random_range(0.03..0.15)));
+    }
+    if rng.random_bool(0.25) {
+        for _ in 0..rng.random_range(2..5) {
+            let s = rng.random_range(1i64..7) as isize;
+            let s = if rng.random_bool(0.5) { s } else { -s };
+            ghosts.push((s, rng.random_range(0.03..0.1)));
+        }
+    }
+    Acquisition {
+        center,
+        axis,
+        slab_mm: slices * (thickness + gap),
+        fov_mm,
+        slice_mm: (thickness * thickness + gap * gap).sqrt(),
+        pixel_mm,
+        means,
+        spread,
+        bias: [
+            rng.random_range(-0.3..0.3),
+            rng.random_range(-0.3..0.3),
+            rng.random_range(-0.3..0.3),
+            rng.random_range(-0.15..0.15),
+            rng.random_range(-0.15..0.15),
+            rng.random_range(-0.15..0.15),
+        ],
+        gamma: rng.random_range(-0.4..0.4_f64).exp(),
+        noise: rng.random_range(0.01..0.08),
+        ghosts,
+        phase_axis: if rng.random_bool(0.5) { 1 } else { 2 },
+    }
+}
+
+/// Means and spreads per label: T2-like with or without fat suppression, or independent.
+fn draw_contrast(rng: &mut ChaCha8Rng) -> ([f64; LABELS], [f64; LABELS]) {
+    let mut m = [0.0; LABELS];
+    let u = |rng: &mut ChaCha8Rng, lo: f64, hi: f64| rng.random_range(lo..hi);
+    let mode = rng.random_range(0..4);
+    match mode {
+        // Fat-suppressed T2 or STIR: fat and marrow dark, fluid bright.
+        0 => {
+            m[Label::Fat as usize] = u(rng, 0.03, 0.25);
+            m[Label::Marrow as usize] = m[Label::Fat as usize] * u(rng, 0.8, 1.4);
+            m[Label::Muscle as usize] = u(rng, 0.12, 0.4);
+            m[Label::Joint as usize] = u(rng, 0.6, 1.0);
+            m[Label::Cortex as usize] = u(rng, 0.0, 0.06);
+        }
+        // Plain T2 or PD: fat and marrow bright.
+        1 => {
+            m[Label::Fat as usize] = u(rng, 0.5, 0.95);
+            m[Label::Marrow as usize] = m[Label::Fat as usize] * u(rng, 0.7, 1.05);
+            m[Label::Muscle as usize] = u(rng, 0.12, 0.4);
+            m[Label::Joint as usize] = u(rng, 0.55, 1.0);
+            m[Label::Cortex as usize] = u(rng, 0.0, 0.06);
+        }
+        // Independent draws: any ordering, inverted ones included.
+        _ => {
+            for l in [Label::Fat, Label::Muscle, Label::Joint, Label::Marrow] {
+                m[l as usize] = u(rng, 0.0, 1.0);
+            }
+            if rng.random_bool(0.5) {
+                m[Label::Marrow as usize] = m[Label::Fat as usize] * u(rng, 0.7, 1.3);
+            }
+            m[Label::Cortex as usize] = u(rng, 0.0, 0.2);
+        }
+    }
+    // Marrow and fluid always differ enough for oedema and the double line to show.
+    let (marrow, cortex) = (m[Label::Marrow as usize], m[Label::Cortex as usize]);
+    if (m[Label::Joint as usize] - marrow).abs() < 0.25 {
+        m[Label::Joint as usize] = if marrow < 0.5 {
+            u(rng, marrow + 0.3, 1.2)
+        } else {
+            u(rng, 0.0, (marrow - 0.3).max(0.01))
+        };
+    }
+    let fluid = m[Label::Joint as usize];
+    m[Label::Urine as usize] = if rng.random_bool(0.75) {
+        (fluid + u(rng, -0.15, 0.15)).max(0.0)
+    } else {
+        u(rng, 0.0, 1.0)
+    };
+    m[Label::Air as usize] = u(rng, 0.0, 0.03);
+    m[Label::Oedema as usize] = marrow + (fluid - marrow) * u(rng, 0.3, 0.75);
+    m[Label::Granulation as usize] = marrow + (fluid - marrow) * u(rng, 0.55, 1.0);
+    m[Label::Sclerosis as usize] = marrow + (cortex - marrow) * u(rng, 0.6, 1.0);
+    m[Label::Necrotic as usize] = marrow * u(rng, 0.85, 1.15);
+    let mut s = [0.0; LABELS];
+    for (i, v) in s.iter_mut().enumerate() {
+        *v = if i == Label::Necrotic as usize {
+            u(rng, 0.02, 0.08)
+        } else {
+            u(rng, 0.0, 0.05)
+        };
+    }
+    (m, s)
+}
+
+/// A grid to render on: its affine (voxel (column, row, slice) to patient mm) and shape
+/// (D, H, W).
+#[derive(Debug, Clone, Copy)]
+pub struct Grid {
+    /// Voxel to patient mm.
+    pub affine: [[f64; 4]; 4],
+    /// (D, H, W).
+    pub shape: [usize; 3],
+}
+
+impl Grid {
+    /// The canonical grid of `shape` covering `fov_mm` around `center` (as in
+    /// `volume::resample`).
+    pub fn canonical(center: V3, fov_mm: [f64; 3], shape: [usize; 3]) -> Grid {
+        Grid {
+            affine: canonical_grid(center, fov_mm, shape),
+            shape,
+        }
+    }
+
+    fn point(&self, i: f64, j: f64, k: f64) -> V3 {
+        let a = &self.affine;
+        [0, 1, 2].map(|r| a[r][0] * i + a[r][1] * j + a[r][2] * k + a[r][3])
+    }
+
+    /// Voxel size along (D, H, W), mm.
+    fn steps(&self) -> [f64; 3] {
+        let n = |c: usize| {
+            (0..3)
+                .map(|r| self.affine[r][c] * self.affine[r][c])
+                .sum::<f64>()
+                .sqrt()
+        };
+        [n(2), n(1), n(0)]
+    }
+}
+
+/// Render `scene` as acquired by `acq` on `grid`: the signal (arbitrary units, not yet
+/// normalised) and which voxels lie inside the acquired region. `seed` drives the noise.
+pub fn render(scene: &Scene, acq: &Acquisition, grid: &Grid, seed: u64) -> (Vec<f32>, Vec<bool>) {
+    let [d, h, w] = grid.shape;
+    let steps = grid.steps();
+    let vox = (steps[0] + steps[1] + steps[2]) / 3.0 / scene.pose.scale;
+    let plane = d * h * w / d.max(1);
+    // Labels to signal, with per-voxel spread (texture before the blur, as in SynthSeg).
+    let mut signal = vec![0f32; d * h * w];
+    let mut inside = vec![false; d * h * w];
+    signal
+        .par_chunks_mut(plane)
+        .zip(inside.par_chunks_mut(plane))
+        .enumerate()
+        .for_each(|(k, (sig, ins))| {
+            let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
+                seed.wrapping_mul(0x9e37_79b9).wrapping_add(k as u64),
+            );
+            for j in 0..h {
+                for i in 0..w {
+                    let p = grid.point(i as f64, j as f64, k as f64);
+                    let idx = j * w + i;
+                    ins[idx] = acq.covers(p);
+                    let f = scene.anatomy.fractions(scene.pose.to_canonical(p), vox);
+                    let (mut mean, mut spread) = (0.0, 0.0);
+                    for l in 0..LABELS {
+                        mean += f[l] * acq.means[l];
+                        spread += f[l] * acq.spread[l];
+                    }
+                    let n: f64 = rng.sample(rand_distr::StandardNormal);
+                    sig[idx] = (mean + spread * n) as f32;
+                }
+            }
+        });
+    // Resolution: the slice profile (and gap) along the slice normal, the in-plane pixel.
+    let psf = |fwhm: f64, step: f64| {
+        let extra = (fwhm * fwhm - step * step).max(0.0).sqrt();
+        extra / 2.355 / step
+    };
+    let (slice_axis, other) = match acq.axis {
+        SliceAxis::Coronal => (0, 1),
+        SliceAxis::Axial => (1, 0),
+    };
+    let mut sigma = [0.0; 3];
+    sigma[slice_axis] = psf(acq.slice_mm, steps[slice_axis]);
+    sigma[other] = psf(acq.pixel_mm, steps[other]);
+    sigma[2] = psf(acq.pixel_mm, steps[2]);
+    for (axis, s) in sigma.iter().enumerate() {
+        if *s > 0.05 {
+            blur_axis(&mut signal, grid.shape, axis, *s);
+        }
+    }
+    // Ghosts and motion copies along the phase-encode axis.
+    if !acq.ghosts.is_empty() {
+        let base = signal.clone();
+        let n = grid.shape[acq.phase_axis] as isize;
+        for (shift, amp) in &acq.ghosts {
+            let s = if *shift == 0 { n / 2 } else { *shift };
+            add_shifted(&mut signal, &base, grid.shape, acq.phase_axis, s, *amp as f32);
+        }
+    }
+    // Bias field, gamma, then Rician noise.
+    let top = acq.means.iter().cloned().fold(0.0, f64::max).max(1e-3);
+    let sigma_noise = acq.noise * top;
+    signal
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(k, sig)| {
+            let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(
+                seed.wrapping_mul(0x85eb_ca6b).wrapping_add(k as u64),
+            );
+            let normal = rand_distr::Normal::new(0.0, sigma_noise).expect("finite sigma");
+            for j in 0..h {
+                for i in 0..w {
+                    let p = grid.point(i as f64, j as f64, k as f64);
+                    let q = [0, 1, 2].map(|a| (p[a] - acq.center[a]) / 200.0);
+                    let b = &acq.bias;
+                    let field = (b[0] * q[0]
+                        + b[1] * q[1]
+                        + b[2] * q[2]
+                        + b[3] * q[0] * q[0]
+                        + b[4] * q[1] * q[1]
+                        + b[5] * q[2] * q[2])
+                        .exp();
+                    let v = (sig[j * w + i] as f64 * field).max(0.0) / top;
+                    let v = v.powf(acq.gamma) * top;
+                    let re = v + rng.sample(normal);
+                    let im: f64 = rng.sample(normal);
+                    sig[j * w + i] = (re * re + im * im).sqrt() as f32;
+                }
+            }
+        });
+    (signal, inside)
+}
+
+impl Acquisition {
+    /// Whether patient point `p` lies inside the acquired region.
+    fn covers(&self, p: V3) -> bool {
+        let q = [0, 1, 2].map(|a| p[a] - self.center[a]);
+        let (normal, in_plane) = match self.axis {
+            SliceAxis::Coronal => (q[1], q[2]),
+            SliceAxis::Axial => (q[2], q[1]),
+        };
+        normal.abs() <= self.slab_mm / 2.0
+            && q[0].abs() <= self.fov_mm[0] / 2.0
+            && in_plane.abs() <= self.fov_mm[1] / 2.0
+    }
+}
+
+/// Gaussian blur of a (D, H, W) volume along one axis (0, 1, 2), sigma in voxels; edges
+/// are clamped.
+fn blur_axis(data: &mut [f32], shape: [usize; 3], axis: usize, sigma: f64) {
+    let radius = (sigma * 3.0).ceil() as isize;
+    let kernel: Vec<f32> = {
+        let k: Vec<f64> = (-radius..=radius)
+            .map(|x| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let sum: f64 = k.iter().sum();
+        k.iter().map(|v| (v / sum) as f32).collect()
+    };
+    let [d, h, w] = shape;
+    let stride = [h * w, w, 1][axis];
+    let n = shape[axis];
+    let src = data.to_vec();
+    let lines: Vec<usize> = (0..d * h * w)
+        .filter(|idx| (idx / stride) % n == 0)
+        .collect();
+    for start in lines {
+        for x in 0..n {
+            let mut acc = 0f32;
+            for (t, kv) in kernel.iter().enumerate() {
+                let y = (x as isize + t as isize - radius).clamp(0, n as isize - 1) as usize;
+                acc += kv * src[start + y * stride];
+            }
+            data[start + x * stride] = acc;
+        }
+    }
+}
+
+/// `data += amp * base` shifted by `shift` voxels along `axis`, wrapping around (a ghost
+/// folds back into the field of view).
+fn add_shifted(data: &mut [f32], base: &[f32], shape: [usize; 3], axis: usize, shift: isize, amp: f32) {
+    let [d, h, w] = shape;
+    let n = shape[axis] as isize;
+    for k in 0..d {
+        for j in 0..h {
+            for i in 0..w {
+                let mut c = [k, j, i];
+                c[axis] = ((c[axis] as isize - shift).rem_euclid(n)) as usize;
+                data[(k * h + j) * w + i] += amp * base[(c[0] * h + c[1]) * w + c[2]];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn heads_are_drawn_within_the_stated_ranges_and_render_inside_the_grid() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..20 {
+            let scene = draw_scene(&mut rng, None);
+            for h in &scene.heads {
+                assert!((18.4..28.9).contains(&h.radius_mm), "{}", h.radius_mm);
+            }
+            assert!(scene.heads[0].center_lps_mm[0] < scene.heads[1].center_lps_mm[0]);
+        }
+    }
+
+    #[test]
+    fn a_head_is_brighter_or_darker_than_its_surroundings_and_lesions_show() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let scene = draw_scene(&mut rng, Some([Stage::S0, Stage::S2]));
+        let mut acq = draw_acquisition(&mut rng, &scene);
+        acq.center = scene.heads_midpoint();
+        acq.slab_mm = 400.0;
+        acq.fov_mm = [500.0, 500.0];
+        acq.noise = 0.0;
+        acq.ghosts.clear();
+        let h = &scene.heads[1];
+        let grid = Grid::canonical(h.center_lps_mm, [64.0, 64.0, 64.0], [16, 32, 32]);
+        let (sig, inside) = render(&scene, &acq, &grid, 1);
+        assert!(inside.iter().all(|x| *x));
+        assert!(sig.iter().all(|v| v.is_finite() && *v >= 0.0));
+        // The head's centre is marrow-like (or the necrotic segment), not fluid.
+        let centre = sig[(8 * 32 + 16) * 32 + 16] as f64;
+        let marrow = acq.means[Label::Marrow as usize];
+        let fluid = acq.means[Label::Joint as usize];
+        assert!(
+            (centre - marrow).abs() < (centre - fluid).abs() + 0.1,
+            "centre {centre}, marrow {marrow}, fluid {fluid}"
+        );
+    }
+
+    #[test]
+    fn blur_keeps_the_mean_and_spreads_a_spike() {
+        let mut v = vec![0f32; 15 * 4 * 3];
+        v[(7 * 4 + 1) * 3 + 1] = 1.0;
+        blur_axis(&mut v, [15, 4, 3], 0, 1.0);
+        let sum: f32 = v.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+        assert!(v[(6 * 4 + 1) * 3 + 1] > 0.1 && v[(8 * 4 + 1) * 3 + 1] > 0.1);
+        // Only along the axis asked for.
+        assert_eq!(v[(7 * 4 + 2) * 3 + 1], 0.0);
+    }
+}
