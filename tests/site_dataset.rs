@@ -145,18 +145,15 @@ fn a_site_dataset_trains_evaluates_exports_and_loads_in_the_daemon() {
         "not analysed:\n{}",
         daemon.log()
     );
-    let results: Value = serde_json::from_str(
-        daemon
-            .cli("results", &["--json"])
-            .lines()
-            .next()
-            .expect("one result"),
-    )
-    .unwrap();
-    let detector_sha = manifest(&models.join("3dc-yolox-small.json"))["weights"]["sha256"].clone();
-    assert_eq!(
-        results["model"]["detector_sha256"], detector_sha,
-        "{results:#}"
+    let text = daemon.cli("results", &["--json"]);
+    let detector_sha = manifest(&models.join("3dc-yolox-small.json"))["weights"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.contains(&format!("\"detector_sha256\": \"{detector_sha}\""))
+            || text.contains(&format!("\"detector_sha256\":\"{detector_sha}\"")),
+        "the daemon did not analyse with the exported detector: {text}"
     );
     daemon.sigterm();
 }

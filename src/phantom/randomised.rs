@@ -14,7 +14,9 @@
 //!   contrast: oedema and the inner (granulation) line move from marrow towards fluid, the
 //!   outer (sclerotic) line towards cortex, the necrotic segment stays marrow-like and mottled;
 //!   marrow and fluid are always told apart, so a stage is never drawn invisible;
-//! - acquisition: coronal or axial slab of 3–6 mm slices with gaps (blur along the slice
+//! - distractors the label map lacks: bowel-like clusters above the heads and soft-tissue
+//!   bellies, of random signal, never touching a head;
+//! - acquisition: coronal or axial slab of 3–7 mm slices with gaps (blur along the slice
 //!   direction), in-plane resolution, field of view from tight hips to the whole pelvis and
 //!   where it is centred relative to the heads (the model grid is centred on the series
 //!   centre, as in the pipeline; what lies outside the acquisition is not acquired);
@@ -35,7 +37,8 @@ head radius 20-27 mm, neck-shaft angle 115-145 deg, abduction -10..15 deg, lesio
 direction within each stage); contrast (a mean and spread per label: fat-suppressed T2/STIR-like, \
 plain T2/PD-like, or independent draws with any ordering; oedema and the granulation line move \
 from marrow towards fluid, the sclerotic line towards cortex, marrow and fluid always differ); \
-acquisition (coronal or axial slab of 16-40 slices of 3-6 mm with 0-1.5 mm gaps, in-plane \
+distractors (0-40 bowel-like ellipsoids above the heads and 0-8 soft-tissue bellies, random \
+signal, never touching a head); acquisition (coronal or axial slab of 16-40 slices of 3-7 mm with 0-2 mm gaps, in-plane \
 0.6-2 mm, field of view 220-440 mm centred -30..+75 mm from the heads superiorly and +-20 mm \
 otherwise, outside it not acquired); artefacts (bias field, gamma 0.67-1.5, Rician noise \
 1-8 %, phase-encode ghosts and motion copies); partial volume at the grid's voxel size";
@@ -57,6 +60,11 @@ pub struct Scene {
     pose: Pose,
     /// The heads' ground truth in patient LPS mm, right then left.
     pub heads: Vec<HeadTruth>,
+    /// Distractors the label map lacks — bowel loops, vessels, muscle bellies: ellipsoids
+    /// (patient centre, radii mm) of a signal drawn per study relative to the brightest
+    /// tissue, never touching a femoral head. A detector must learn heads, not "the only
+    /// round things in the pelvis".
+    blobs: Vec<(V3, V3, f64)>,
 }
 
 /// Draw a scene; `stages` pins (right, left).
@@ -136,11 +144,55 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, stages: Option<[Stage; 2]>) -> Scene {
         hips,
     };
     let heads = head_truths(&anatomy, &pose);
+    let blobs = draw_blobs(rng, &heads, a, b);
     Scene {
         anatomy,
         pose,
         heads,
+        blobs,
     }
+}
+
+/// Bowel-like clusters above the heads and larger soft-tissue bellies anywhere in the body,
+/// each kept clear of both heads.
+fn draw_blobs(rng: &mut ChaCha8Rng, heads: &[HeadTruth], a: f64, b: f64) -> Vec<(V3, V3, f64)> {
+    let mid = [0, 1, 2].map(|i| (heads[0].center_lps_mm[i] + heads[1].center_lps_mm[i]) / 2.0);
+    let mut out = Vec::new();
+    let clear = |c: V3, r: f64| {
+        heads.iter().all(|h| {
+            let d = (0..3)
+                .map(|i| (c[i] - h.center_lps_mm[i]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            d > h.radius_mm + r + 4.0
+        })
+    };
+    let bowel = rng.random_range(0..40);
+    let bowel_level: f64 = rng.random_range(0.0..1.0);
+    for _ in 0..bowel {
+        let r: V3 = [0; 3].map(|_| rng.random_range(4.0..14.0));
+        let c = [
+            mid[0] + rng.random_range(-90.0..90.0),
+            mid[1] + rng.random_range(-70.0..40.0),
+            mid[2] + rng.random_range(20.0..160.0),
+        ];
+        let level = (bowel_level + rng.random_range(-0.3..0.3_f64)).clamp(0.0, 1.2);
+        if clear(c, r[0].max(r[1]).max(r[2])) {
+            out.push((c, r, level));
+        }
+    }
+    for _ in 0..rng.random_range(0..8) {
+        let r: V3 = [0; 3].map(|_| rng.random_range(10.0..45.0));
+        let c = [
+            mid[0] + rng.random_range(-a * 0.8..a * 0.8),
+            mid[1] + rng.random_range(-b * 0.6..b * 0.6),
+            mid[2] + rng.random_range(-120.0..120.0),
+        ];
+        if clear(c, r[0].max(r[1]).max(r[2])) {
+            out.push((c, r, rng.random_range(0.0..1.0)));
+        }
+    }
+    out
 }
 
 impl Scene {
@@ -199,8 +251,8 @@ pub fn draw_acquisition(rng: &mut ChaCha8Rng, scene: &Scene) -> Acquisition {
     } else {
         SliceAxis::Axial
     };
-    let thickness: f64 = rng.random_range(3.0..6.0);
-    let gap: f64 = rng.random_range(0.0..1.5);
+    let thickness: f64 = rng.random_range(3.0..7.0);
+    let gap: f64 = rng.random_range(0.0..2.0);
     let slices: f64 = rng.random_range(16.0..40.0);
     // Tight hips to the whole pelvis: the series centre from a little below the heads to
     // well above them, and off-centre left-right and front-back.
@@ -363,6 +415,7 @@ pub fn render(scene: &Scene, acq: &Acquisition, grid: &Grid, seed: u64) -> (Vec<
     let steps = grid.steps();
     let vox = (steps[0] + steps[1] + steps[2]) / 3.0 / scene.pose.scale;
     let plane = d * h * w / d.max(1);
+    let top = acq.means.iter().cloned().fold(0.0, f64::max).max(1e-3);
     // Labels to signal, with per-voxel spread (texture before the blur, as in SynthSeg).
     let mut signal = vec![0f32; d * h * w];
     let mut inside = vec![false; d * h * w];
@@ -384,6 +437,18 @@ pub fn render(scene: &Scene, acq: &Acquisition, grid: &Grid, seed: u64) -> (Vec<
                     for l in 0..LABELS {
                         mean += f[l] * acq.means[l];
                         spread += f[l] * acq.spread[l];
+                    }
+                    // Distractors are inside the body only (not over air).
+                    if f[Label::Air as usize] < 0.5 {
+                        for (c, r, level) in &scene.blobs {
+                            let q = [0, 1, 2].map(|a| (p[a] - c[a]) / r[a]);
+                            let k = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]).sqrt();
+                            let d = (k - 1.0) * r[0].min(r[1]).min(r[2]);
+                            let w = anatomy::coverage(d, vox);
+                            if w > 0.0 {
+                                mean += (level * top - mean) * w;
+                            }
+                        }
                     }
                     let n: f64 = rng.sample(rand_distr::StandardNormal);
                     sig[idx] = (mean + spread * n) as f32;
@@ -418,7 +483,6 @@ pub fn render(scene: &Scene, acq: &Acquisition, grid: &Grid, seed: u64) -> (Vec<
         }
     }
     // Bias field, gamma, then Rician noise.
-    let top = acq.means.iter().cloned().fold(0.0, f64::max).max(1e-3);
     let sigma_noise = acq.noise * top;
     signal
         .par_chunks_mut(plane)
