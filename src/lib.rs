@@ -14,7 +14,8 @@
 //! - [`evalphantom`]: an independent synthetic hip renderer for external-style evaluation
 //!   only (never training or model selection).
 //! - [`volume`]: series selection, 3D assembly, preprocessing, NIfTI.
-//! - [`model`]: the 3D networks on Candle and their training.
+//! - [`model`]: the 3D networks on Candle, their training (phantom, domain-randomised and
+//!   site-dataset data) and model files.
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
 
