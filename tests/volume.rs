@@ -145,8 +145,10 @@ fn coronal_study_round_trips_and_heads_land_on_the_heads() {
             "{at:?}"
         );
         let (t1c, t2c) = (mean_near(&pre1, c, 3.0), mean_near(&pre2, c, 3.0));
-        assert!(t1c > 0.9, "{} tensor T1 centre {t1c}", head.side);
-        assert!(t2c < 0.52, "{} tensor T2 centre {t2c}", head.side);
+        // Per-volume normalisation (1st..99th percentile onto the reference window) puts
+        // fatty marrow high on T1 and low on fat-suppressed T2.
+        assert!(t1c > 0.6, "{} tensor T1 centre {t1c}", head.side);
+        assert!(t2c < 0.3, "{} tensor T2 centre {t2c}", head.side);
     }
 
     // Shuffled and reversed file order give the same volume.
@@ -534,10 +536,13 @@ fn lesion_side_and_direction_survive_assembly_and_preprocessing() {
             assert!(x < 450.0, "{case}: {name} bright in the volume: {x}");
         }
         let t = mean_near(&pre, focus, 3.0);
-        assert!(t > 0.68, "{case}: focus not bright in the tensor: {t}");
+        assert!(t > 0.3, "{case}: focus not bright in the tensor: {t}");
         for (name, p) in [("antipode", antipode), ("right head", right_same)] {
             let x = mean_near(&pre, p, 3.0);
-            assert!(x < 0.6, "{case}: {name} bright in the tensor: {x}");
+            assert!(
+                x < 0.5 * t,
+                "{case}: {name} as bright as the focus in the tensor: {x} vs {t}"
+            );
         }
     }
 }
