@@ -766,17 +766,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 train::Trained::load(&out, "stager")?
             } else {
                 train::train_stager(&opts, step_progress(start), |r| {
-                eprintln!();
-                println!(
-                    "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3} (classic {:.3}, randomised {:.3}){}",
-                    r.epoch,
-                    r.train_loss,
-                    r.val_loss,
-                    r.val_accuracy,
-                    r.val_classic_accuracy,
-                    r.val_randomised_accuracy,
-                    if r.best { "  (best)" } else { "" }
-                )
+                    eprintln!();
+                    println!(
+                        "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3} (classic {:.3}, randomised {:.3}){}",
+                        r.epoch,
+                        r.train_loss,
+                        r.val_loss,
+                        r.val_accuracy,
+                        r.val_classic_accuracy,
+                        r.val_randomised_accuracy,
+                        if r.best { "  (best)" } else { "" }
+                    )
                 })?
             };
             println!("checkpoints in {}", out.display());
@@ -850,17 +850,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 onfh_edge::model::train::Trained::load(&out, "detector")?
             } else {
                 td::train_detector(&opts, step_progress(start), |r| {
-                eprintln!();
-                println!(
-                    "epoch {:>3}  train loss {:.4}  val detection {:.3} (classic {:.3}, randomised {:.3})  val centre error {:.2} mm{}",
-                    r.epoch,
-                    r.train_loss,
-                    r.val_detection_rate,
-                    r.val_classic_rate,
-                    r.val_randomised_rate,
-                    r.val_center_error_mm,
-                    if r.best { "  (best)" } else { "" }
-                )
+                    eprintln!();
+                    println!(
+                        "epoch {:>3}  train loss {:.4}  val detection {:.3} (classic {:.3}, randomised {:.3})  val centre error {:.2} mm{}",
+                        r.epoch,
+                        r.train_loss,
+                        r.val_detection_rate,
+                        r.val_classic_rate,
+                        r.val_randomised_rate,
+                        r.val_center_error_mm,
+                        if r.best { "  (best)" } else { "" }
+                    )
                 })?
             };
             println!("checkpoints in {}", out.display());
@@ -910,8 +910,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 min_detection_score: onfh_edge::pipeline::AnalysisSettings::default()
                     .min_detection_score,
             };
-            let result = evaluate::evaluate(&opts, &command_line(), |family, i, seed| {
-                match family {
+            let result =
+                evaluate::evaluate(&opts, &command_line(), |family, i, seed| match family {
                     evaluate::Family::InDistribution => {
                         eprint!("\r  in-distribution study {i:>4}/{studies} (seed {seed})   ")
                     }
@@ -919,8 +919,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         eprint!("\r  external study {i:>4}/{external_studies} (seed {seed})   ")
                     }
                     evaluate::Family::Dataset => eprint!("\r  dataset test study {i:>4}   "),
-                }
-            });
+                });
             eprintln!();
             let _ = std::fs::remove_dir_all(&scratch);
             let e = result?;

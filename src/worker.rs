@@ -5,8 +5,11 @@
 //! A study is picked up again only when one of its series completed after its last
 //! analysis; a crash mid-inference leaves no result row, so the study is analysed again
 //! after the restart, and alerts for the same finding are never queued twice (the outbox
-//! key is the finding's). Models that fail to load are retried every minute while the
-//! jobs wait. The worker neither receives DICOM nor delivers alerts.
+//! key is the finding's). Each analysis is marked in the database before it starts: a
+//! study whose analysis killed the process [`MAX_ATTEMPTS`] times (out of memory, a crash,
+//! the watchdog) is recorded as an `error` with that reason, alerted like an indeterminate
+//! call, and not analysed again. Models that fail to load are retried every minute while
+//! the jobs wait. The worker neither receives DICOM nor delivers alerts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +23,10 @@ use crate::config::Settings;
 use crate::notify;
 use crate::pipeline::{self, Models, Status};
 use crate::store::{Recorded, Store, now_ms};
+
+/// Analyses of one job that may die with the process before the job is recorded as an
+/// error instead of being tried again.
+pub const MAX_ATTEMPTS: u32 = 2;
 
 /// What the worker is doing (for the panel and `status`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -155,14 +162,35 @@ fn run(
         let out = results_dir
             .join(folder(&job.study_uid))
             .join(folder(job_id));
-        let a = pipeline::analyze(
-            &paths,
-            m,
-            &settings.analysis,
-            &settings.selection,
-            Some(&out),
-        );
-        let mut a = a;
+        let earlier = match store.begin_attempt(&job.job_key, &job.study_uid, now_ms()) {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, study_uid = %job.study_uid, "cannot mark the analysis attempt; will retry");
+                set(&status, |s| s.analysing = None);
+                sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut a = if earlier >= MAX_ATTEMPTS {
+            let reason = format!(
+                "the analysis stopped the appliance {earlier} times (out of memory, a crash or \
+                 the watchdog) and was not tried again"
+            );
+            error!(study_uid = %job.study_uid, attempts = earlier, "{reason}");
+            let accession = store.accession_of(&job.study_uid).ok().flatten();
+            pipeline::Analysis::not_analysed(m, &job.study_uid, accession, reason)
+        } else {
+            if earlier > 0 {
+                warn!(study_uid = %job.study_uid, attempts = earlier, "an earlier analysis of this study did not finish; trying again");
+            }
+            pipeline::analyze(
+                &paths,
+                m,
+                &settings.analysis,
+                &settings.selection,
+                Some(&out),
+            )
+        };
         let finite = a.heads.iter().all(|h| {
             let p = &h.probabilities;
             [p.s0, p.s1, p.s2, h.detection_score]

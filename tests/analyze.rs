@@ -293,7 +293,11 @@ fn draw_gel(cols: usize, px: &mut [u16]) {
             (i % cols) as f64 - cols as f64 / 2.0,
             (i / cols) as f64 - rows as f64 / 2.0,
         );
-        *x = if (dx * dx + dy * dy).sqrt() < r { 1000 } else { 3 };
+        *x = if (dx * dx + dy * dy).sqrt() < r {
+            1000
+        } else {
+            3
+        };
     }
 }
 

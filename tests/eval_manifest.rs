@@ -42,7 +42,10 @@ fn eval_on_the_held_out_set_reproduces_the_manifest() {
 fn eval_on_the_external_family_reproduces_the_manifest() {
     let m = stager_metrics();
     let e = &m["external"];
-    assert!(e.is_object(), "the shipped stager manifest has no external figures");
+    assert!(
+        e.is_object(),
+        "the shipped stager manifest has no external figures"
+    );
     let studies = e["studies"].as_u64().unwrap();
     assert!(studies >= 60, "the external test has {studies} studies");
     let seed = e["seed"].as_u64().unwrap();
@@ -54,7 +57,12 @@ fn reproduce(phantom_args: &[&str], studies: u64, seed: u64, recorded: &Value) {
     let out = Command::new(BIN)
         .args(["phantom", "--out"])
         .arg(dir.path())
-        .args(["--studies", &studies.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "--studies",
+            &studies.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .args(phantom_args)
         .output()
         .unwrap();

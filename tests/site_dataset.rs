@@ -16,8 +16,15 @@ use serde_json::Value;
 use sha2::Digest;
 
 fn write_dataset(dir: &Path) -> PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/site_dataset.py");
-    let out = Command::new("python3").arg(script).arg(dir).output().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/site_dataset.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "site_dataset.py (needs pydicom and nibabel): {}",
@@ -102,7 +109,12 @@ fn a_site_dataset_trains_evaluates_exports_and_loads_in_the_daemon() {
                 .contains("--dataset"),
             "{name}"
         );
-        assert!(m["training"]["data"].as_str().unwrap().contains("fine-tuned"));
+        assert!(
+            m["training"]["data"]
+                .as_str()
+                .unwrap()
+                .contains("fine-tuned")
+        );
     }
 
     // The paper's table on the dataset's test split (one study, two heads).
@@ -217,5 +229,9 @@ fn bad_datasets_are_refused_naming_the_row() {
         .copied()
         .filter(|r| !r.contains(",II,") || r.contains(",test"))
         .collect();
-    check("classes.csv", l.join("\n"), "no stage II head in the train split");
+    check(
+        "classes.csv",
+        l.join("\n"),
+        "no stage II head in the train split",
+    );
 }

@@ -99,6 +99,31 @@ fn units_verify_clean_and_the_service_is_hardened() {
     verify_and_rate(None);
 }
 
+/// The service's memory is capped below what an 8 GB Orin can give it, with the soft limit
+/// under the hard one.
+#[test]
+fn the_service_memory_fits_an_8_gb_orin() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/onfh-edge.service"),
+    )
+    .unwrap();
+    let gib = |key: &str| -> f64 {
+        let v = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"));
+        let (n, unit) = v.split_at(v.len() - 1);
+        let n: f64 = n.parse().unwrap();
+        match unit {
+            "G" => n,
+            "M" => n / 1024.0,
+            other => panic!("{key}: unit {other}"),
+        }
+    };
+    let (high, max) = (gib("MemoryHigh"), gib("MemoryMax"));
+    assert!(high >= 1.5 && high < max && max <= 4.0, "{high} {max}");
+}
+
 /// The Jetson image's drop-in (no device allow-list, W^X off for the CUDA driver) still
 /// verifies and keeps the exposure under the threshold.
 #[test]

@@ -6,8 +6,13 @@
 //! item and fragment headers, skips values without buffering them, and checks that
 //! every declared length fits inside its container and inside the bytes that really
 //! exist, that undefined lengths appear only where DICOM allows them, and that nesting stays
-//! shallow. A data set that passes is one the parser can read with bounded memory; one that
-//! fails (truncated, forged, malformed) is refused as "cannot understand".
+//! shallow. Each value's length must also suit the VR the parser will decode it as (the
+//! explicit VR, or the dictionary's for Implicit VR): the parser reads `length / 8` values
+//! of an FD whatever the length says, so a 12-byte FD would leave it four bytes out of step
+//! with the data — reading the next "header" from inside a value, where a forged length
+//! can sit. The walk covers every element the parser reads, after Pixel Data too. A data
+//! set that passes is one the parser can read with bounded memory; one that fails
+//! (truncated, forged, malformed) is refused as "cannot understand".
 //!
 //! It is also the receiver's completeness check: a data set cut anywhere fails here, so
 //! the parser afterwards only needs to read the attributes before Pixel Data.
@@ -101,6 +106,9 @@ pub struct Summary {
     pub bytes: u64,
     /// Whether a top-level Pixel Data, Float or Double Float Pixel Data element is present.
     pub has_pixel_data: bool,
+    /// The first top-level element of group 0002 (File Meta Information), which belongs
+    /// in the file's meta group, never in a data set.
+    pub meta_element: Option<(u16, u16)>,
 }
 
 /// Walk a data set read from `r`.
@@ -121,12 +129,14 @@ pub fn check<R: Read>(
         enc: encoding,
         limit: total.unwrap_or(max_stream),
         has_pixel_data: false,
+        meta_element: None,
         elements: 0,
     };
     w.elements(total, 0, false)?;
     Ok(Summary {
         bytes: w.pos,
         has_pixel_data: w.has_pixel_data,
+        meta_element: w.meta_element,
     })
 }
 
@@ -138,6 +148,8 @@ struct Walker<R> {
     limit: u64,
     /// Set when a top-level pixel data element is seen.
     has_pixel_data: bool,
+    /// The first top-level group 0002 element.
+    meta_element: Option<(u16, u16)>,
     /// Elements and items seen so far.
     elements: u64,
 }
@@ -297,6 +309,9 @@ impl<R: Read> Walker<R> {
             {
                 self.has_pixel_data = true;
             }
+            if depth == 0 && !in_item && tag.0 == 0x0002 && self.meta_element.is_none() {
+                self.meta_element = Some(tag);
+            }
             let is_sequence = match vr {
                 Some(VR::SQ) => true,
                 Some(VR::UN) => len == UNDEFINED,
@@ -317,6 +332,19 @@ impl<R: Read> Walker<R> {
                     ));
                 }
             } else {
+                if !is_sequence {
+                    let unit = value_unit(vr.unwrap_or_else(|| implicit_vr(tag)));
+                    if len % unit != 0 {
+                        return Err(malformed(
+                            at,
+                            format!(
+                                "length {len} of ({:04X},{:04X}) is not a multiple of {unit}, \
+                                 the size of one value of its VR",
+                                tag.0, tag.1
+                            ),
+                        ));
+                    }
+                }
                 let len = u64::from(len);
                 self.fits(len, end)?;
                 if is_sequence {
@@ -419,6 +447,30 @@ impl<R: Read> Walker<R> {
                 _ => return Err(malformed(at, "expected a pixel data fragment")),
             }
         }
+    }
+}
+
+/// The VR the Implicit VR decoder gives a tag: OW for Pixel Data and Overlay Data, the
+/// dictionary's otherwise (its first choice where the dictionary allows two, which have the
+/// same value size), UN for a tag the dictionary does not know.
+fn implicit_vr(tag: (u16, u16)) -> VR {
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return VR::OW;
+    }
+    StandardDataDictionary
+        .by_tag(Tag(tag.0, tag.1))
+        .map(|e| e.vr().relaxed())
+        .unwrap_or(VR::UN)
+}
+
+/// Bytes per value for the VRs the parser decodes as fixed-size numbers (1 for the rest):
+/// a defined length must be a multiple of it.
+fn value_unit(vr: VR) -> u32 {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::AT | VR::UL | VR::SL | VR::FL | VR::OF | VR::OL => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
     }
 }
 
@@ -602,5 +654,77 @@ mod tests {
         let at = 8 + 8 + 4;
         bad[at..at + 4].copy_from_slice(&0x7FFF_0000u32.to_le_bytes());
         assert!(ok(&bad, IMPLICIT).is_err());
+    }
+
+    /// The desync attack: a 12-byte FD whose last four bytes, read by the parser as the
+    /// next tag, put a "length" of about 1 GiB where the walk sees an LO's VR and length.
+    fn desync_bomb() -> Vec<u8> {
+        let mut v = explicit_short(
+            (0x0018, 0x9087),
+            b"FD",
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0x09, 0, 0x01, 0x10],
+        );
+        v.extend(explicit_short((0x424F, 0x0000), b"LO", &[b' '; 0x40]));
+        v
+    }
+
+    #[test]
+    fn lengths_that_break_the_value_size_are_refused_wherever_they_are() {
+        let bomb = desync_bomb();
+        let e = ok(&bomb, EXPLICIT).unwrap_err();
+        assert!(e.to_string().contains("not a multiple of 8"), "{e}");
+        // After Pixel Data too (the receiver's parser stops there; the analysis' does not).
+        let mut ds = explicit_short((0x0008, 0x0060), b"CS", b"MR");
+        ds.extend(explicit_long(PIXEL_DATA, b"OW", 4, &[1, 2, 3, 4]));
+        assert!(ok(&ds, EXPLICIT).is_ok());
+        ds.extend(&bomb);
+        assert!(ok(&ds, EXPLICIT).is_err());
+        // Implicit VR: the dictionary's VR counts. (0028,0010) Rows is US.
+        let mut rows = vec![0x28, 0x00, 0x10, 0x00];
+        rows.extend_from_slice(&3u32.to_le_bytes());
+        rows.extend_from_slice(&[1, 2, 3]);
+        let e = ok(&rows, IMPLICIT).unwrap_err();
+        assert!(e.to_string().contains("multiple of 2"), "{e}");
+        rows[4] = 2;
+        rows.pop();
+        assert!(ok(&rows, IMPLICIT).is_ok());
+        // Every fixed-size VR, explicit: one byte short of a whole value is refused.
+        for (vr, unit) in [
+            (b"US", 2),
+            (b"SS", 2),
+            (b"AT", 4),
+            (b"UL", 4),
+            (b"SL", 4),
+            (b"FL", 4),
+            (b"FD", 8),
+        ] {
+            let good = explicit_short((0x0009, 0x1010), vr, &vec![0; unit * 2]);
+            assert!(ok(&good, EXPLICIT).is_ok(), "{vr:?}");
+            let bad = explicit_short((0x0009, 0x1010), vr, &vec![0; unit * 2 - 1]);
+            assert!(ok(&bad, EXPLICIT).is_err(), "{vr:?}");
+        }
+        for (vr, unit) in [
+            (b"OW", 2u32),
+            (b"OF", 4),
+            (b"OL", 4),
+            (b"OD", 8),
+            (b"OV", 8),
+            (b"SV", 8),
+            (b"UV", 8),
+        ] {
+            let bad = explicit_long((0x0009, 0x1010), vr, unit + 1, &vec![0; unit as usize + 1]);
+            assert!(ok(&bad, EXPLICIT).is_err(), "{vr:?}");
+        }
+    }
+
+    #[test]
+    fn meta_elements_in_the_data_set_are_reported() {
+        let mut ds = explicit_short((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1\0");
+        ds.extend(explicit_short((0x0008, 0x0060), b"CS", b"MR"));
+        let s = check(&ds[..], EXPLICIT, Some(ds.len() as u64), 0).unwrap();
+        assert_eq!(s.meta_element, Some((0x0002, 0x0010)));
+        let ds = explicit_short((0x0008, 0x0060), b"CS", b"MR");
+        let s = check(&ds[..], EXPLICIT, Some(ds.len() as u64), 0).unwrap();
+        assert_eq!(s.meta_element, None);
     }
 }

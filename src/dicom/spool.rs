@@ -532,7 +532,6 @@ fn walk<R: Read>(
         prescan::check(r, encoding, Some(total), total)
     };
     match result {
-        Ok(s) if !s.has_pixel_data => Err(InspectError::Mismatch("Pixel Data is missing".into())),
         Ok(s) => Ok(s),
         Err(prescan::PrescanError::Malformed(why)) => Err(InspectError::Unparseable(why)),
         Err(prescan::PrescanError::Io(e))
@@ -545,6 +544,56 @@ fn walk<R: Read>(
     }
 }
 
+/// What [`walk_file`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct FileWalk {
+    /// The data set's walk.
+    pub data_set: prescan::Summary,
+    /// The file's size.
+    pub file_bytes: u64,
+}
+
+fn walk_file_meta(
+    path: &Path,
+    max_inflated: u64,
+) -> Result<(FileMetaTable, FileWalk), InspectError> {
+    let size = fs::metadata(path)?.len();
+    let mut f = io::BufReader::with_capacity(64 * 1024, File::open(path)?);
+    let (meta, offset) = read_meta(&mut f, size)?;
+    let data_set = walk(&mut f, &meta, size - offset, max_inflated)?;
+    Ok((
+        meta,
+        FileWalk {
+            data_set,
+            file_bytes: size,
+        },
+    ))
+}
+
+/// Walk a DICOM file's meta group and data set ([`prescan`]) before any parser reads it:
+/// every path that parses bytes a peer wrote (the receiver, and `scan`/`assemble` of a
+/// stored or given folder) calls this first, so no forged length makes the parser allocate
+/// what it claims. A file that fails is unparseable; what it holds is the caller's concern.
+pub fn walk_file(path: &Path, max_inflated: u64) -> Result<FileWalk, InspectError> {
+    walk_file_meta(path, max_inflated).map(|(_, w)| w)
+}
+
+/// What the receiver requires of a data set beyond its structure: Pixel Data, and no File
+/// Meta Information elements inside it (a writer would store them twice, and readers then
+/// take the data set's copy for the file's meta group). Such a data set is refused with
+/// "cannot understand", never silently altered.
+fn receivable(s: &prescan::Summary) -> Result<(), InspectError> {
+    if let Some((g, e)) = s.meta_element {
+        return Err(InspectError::Unparseable(format!(
+            "File Meta Information element ({g:04X},{e:04X}) inside the data set"
+        )));
+    }
+    if !s.has_pixel_data {
+        return Err(InspectError::Mismatch("Pixel Data is missing".into()));
+    }
+    Ok(())
+}
+
 /// Check a received file and read what identifies it.
 ///
 /// The data set's structure is walked first ([`prescan`]): truncation, forged lengths,
@@ -554,10 +603,9 @@ fn walk<R: Read>(
 /// elements), not by the instance size or by what a header says. A parser panic is caught
 /// and reported as an unparseable data set.
 pub fn inspect(path: &Path, max_inflated: u64) -> Result<InstanceInfo, InspectError> {
-    let size = fs::metadata(path)?.len();
-    let mut f = io::BufReader::with_capacity(64 * 1024, File::open(path)?);
-    let (meta, offset) = read_meta(&mut f, size)?;
-    walk(&mut f, &meta, size - offset, max_inflated)?;
+    let (meta, summary) = walk_file_meta(path, max_inflated)?;
+    let size = summary.file_bytes;
+    receivable(&summary.data_set)?;
     describe(
         std::panic::catch_unwind(|| {
             OpenFileOptions::new()
@@ -575,7 +623,7 @@ pub fn inspect_bytes(bytes: &[u8], max_inflated: u64) -> Result<InstanceInfo, In
     let (meta, offset) = read_meta(&mut cursor, bytes.len() as u64)?;
     // read_meta checked that the group ends inside the buffer.
     let data = &bytes[offset as usize..];
-    walk(data, &meta, data.len() as u64, max_inflated)?;
+    receivable(&walk(data, &meta, data.len() as u64, max_inflated)?)?;
     describe(
         std::panic::catch_unwind(|| {
             OpenFileOptions::new()

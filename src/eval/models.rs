@@ -431,9 +431,7 @@ pub fn write_test_study(
 ) -> anyhow::Result<crate::phantom::StudyTruth> {
     Ok(match family {
         Family::Dataset => anyhow::bail!("a dataset's studies are not generated"),
-        Family::InDistribution => {
-            crate::phantom::generate_study(dir, seed, &data::test_options())?
-        }
+        Family::InDistribution => crate::phantom::generate_study(dir, seed, &data::test_options())?,
         Family::External => {
             let styles: Vec<&'static str> = crate::evalphantom::style_names().collect();
             crate::evalphantom::generate_study(
@@ -617,9 +615,15 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
         };
         let full = serde_json::to_value(x).expect("figures serialise");
         let mut out = serde_json::Map::new();
-        for k in ["family", "test_set", "studies", "seed", "unreadable_studies"]
-            .iter()
-            .chain(keys)
+        for k in [
+            "family",
+            "test_set",
+            "studies",
+            "seed",
+            "unreadable_studies",
+        ]
+        .iter()
+        .chain(keys)
         {
             out.insert(k.to_string(), full[*k].clone());
         }
@@ -677,8 +681,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     });
     if let Some(i) = &e.in_distribution {
         top["stager_at_true_centers"] = serde_json::to_value(&i.stager_at_true_centers)?;
-        top["stager_at_detected_centers"] =
-            serde_json::to_value(&i.stager_at_detected_centers)?;
+        top["stager_at_detected_centers"] = serde_json::to_value(&i.stager_at_detected_centers)?;
         top["pipeline"] = serde_json::to_value(&i.pipeline)?;
         for (k, v) in head(i).as_object().expect("object") {
             top[k] = v.clone();

@@ -279,7 +279,11 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
                     .ok_or_else(|| row_err(row, format!("{name} {v:?} is not a number"))),
             }
         };
-        let coords = [num("center_x_mm")?, num("center_y_mm")?, num("center_z_mm")?];
+        let coords = [
+            num("center_x_mm")?,
+            num("center_y_mm")?,
+            num("center_z_mm")?,
+        ];
         let radius = num("radius_mm")?;
         let label_map = get("label_map").map(|p| base.join(p));
         let center_radius = match (coords, radius) {
@@ -324,7 +328,10 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
         if let Some(other) = entry.2.iter().find(|h| h.side == side) {
             return Err(row_err(
                 row,
-                format!("the {side} head of {study} is already given on row {}", other.row),
+                format!(
+                    "the {side} head of {study} is already given on row {}",
+                    other.row
+                ),
             ));
         }
         entry.2.push(HeadRow {
@@ -381,7 +388,11 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
         studies,
     };
     for s in need {
-        let counts = ds.summary().heads.remove(split_name(*s)).unwrap_or_default();
+        let counts = ds
+            .summary()
+            .heads
+            .remove(split_name(*s))
+            .unwrap_or_default();
         for stage in [Stage::S0, Stage::S1, Stage::S2] {
             if counts.get(stage.label()).copied().unwrap_or(0) == 0 {
                 return Err(DatasetError::Dataset {
@@ -453,7 +464,13 @@ fn head_from_label_map(path: &Path, label: f32, t2: &Volume) -> Result<([f64; 3]
     let corners = |dims: [usize; 3], to: &dyn Fn([f64; 3]) -> [f64; 3]| -> Vec<[f64; 3]> {
         let mut out = Vec::new();
         for c in 0..8 {
-            let v = [0, 1, 2].map(|a| if c >> a & 1 == 1 { dims[a] as f64 - 1.0 } else { 0.0 });
+            let v = [0, 1, 2].map(|a| {
+                if c >> a & 1 == 1 {
+                    dims[a] as f64 - 1.0
+                } else {
+                    0.0
+                }
+            });
             out.push(to(v));
         }
         out

@@ -26,15 +26,15 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::data::{self, DetectorSample};
-use super::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
 use super::dataset::{self, Split};
+use super::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
 use super::train::{
-    RANDOMISED_EPOCH_STRIDE, Trained, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS,
+    RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS, Trained,
     VALIDATION_SEED_OFFSET,
 };
-use rayon::prelude::*;
 use crate::phantom::HeadTruth;
 use crate::volume::Preprocess;
+use rayon::prelude::*;
 
 /// Scores below this are not detections.
 pub const MIN_SCORE: f32 = 0.05;
@@ -306,7 +306,12 @@ pub fn train_detector(
     let started = std::time::Instant::now();
     let val_dr: Vec<DetectorSample> = (0..opts.val_randomised as u64)
         .into_par_iter()
-        .map(|n| data::randomised_detector_sample(opts.seed + RANDOMISED_VALIDATION_SEEDS + n, &opts.preprocess))
+        .map(|n| {
+            data::randomised_detector_sample(
+                opts.seed + RANDOMISED_VALIDATION_SEEDS + n,
+                &opts.preprocess,
+            )
+        })
         .collect();
 
     let mut map = VarMap::new();

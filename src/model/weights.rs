@@ -472,12 +472,11 @@ pub fn init_from(map: &candle_nn::VarMap, path: &Path) -> Result<usize, ModelErr
     } else {
         path.to_owned()
     };
-    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| {
-        ModelError::Format {
+    let tensors =
+        candle_core::safetensors::load(&file, &Device::Cpu).map_err(|e| ModelError::Format {
             path: file.clone(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let vars = map.data().lock().expect("var map lock");
     for (name, var) in vars.iter() {
         let mismatch = |problems: String| ModelError::Mismatch {

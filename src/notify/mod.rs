@@ -507,10 +507,12 @@ pub fn compose(cfg: &NotifySettings, a: &Analysis, analysed_ms: i64) -> Vec<NewA
 }
 
 /// The heads an analysis alerts about: the staged ones, or, for an indeterminate study in
-/// which the detector did not find both heads (nothing was staged), each side as an
-/// indeterminate head carrying the study's reason.
+/// which the detector did not find both heads (nothing was staged) or a study that could
+/// not be analysed at all (an error), each side as an indeterminate head carrying the
+/// study's reason.
 fn alert_heads(a: &Analysis) -> Vec<HeadFinding> {
-    if a.status != crate::pipeline::Status::Indeterminate || !a.heads.is_empty() {
+    use crate::pipeline::Status;
+    if !matches!(a.status, Status::Indeterminate | Status::Error) || !a.heads.is_empty() {
         return a.heads.clone();
     }
     ["R", "L"]

@@ -262,8 +262,14 @@ pub fn draw_acquisition(rng: &mut ChaCha8Rng, scene: &Scene) -> Acquisition {
         mid[2] + rng.random_range(-30.0..75.0),
     ];
     let fov_mm = match axis {
-        SliceAxis::Coronal => [rng.random_range(260.0..440.0), rng.random_range(220.0..440.0)],
-        SliceAxis::Axial => [rng.random_range(280.0..440.0), rng.random_range(220.0..400.0)],
+        SliceAxis::Coronal => [
+            rng.random_range(260.0..440.0),
+            rng.random_range(220.0..440.0),
+        ],
+        SliceAxis::Axial => [
+            rng.random_range(280.0..440.0),
+            rng.random_range(220.0..400.0),
+        ],
     };
     let pixel_mm = if rng.random_bool(0.85) {
         rng.random_range(0.6..1.2)
@@ -479,7 +485,14 @@ pub fn render(scene: &Scene, acq: &Acquisition, grid: &Grid, seed: u64) -> (Vec<
         let n = grid.shape[acq.phase_axis] as isize;
         for (shift, amp) in &acq.ghosts {
             let s = if *shift == 0 { n / 2 } else { *shift };
-            add_shifted(&mut signal, &base, grid.shape, acq.phase_axis, s, *amp as f32);
+            add_shifted(
+                &mut signal,
+                &base,
+                grid.shape,
+                acq.phase_axis,
+                s,
+                *amp as f32,
+            );
         }
     }
     // Bias field, gamma, then Rician noise.
@@ -561,7 +574,14 @@ fn blur_axis(data: &mut [f32], shape: [usize; 3], axis: usize, sigma: f64) {
 
 /// `data += amp * base` shifted by `shift` voxels along `axis`, wrapping around (a ghost
 /// folds back into the field of view).
-fn add_shifted(data: &mut [f32], base: &[f32], shape: [usize; 3], axis: usize, shift: isize, amp: f32) {
+fn add_shifted(
+    data: &mut [f32],
+    base: &[f32],
+    shape: [usize; 3],
+    axis: usize,
+    shift: isize,
+    amp: f32,
+) {
     let [d, h, w] = shape;
     let n = shape[axis] as isize;
     for k in 0..d {

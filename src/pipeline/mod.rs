@@ -330,6 +330,21 @@ impl Analysis {
         out
     }
 
+    /// An error result for a study that was not analysed: `reason` says why.
+    pub fn not_analysed(
+        models: &Models,
+        study_uid: &str,
+        accession_number: Option<String>,
+        reason: impl Into<String>,
+    ) -> Analysis {
+        Analysis {
+            study_instance_uid: study_uid.to_owned(),
+            accession_number: accession_number.unwrap_or_default(),
+            reason: Some(reason.into()),
+            ..Analysis::empty(models)
+        }
+    }
+
     fn empty(models: &Models) -> Analysis {
         Analysis {
             study_instance_uid: String::new(),

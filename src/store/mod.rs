@@ -100,6 +100,9 @@ const MIGRATIONS: &[&str] = &[
     // 4: retention finds the oldest instances through an index, not a scan of them all
     // (it runs under the receiver's commit lock).
     "CREATE INDEX instances_by_received ON instances(received_ms);",
+    // 5: analysis attempts, marked before each analysis, so a study whose analysis kills
+    // the process (out of memory, a crash, the watchdog) is not analysed forever.
+    results::MIGRATION_ATTEMPTS,
 ];
 
 /// The schema version this build writes.

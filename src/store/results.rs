@@ -118,6 +118,15 @@ pub(super) const MIGRATION_JOB_COMPLETED: &str = r#"
 "#;
 
 /// Migration 2: results and the outbox.
+pub(super) const MIGRATION_ATTEMPTS: &str = r#"
+    CREATE TABLE analysis_attempts (
+        job_key          TEXT PRIMARY KEY,
+        study_uid        TEXT NOT NULL,
+        attempts         INTEGER NOT NULL,
+        last_started_ms  INTEGER NOT NULL
+    );
+"#;
+
 pub(super) const MIGRATION: &str = r#"
     CREATE TABLE analyses (
         id                 INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -248,6 +257,10 @@ impl Store {
         if let Some(id) = existing {
             return Ok(Recorded::Existing(id));
         }
+        tx.execute(
+            "DELETE FROM analysis_attempts WHERE job_key = ?1",
+            [job_key],
+        )?;
         let status = json(&a.status).trim_matches('"').to_string();
         tx.execute(
             "INSERT INTO analyses (job_key, study_uid, series_uid, accession_number, status,
@@ -409,6 +422,46 @@ impl Store {
         audit(&tx, now_ms, "spool_purged", &detail.to_string())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Mark the start of an analysis of `job_key`, durably, before it runs; returns how
+    /// many earlier attempts started and never recorded a result (the process died during
+    /// them). Recording the job's result clears the mark.
+    pub fn begin_attempt(
+        &self,
+        job_key: &str,
+        study_uid: &str,
+        now_ms: i64,
+    ) -> Result<u32, StoreError> {
+        let conn = self.lock();
+        let earlier: Option<i64> = conn
+            .query_row(
+                "SELECT attempts FROM analysis_attempts WHERE job_key = ?1",
+                [job_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        conn.execute(
+            "INSERT INTO analysis_attempts (job_key, study_uid, attempts, last_started_ms)
+             VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (job_key) DO UPDATE SET attempts = attempts + 1,
+                 last_started_ms = excluded.last_started_ms",
+            params![job_key, study_uid, now_ms],
+        )?;
+        Ok(earlier.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// The Accession Number received for a study, if any.
+    pub fn accession_of(&self, study_uid: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT accession_number FROM studies WHERE study_uid = ?1",
+                [study_uid],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// Studies ready for analysis: no series still collecting, and a series completed

@@ -196,6 +196,9 @@ fn decode_err(path: &Path, e: impl std::fmt::Display) -> VolumeError {
 /// (Enhanced MR) image, whose geometry comes from its functional groups.
 fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
     use dicom_dictionary_std::tags;
+    // Structure first: the parser must never see a forged length (see dicom::prescan).
+    crate::dicom::spool::walk_file(path, super::MAX_INFLATED_BYTES)
+        .map_err(|e| decode_err(path, e))?;
     let obj = std::panic::catch_unwind(|| dicom_object::open_file(path))
         .map_err(|_| decode_err(path, "the parser panicked"))?
         .map_err(|e| decode_err(path, e))?;

@@ -8,6 +8,10 @@
 //!   the slice normal (never by Instance Number), spacing checked, rescale applied — with the
 //!   voxel-to-patient (LPS mm) affine.
 //!
+//! Every file is walked by `dicom::spool::walk_file` (the receiver's structural check)
+//! before the DICOM parser reads it, so a folder given to `analyze` or a stored study
+//! cannot make the parser allocate a forged length.
+//!
 //! This module reads files and computes; it never touches the network or the database.
 
 pub mod assemble;
@@ -21,6 +25,9 @@ pub use assemble::{Volume, VolumeError, assemble, assemble_files};
 pub use preprocess::{Preprocess, preprocess, resample, sample};
 pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
 pub use select::{Rules, Selection, SeriesVerdict, Verdict, select};
+
+/// Most bytes a deflated file may inflate to before it is refused as unparseable.
+pub const MAX_INFLATED_BYTES: u64 = 2 << 30;
 
 /// A 3-vector of f64 (patient millimetres or directions).
 pub type V3 = [f64; 3];

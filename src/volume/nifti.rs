@@ -219,17 +219,31 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
     }
     let i16_at = |o: usize| {
         let b: [u8; 2] = bytes[o..o + 2].try_into().expect("2 bytes");
-        if little { i16::from_le_bytes(b) } else { i16::from_be_bytes(b) }
+        if little {
+            i16::from_le_bytes(b)
+        } else {
+            i16::from_be_bytes(b)
+        }
     };
     let f32_at = |o: usize| {
         let b: [u8; 4] = bytes[o..o + 4].try_into().expect("4 bytes");
-        if little { f32::from_le_bytes(b) } else { f32::from_be_bytes(b) }
+        if little {
+            f32::from_le_bytes(b)
+        } else {
+            f32::from_be_bytes(b)
+        }
     };
     let ndim = i16_at(40);
     if !(1..=7).contains(&ndim) {
         return Err(bad(format!("dim[0] = {ndim}")));
     }
-    let dim = |i: usize| if i as i16 <= ndim { i16_at(40 + 2 * i).max(1) as usize } else { 1 };
+    let dim = |i: usize| {
+        if i as i16 <= ndim {
+            i16_at(40 + 2 * i).max(1) as usize
+        } else {
+            1
+        }
+    };
     let dims = [dim(1), dim(2), dim(3)];
     if (4..=7).any(|i| dim(i) != 1) {
         return Err(bad("more than one volume".into()));
@@ -244,27 +258,51 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
         256 => (1, |b, _| b[0] as i8 as f64),
         4 => (2, |b, le| {
             let a = [b[0], b[1]];
-            (if le { i16::from_le_bytes(a) } else { i16::from_be_bytes(a) }) as f64
+            (if le {
+                i16::from_le_bytes(a)
+            } else {
+                i16::from_be_bytes(a)
+            }) as f64
         }),
         512 => (2, |b, le| {
             let a = [b[0], b[1]];
-            (if le { u16::from_le_bytes(a) } else { u16::from_be_bytes(a) }) as f64
+            (if le {
+                u16::from_le_bytes(a)
+            } else {
+                u16::from_be_bytes(a)
+            }) as f64
         }),
         8 => (4, |b, le| {
             let a = [b[0], b[1], b[2], b[3]];
-            (if le { i32::from_le_bytes(a) } else { i32::from_be_bytes(a) }) as f64
+            (if le {
+                i32::from_le_bytes(a)
+            } else {
+                i32::from_be_bytes(a)
+            }) as f64
         }),
         768 => (4, |b, le| {
             let a = [b[0], b[1], b[2], b[3]];
-            (if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }) as f64
+            (if le {
+                u32::from_le_bytes(a)
+            } else {
+                u32::from_be_bytes(a)
+            }) as f64
         }),
         16 => (4, |b, le| {
             let a = [b[0], b[1], b[2], b[3]];
-            (if le { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) }) as f64
+            (if le {
+                f32::from_le_bytes(a)
+            } else {
+                f32::from_be_bytes(a)
+            }) as f64
         }),
         64 => (8, |b, le| {
             let a: [u8; 8] = b[..8].try_into().expect("8 bytes");
-            if le { f64::from_le_bytes(a) } else { f64::from_be_bytes(a) }
+            if le {
+                f64::from_le_bytes(a)
+            } else {
+                f64::from_be_bytes(a)
+            }
         }),
         other => return Err(bad(format!("datatype {other} is not supported"))),
     };
@@ -277,7 +315,13 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
         )));
     }
     let (slope, inter) = (f32_at(112) as f64, f32_at(116) as f64);
-    let scale = |v: f64| if slope != 0.0 && slope.is_finite() { v * slope + inter } else { v };
+    let scale = |v: f64| {
+        if slope != 0.0 && slope.is_finite() {
+            v * slope + inter
+        } else {
+            v
+        }
+    };
     let data = bytes[offset..offset + n * size]
         .chunks_exact(size)
         .map(|b| scale(read_one(b, little)) as f32)
@@ -290,9 +334,21 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
         let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
         let qfac = if f32_at(76) < 0.0 { -1.0 } else { 1.0 };
         let rot = [
-            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
         ];
         let s = [pixdim[0], pixdim[1], pixdim[2] * qfac];
         let off = [f32_at(268) as f64, f32_at(272) as f64, f32_at(276) as f64];

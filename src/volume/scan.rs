@@ -155,6 +155,11 @@ pub fn scan_files(files: &[PathBuf]) -> ScanReport {
     let mut by_series: BTreeMap<String, Series> = BTreeMap::new();
     let mut skipped = 0;
     for path in files {
+        // Structure first: the parser must never see a forged length (see dicom::prescan).
+        if crate::dicom::spool::walk_file(path, super::MAX_INFLATED_BYTES).is_err() {
+            skipped += 1;
+            continue;
+        }
         let opened = std::panic::catch_unwind(|| {
             OpenFileOptions::new()
                 .read_until(tags::PIXEL_DATA)

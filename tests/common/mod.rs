@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod instances;
+pub mod raw;
 pub mod receivers;
 pub use instances::*;
 
