@@ -64,6 +64,8 @@ struct RawReceiver {
     max_pdu: u32,
     read_timeout_secs: u64,
     write_timeout_secs: u64,
+    association_deadline_secs: u64,
+    min_transfer_rate: u64,
     allowed_calling_ae_titles: Vec<String>,
     allowed_peers: Vec<String>,
     transfer_syntaxes: Vec<String>,
@@ -131,6 +133,13 @@ pub struct ReceiverSettings {
     pub read_timeout: Duration,
     /// Per-write limit.
     pub write_timeout: Duration,
+    /// Longest an association may last, whatever it does.
+    pub association_deadline: Duration,
+    /// Slowest transfer accepted, bytes per second: within a message, each PDU must
+    /// arrive within 2 s plus the time a PDU of `max_pdu` bytes takes at this rate (at
+    /// most the read timeout), and when every slot is taken the slowest association under
+    /// this rate gives its slot up.
+    pub min_transfer_rate: u64,
     /// Calling AE titles admitted; empty admits any.
     pub allowed_calling_ae_titles: Vec<String>,
     /// Peer networks admitted; empty admits any.
@@ -321,6 +330,18 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be 1 to 3600 seconds",
         ));
     }
+    if !(10..=86_400).contains(&r.association_deadline_secs) {
+        return Err(invalid(
+            "receiver.association_deadline_secs",
+            "must be 10 to 86400 seconds",
+        ));
+    }
+    if !(1..=1 << 30).contains(&r.min_transfer_rate) {
+        return Err(invalid(
+            "receiver.min_transfer_rate",
+            "must be 1 to 1073741824 bytes per second",
+        ));
+    }
     let mut calling = Vec::new();
     for t in &r.allowed_calling_ae_titles {
         check_ae_title(t).map_err(|m| invalid("receiver.allowed_calling_ae_titles", m))?;
@@ -475,6 +496,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             max_pdu: r.max_pdu,
             read_timeout: Duration::from_secs(r.read_timeout_secs),
             write_timeout: Duration::from_secs(r.write_timeout_secs),
+            association_deadline: Duration::from_secs(r.association_deadline_secs),
+            min_transfer_rate: r.min_transfer_rate,
             allowed_calling_ae_titles: calling,
             allowed_peers: peers,
             transfer_syntaxes: r.transfer_syntaxes,

@@ -237,3 +237,155 @@ fn a_study_that_kills_the_analysis_ends_as_one_error_after_two_attempts() {
     assert_eq!(d.count("SELECT COUNT(*) FROM analyses"), 1);
     d.assert_serving();
 }
+
+/// A peer that negotiates properly and then trickles a P-DATA PDU one byte a second.
+/// Returns when the daemon closes the connection (or after `max`), with how long it held.
+fn trickle(port: u16, max: Duration) -> Duration {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let rq = dicom_ul::Pdu::AssociationRQ(dicom_ul::pdu::AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "TRICKLE".into(),
+        called_ae_title: "ONFH_EDGE".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![dicom_ul::pdu::PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![dicom_ul::pdu::UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut head = [0u8; 6];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x02, "not an A-ASSOCIATE-AC");
+    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    // A P-DATA-TF announcing 1000 bytes, then one byte a second.
+    let _ = s.write_all(&[0x04, 0, 0, 0, 0x03, 0xE8]);
+    s.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    while start.elapsed() < max {
+        if s.write_all(&[0]).is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => break, // A-ABORT
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    start.elapsed()
+}
+
+/// Eight peers trickling one byte a second hold every default slot; a scanner's C-ECHO
+/// still gets in, ten times out of ten, because the slowest gives its slot up.
+#[test]
+fn peers_that_trickle_give_their_slots_to_a_scanner() {
+    let mut d = Daemon::start("");
+    let port = d.port;
+    let slow: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || trickle(port, Duration::from_secs(60))))
+        .collect();
+    // Past the grace period, all eight slots held.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..10 {
+        let out = echo(d.port, "SCANNER", "ONFH_EDGE");
+        assert!(out.status.success(), "echo {i}: {}", output_text(&out));
+    }
+    let held: Vec<Duration> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    // At least the ten needed were shed (some may have been shed twice over); all of them
+    // were gone well before a minute.
+    assert!(
+        held.iter().all(|h| *h < Duration::from_secs(40)),
+        "{held:?}"
+    );
+    assert!(d.log().contains("gives its slot up"));
+    d.assert_serving();
+}
+
+/// Without contention, the PDUs of a message in progress must still arrive at the minimum
+/// rate, and an association ends at its deadline whatever it does.
+#[test]
+fn a_slow_pdu_and_an_endless_association_are_aborted_at_their_limits() {
+    let mut d = Daemon::start(
+        "[receiver]\nread_timeout_secs = 30\nmin_transfer_rate = 262144\nassociation_deadline_secs = 10\n",
+    );
+    // Within a C-STORE: 2 s + 262144 / 262144 s for each PDU, not the 30 s read timeout.
+    let mut r = Raw::new(&d, 64);
+    let data = r.data.clone();
+    r.command(1, None);
+    r.data(&data[..data.len() / 2], false);
+    let start = std::time::Instant::now();
+    let reply = r.a.receive();
+    assert!(
+        matches!(reply, Ok(dicom_ul::Pdu::AbortRQ { .. })),
+        "{reply:?}"
+    );
+    let held = start.elapsed();
+    assert!(
+        held >= Duration::from_secs(2) && held < Duration::from_secs(8),
+        "{held:?}"
+    );
+    assert!(
+        d.log()
+            .contains("a PDU slower than receiver.min_transfer_rate"),
+        "{}",
+        d.log()
+    );
+    assert!(d.committed_files().is_empty());
+    // Whole association: a C-STORE every half second keeps it busy, the deadline still
+    // ends it.
+    let start = std::time::Instant::now();
+    let mut r = Raw::new(&d, 32);
+    let data = r.data.clone();
+    let mut id = 1;
+    let ended = loop {
+        let uid = r.inst.sop_instance_uid.clone();
+        let rq = onfh_edge::dicom::dimse::store_request(
+            id,
+            dicom_dictionary_std::uids::MR_IMAGE_STORAGE,
+            &uid,
+        );
+        let sent = [
+            (dicom_ul::pdu::PDataValueType::Command, rq),
+            (dicom_ul::pdu::PDataValueType::Data, data.clone()),
+        ]
+        .into_iter()
+        .all(|(value_type, bytes)| {
+            r.a.send(&dicom_ul::Pdu::PData {
+                data: vec![dicom_ul::pdu::PDataValue {
+                    presentation_context_id: r.pc,
+                    value_type,
+                    is_last: true,
+                    data: bytes,
+                }],
+            })
+            .is_ok()
+        });
+        if !sent {
+            break start.elapsed();
+        }
+        match r.a.receive() {
+            Ok(dicom_ul::Pdu::PData { .. }) => {}
+            _ => break start.elapsed(),
+        }
+        id += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(start.elapsed() < Duration::from_secs(30), "never ended");
+    };
+    assert!(
+        ended >= Duration::from_secs(9) && ended < Duration::from_secs(15),
+        "{ended:?}"
+    );
+    assert!(d.log().contains("past receiver.association_deadline_secs"));
+    d.assert_serving();
+}

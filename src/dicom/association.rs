@@ -31,11 +31,14 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::Shared;
 use super::dimse::{self, Command, status};
+use super::pace::Registration;
 use super::spool::{self, CommitError, Expected, InspectError, TempFile};
 use crate::store::{InsertOutcome, now_ms};
 
 /// Time allowed from connection to a complete A-ASSOCIATE-RQ.
 const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Added to a full PDU's time at the minimum rate, for the peer's turnaround.
+const PDU_FLOOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest command set accepted (a real one is a few hundred bytes).
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Data set bytes held in memory before they go to a spool file; most MR slices fit, so
@@ -88,7 +91,8 @@ pub(super) async fn serve(
 ) {
     let span = tracing::info_span!("association", %peer);
     async move {
-        if let Err(e) = serve_inner(socket, &shared, &shutdown).await {
+        let pace = shared.pace.register(peer);
+        if let Err(e) = serve_inner(socket, &shared, &shutdown, &pace).await {
             warn!("association ended with an error: {e:#}");
         }
     }
@@ -100,8 +104,10 @@ async fn serve_inner(
     socket: TcpStream,
     shared: &Arc<Shared>,
     shutdown: &CancellationToken,
+    pace: &Registration,
 ) -> anyhow::Result<()> {
     let settings = &shared.settings;
+    let deadline = tokio::time::Instant::now() + settings.association_deadline;
     // A second handle on the socket lets us answer a negotiation that dicom-ul gave up on
     // without answering (unparseable first PDU, timeout) with an A-ABORT.
     let std_socket = socket.into_std()?;
@@ -128,7 +134,14 @@ async fn serve_inner(
     // Negotiation gets its own short limit, so a silent connection cannot hold an
     // association slot for the whole read timeout.
     let limit = NEGOTIATION_TIMEOUT.min(settings.read_timeout);
-    let established = tokio::time::timeout(limit, options.establish_async(socket)).await;
+    let established = tokio::select! {
+        r = tokio::time::timeout(limit, options.establish_async(socket)) => r,
+        _ = pace.shed.cancelled() => {
+            warn!("negotiation too slow while every slot is taken; sending A-ABORT");
+            send_raw_abort(raw, AbortRQServiceProviderReason::ReasonNotSpecified).await;
+            return Ok(());
+        }
+    };
     let mut assoc = match established {
         Ok(Ok(a)) => a,
         Err(_) => {
@@ -183,7 +196,16 @@ async fn serve_inner(
     }
 
     let mut tally = Tally::default();
-    let end = message_loop(&mut assoc, shared, &calling, shutdown, &mut tally).await;
+    let limits = Limits {
+        deadline,
+        per_pdu: (PDU_FLOOR
+            + std::time::Duration::from_secs_f64(
+                f64::from(settings.max_pdu) / settings.min_transfer_rate as f64,
+            ))
+        .min(settings.read_timeout),
+        pace,
+    };
+    let end = message_loop(&mut assoc, shared, &calling, shutdown, &limits, &mut tally).await;
     let summary = format!(
         "stored {}, duplicates {}, failed {}, echoes {}",
         tally.stored, tally.duplicates, tally.failed, tally.echoes
@@ -374,26 +396,60 @@ impl State {
     }
 }
 
+/// How long an association and each of its PDUs may take, and its pace registration.
+struct Limits<'a> {
+    /// The association's end, whatever it is doing.
+    deadline: tokio::time::Instant,
+    /// Longest wait for the next PDU of a message in progress: a full PDU at the minimum
+    /// rate plus [`PDU_FLOOR`], at most the read timeout. (Between messages the read
+    /// timeout applies: dicom-ul limits each whole PDU read by it.)
+    per_pdu: std::time::Duration,
+    pace: &'a Registration,
+}
+
 async fn message_loop(
     assoc: &mut AsyncServerAssociation<TcpStream>,
     shared: &Arc<Shared>,
     calling: &str,
     shutdown: &CancellationToken,
+    limits: &Limits<'_>,
     tally: &mut Tally,
 ) -> End {
     let mut state = State::idle();
     let end = loop {
         let idle = matches!(&state, State::Command { pc: None, .. });
-        let pdu = if idle {
-            tokio::select! {
-                r = assoc.receive() => r,
-                _ = shutdown.cancelled() => {
-                    break End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, "shutting down".into());
-                }
-            }
+        let pdu_due = if idle {
+            limits.deadline
         } else {
-            assoc.receive().await
+            (tokio::time::Instant::now() + limits.per_pdu).min(limits.deadline)
         };
+        // Shutdown waits for the message in hand; the limits do not (an instance not yet
+        // answered is not acknowledged, so aborting it loses nothing).
+        let pdu = tokio::select! {
+            r = assoc.receive() => r,
+            _ = shutdown.cancelled(), if idle => {
+                break End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, "shutting down".into());
+            }
+            _ = limits.pace.shed.cancelled() => {
+                break End::Abort(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                    "slower than receiver.min_transfer_rate while every slot is taken".into(),
+                );
+            }
+            _ = tokio::time::sleep_until(pdu_due) => {
+                break End::Abort(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                    if pdu_due >= limits.deadline {
+                        "past receiver.association_deadline_secs".into()
+                    } else {
+                        "a PDU slower than receiver.min_transfer_rate allows".into()
+                    },
+                );
+            }
+        };
+        if let Ok(p) = &pdu {
+            limits.pace.received(pdu_size(p));
+        }
         let pdu = match pdu {
             Ok(p) => p,
             Err(e) => {
@@ -450,6 +506,14 @@ async fn message_loop(
         discard_temp(tmp).await;
     }
     end
+}
+
+/// Bytes a PDU carried (its values; headers are negligible for the rate).
+fn pdu_size(pdu: &Pdu) -> usize {
+    match pdu {
+        Pdu::PData { data } => data.iter().map(|v| v.data.len() + 6).sum(),
+        _ => 64,
+    }
 }
 
 fn pdu_name(pdu: &Pdu) -> &'static str {

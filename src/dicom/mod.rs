@@ -1,9 +1,12 @@
 //! The DICOM receiver: a C-ECHO / C-STORE SCP that never loses an acknowledged image.
 //!
 //! [`Receiver::run`] owns the listening socket. Each accepted connection becomes one
-//! association task (see `association`), bounded by `receiver.max_associations`; one over
-//! the bound is answered with a transient A-ASSOCIATE-RJ (local limit exceeded) so that the
-//! scanner retries later. A failing association is logged and answered, never fatal.
+//! association task (see `association`), bounded by `receiver.max_associations`. When every
+//! slot is taken, the slowest association under `receiver.min_transfer_rate` gives its
+//! slot to the newcomer (see `pace`); when none is that slow, the newcomer is answered with
+//! a transient A-ASSOCIATE-RJ (local limit exceeded) so that the scanner retries later.
+//! Each association also has an overall deadline and a per-PDU deadline. A failing
+//! association is logged and answered, never fatal.
 //!
 //! What is accepted:
 //! - abstract syntaxes: Verification, MR Image Storage, Enhanced MR Image Storage; every
@@ -20,6 +23,7 @@
 mod association;
 pub mod completion;
 pub mod dimse;
+pub mod pace;
 pub mod prescan;
 pub mod scu;
 pub mod spool;
@@ -68,6 +72,8 @@ pub(crate) struct Shared {
     /// Serialises the check-rename-index step so a UID is stored once (see `Spool::commit`),
     /// and against the retention purge (see `Spool::purge`).
     pub commit_lock: Arc<std::sync::Mutex<()>>,
+    /// The pace of live associations.
+    pub pace: Arc<pace::Pace>,
 }
 
 /// The receiver: listener plus association tasks.
@@ -101,6 +107,7 @@ impl Receiver {
                 spool,
                 store,
                 commit_lock: Arc::new(std::sync::Mutex::new(())),
+                pace: Arc::new(pace::Pace::default()),
             }),
         }
     }
@@ -157,7 +164,54 @@ impl Receiver {
                         });
                         continue;
                     }
-                    Err(_) => association::Turnaway::Busy,
+                    Err(_) => {
+                        let min_rate = self.shared.settings.min_transfer_rate;
+                        let shed = self
+                            .shared
+                            .pace
+                            .shed_slowest(min_rate, std::time::Instant::now());
+                        if let Some(s) = &shed {
+                            tracing::warn!(
+                                %peer,
+                                slow_peer = %s.peer,
+                                rate_bytes_per_sec = s.rate as u64,
+                                age_secs = s.age.as_secs(),
+                                "all association slots taken: the slowest association gives its slot up"
+                            );
+                        }
+                        match (shed, self.busy_slots.clone().try_acquire_owned()) {
+                            (Some(_), Ok(waiting)) => {
+                                // Wait (briefly, off the accept loop) for the shed
+                                // association to release its slot.
+                                let (slots, shared) = (self.slots.clone(), self.shared.clone());
+                                let token = shutdown.clone();
+                                tracker.spawn(async move {
+                                    let got = tokio::time::timeout(
+                                        Duration::from_secs(5),
+                                        slots.acquire_owned(),
+                                    )
+                                    .await;
+                                    drop(waiting);
+                                    match got {
+                                        Ok(Ok(permit)) => {
+                                            association::serve(socket, peer, shared, token).await;
+                                            drop(permit);
+                                        }
+                                        _ => {
+                                            association::turn_away(
+                                                socket,
+                                                peer,
+                                                association::Turnaway::Busy,
+                                            )
+                                            .await
+                                        }
+                                    }
+                                });
+                                continue;
+                            }
+                            _ => association::Turnaway::Busy,
+                        }
+                    }
                 }
             };
             let pool = match why {
