@@ -128,6 +128,9 @@ pub async fn run(
     if !r.fsync {
         warn!("receiver.fsync is off: acknowledged images may be lost on power failure");
     }
+    for c in settings.notify.plaintext_channels() {
+        warn!("notify.allow_plaintext: alerts cross the network unencrypted ({c})");
+    }
     info!(
         ae_title = %r.ae_title,
         address = %listener.local_addr()?,

@@ -30,6 +30,7 @@ pub mod notify;
 pub mod panel;
 pub mod phantom;
 pub mod pipeline;
+pub mod redact;
 pub mod render;
 pub mod sdnotify;
 pub mod store;

@@ -484,7 +484,9 @@ fn command_line() -> String {
 
 fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+        // The HTTP client's own debug lines quote request URLs whole, credentials included.
+        .add_directive("ureq=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -524,7 +526,10 @@ fn analyze(
         println!("{}", serde_json::to_string_pretty(&a)?);
     } else {
         println!("study     {}", a.study_instance_uid);
-        println!("accession {}", a.accession_number);
+        println!(
+            "accession {}",
+            onfh_edge::redact::printable(&a.accession_number)
+        );
         println!("series    {}", a.series_instance_uid);
         println!(
             "status    {}{}",
@@ -996,6 +1001,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter_mut()
                 .filter_map(|c| c.password.as_mut())
                 .for_each(redact);
+            // So are credentials inside URLs.
+            for c in &mut n.webhook {
+                c.url = onfh_edge::redact::url(&c.url);
+            }
+            for c in &mut n.ntfy {
+                c.server = onfh_edge::redact::url(&c.server);
+            }
+            n.heatmap_url = onfh_edge::redact::url(&n.heatmap_url);
             println!("{settings:#?}");
             Ok(())
         }
@@ -1079,7 +1092,7 @@ fn results(settings: &Settings, json: bool, since: Option<&str>) -> anyhow::Resu
             "#{} {}  accession {}  {}{}",
             r.id,
             onfh_edge::notify::rfc3339(r.analysed_ms),
-            a.accession_number,
+            onfh_edge::redact::printable(&a.accession_number),
             serde_json::to_value(a.status)?.as_str().unwrap_or("?"),
             a.reason
                 .as_ref()
@@ -1147,8 +1160,8 @@ fn status(settings: &Settings, json: bool) -> anyhow::Result<()> {
                 s.series_number.map(|n| n.to_string()).unwrap_or_default(),
                 s.instance_count,
                 s.generation,
-                s.series_description
-                    .unwrap_or_default()
+                // Text the sender chose: control characters escaped.
+                onfh_edge::redact::printable(&s.series_description.unwrap_or_default())
                     .chars()
                     .take(24)
                     .collect::<String>(),
@@ -1168,6 +1181,10 @@ fn main() -> ExitCode {
         // SAFETY: nothing else runs yet; no thread can read the environment concurrently.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
+    // The database, the spool and the results hold patient data: nothing this process
+    // creates is readable by other users, whatever umask it was started with.
+    // SAFETY: umask only swaps the process's file-mode mask.
+    unsafe { libc::umask(0o027) };
     let cli = Cli::parse();
     if let Cmd::Analyze {
         paths,

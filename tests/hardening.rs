@@ -167,7 +167,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn a_study_that_kills_the_analysis_ends_as_one_error_after_two_attempts() {
     let port = receivers::free_port();
     let mut d = Daemon::start(&format!(
-        "[notify]\nindeterminate = true\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s\"\n"
+        "[notify]\nindeterminate = true\n[[notify.webhook]]\nname = \"ortho\"\nurl = \"http://alice:s3cret-6@127.0.0.1:{port}/hook?token=T0KEN-7\"\nsecret = \"s\"\n"
     ));
     let dir = tempfile::tempdir().unwrap();
     let study = dir.path().join("study");
@@ -235,6 +235,27 @@ fn a_study_that_kills_the_analysis_ends_as_one_error_after_two_attempts() {
     // Not analysed again.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(d.count("SELECT COUNT(*) FROM analyses"), 1);
+    // The alerts could not be delivered (nothing listens); the failures name the URL with
+    // its credentials redacted, in the log, the outbox and the audit table alike.
+    assert!(wait_until(Duration::from_secs(20), || d.count(
+        "SELECT COUNT(*) FROM alerts WHERE last_error IS NOT NULL"
+    ) > 0));
+    let stored: String = d
+        .db()
+        .query_row(
+            "SELECT group_concat(x, ' ') FROM (SELECT last_error AS x FROM alerts
+             UNION ALL SELECT detail FROM audit)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(stored.contains("***@127.0.0.1"), "{stored}");
+    for text in [stored, d.log()] {
+        assert!(
+            !text.contains("s3cret-6") && !text.contains("T0KEN-7"),
+            "{text}"
+        );
+    }
     d.assert_serving();
 }
 
@@ -388,4 +409,161 @@ fn a_slow_pdu_and_an_endless_association_are_aborted_at_their_limits() {
     );
     assert!(d.log().contains("past receiver.association_deadline_secs"));
     d.assert_serving();
+}
+
+/// A data set carrying File Meta Information elements (group 0002) is refused with
+/// "cannot understand", never stored with two meta groups.
+#[test]
+fn meta_elements_inside_the_data_set_are_refused() {
+    let mut d = Daemon::start("");
+    let mut r = Raw::new(&d, 32);
+    let ts = explicit_short((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1\0");
+    let data = [ts, r.data.clone()].concat();
+    r.command(1, None);
+    r.data(&data, true);
+    let (status, comment) = r.response();
+    assert_eq!(status, 0xC000);
+    assert!(comment.unwrap_or_default().contains("File Meta"));
+    r.a.release().unwrap();
+    assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 0);
+    d.assert_serving();
+}
+
+/// Started with a permissive umask, the daemon still keeps its database and spool from
+/// other users.
+#[test]
+fn state_files_are_not_world_readable_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let old = unsafe { libc::umask(0o022) };
+    let mut d = Daemon::start("");
+    unsafe { libc::umask(old) };
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = mr_series(dir.path(), &new_uid(), 1, 2, 32)
+        .into_iter()
+        .map(|i| i.path)
+        .collect();
+    let (log, ok) = storescu(d.port, &[], &files);
+    assert!(ok, "{log}");
+    let mut checked = vec![d.state_dir().join("onfh-edge.sqlite3")];
+    checked.extend(d.committed_files());
+    checked.extend(
+        d.committed_files()
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf)),
+    );
+    assert!(checked.len() >= 3);
+    for p in checked {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o007, 0, "{} is {:o}", p.display(), mode & 0o777);
+    }
+    d.assert_serving();
+}
+
+/// A calling AE title with a newline and an escape sequence is logged escaped; a Series
+/// Description with them is printed escaped by `status`.
+#[test]
+fn control_characters_from_peers_are_escaped_in_logs_and_status() {
+    use std::io::{Read, Write};
+    let mut d = Daemon::start("");
+    let evil = "EV\nFAKE LINE\x1b[2J";
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let rq = dicom_ul::Pdu::AssociationRQ(dicom_ul::pdu::AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: evil.into(),
+        called_ae_title: "ONFH_EDGE".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![dicom_ul::pdu::PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![dicom_ul::pdu::UserVariableItem::MaxLength(16384)],
+    });
+    let mut bytes = Vec::new();
+    dicom_ul::write_pdu(&mut bytes, &rq).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut head = [0u8; 6];
+    s.read_exact(&mut head).unwrap();
+    drop(s);
+    assert!(wait_until(Duration::from_secs(5), || d
+        .log()
+        .contains("EV\\nFAKE")));
+    let log = d.log();
+    assert!(!log.contains('\x1b'), "raw ESC in the log");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FAKE LINE")),
+        "forged log line"
+    );
+
+    // Series Description with control characters, through a real C-STORE.
+    let dir = tempfile::tempdir().unwrap();
+    let inst = mr_series(dir.path(), &new_uid(), 1, 1, 32).remove(0);
+    let mut obj = dicom_object::open_file(&inst.path).unwrap();
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::SERIES_DESCRIPTION,
+        dicom_core::VR::LO,
+        dicom_core::PrimitiveValue::from("T2\x1b[31mRED\nX"),
+    ));
+    obj.write_to_file(&inst.path).unwrap();
+    let (log, ok) = storescu(d.port, &[], &[inst.path.clone()]);
+    assert!(ok, "{log}");
+    let status = d.cli("status", &[]);
+    assert!(!status.contains('\x1b'), "{status:?}");
+    assert!(status.contains("T2\\u{1b}[31mRED\\nX"), "{status}");
+    d.assert_serving();
+}
+
+/// Credentials inside alert URLs are never printed by `check-config`, and clear text to
+/// another host is refused unless opted into.
+#[test]
+fn url_credentials_are_redacted_and_remote_plaintext_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("site.toml");
+    let write = |url: &str, extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[notify]\n{extra}[[notify.webhook]]\nname = \"w\"\nurl = \"{url}\"\nsecret = \"hmac-secret-1\"\n[[notify.ntfy]]\nname = \"n\"\nserver = \"https://bob:pw-ntfy-2@ntfy.example.org/?auth=tok-3\"\ntopic = \"t\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(
+        "https://alice:s3cret-4@ris.example.org/hook?token=T0KEN-5",
+        "",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    for secret in ["hmac-secret-1", "pw-ntfy-2", "tok-3", "s3cret-4", "T0KEN-5"] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    assert!(
+        text.contains("https://***@ris.example.org/hook?token=***"),
+        "{text}"
+    );
+    // Plain http to another host: refused, then allowed with the opt-in.
+    write("http://ris.example.org/hook", "");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("allow_plaintext"),
+        "{}",
+        output_text(&out)
+    );
+    write("http://ris.example.org/hook", "allow_plaintext = true\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
 }

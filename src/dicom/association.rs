@@ -170,7 +170,9 @@ async fn serve_inner(
             return Ok(());
         }
     };
-    let calling = assoc.peer_ae_title().trim().to_string();
+    // The peer chose this text: control characters are escaped before it is logged or
+    // stored.
+    let calling = crate::redact::printable(assoc.peer_ae_title().trim());
     let accepted = assoc
         .presentation_contexts()
         .iter()
@@ -295,7 +297,7 @@ pub(super) async fn turn_away(mut socket: TcpStream, peer: SocketAddr, why: Turn
         ),
     };
     let calling = match read {
-        Ok(Ok(Pdu::AssociationRQ(rq))) => rq.calling_ae_title,
+        Ok(Ok(Pdu::AssociationRQ(rq))) => crate::redact::printable(&rq.calling_ae_title),
         _ => {
             warn!(%peer, reason = ?why, "connection closed without negotiation");
             return;

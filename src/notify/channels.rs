@@ -31,24 +31,8 @@ pub fn deliver(ch: &Channel, msg: &AlertMessage, timeout: Duration) -> Result<()
 /// Whether `url`'s host is exempt from the environment's proxy: loopback, or a `NO_PROXY`
 /// entry (`*`, a host, or a domain suffix).
 fn bypass_proxy(url: &str) -> bool {
-    let host = url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or("");
-    let host = host.rsplit('@').next().unwrap_or(host);
-    let host = if let Some(h) = host.strip_prefix('[') {
-        h.split(']').next().unwrap_or(h)
-    } else {
-        host.split(':').next().unwrap_or(host)
-    };
-    if host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-    {
+    let host = super::url_host(url);
+    if super::is_loopback_host(host) {
         return true;
     }
     let no_proxy = std::env::var("NO_PROXY")
@@ -69,12 +53,17 @@ fn agent(url: &str, timeout: Duration) -> ureq::Agent {
         .build()
 }
 
+/// The error for a failed request, with the URL's credentials redacted (the text goes to
+/// the log, the outbox's `last_error` and the audit table).
 fn http_error(url: &str, e: ureq::Error) -> DeliveryError {
+    let url = crate::redact::url(url);
     match e {
         ureq::Error::Status(code, resp) => {
             DeliveryError::Transient(format!("{url}: HTTP {code} {}", resp.status_text()))
         }
-        ureq::Error::Transport(t) => DeliveryError::Transient(format!("{url}: {t}")),
+        ureq::Error::Transport(t) => {
+            DeliveryError::Transient(crate::redact::urls_in(&format!("{url}: {t}")))
+        }
     }
 }
 

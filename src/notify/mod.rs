@@ -133,6 +133,35 @@ pub struct NotifySettings {
     pub webhook: Vec<WebhookChannel>,
     /// Email.
     pub smtp: Vec<SmtpChannel>,
+    /// Allow plain `http://` webhooks and ntfy servers, and SMTP without encryption but
+    /// with a password, to hosts other than loopback. Off: such a configuration is
+    /// refused. On: allowed, with a warning at every start.
+    pub allow_plaintext: bool,
+}
+
+/// The host of a URL (no user information, port or brackets).
+pub(crate) fn url_host(url: &str) -> &str {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or(host);
+    if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or(h)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    }
+}
+
+/// Whether a host name or address is this machine.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Default for NotifySettings {
@@ -148,6 +177,7 @@ impl Default for NotifySettings {
             ntfy: Vec::new(),
             webhook: Vec::new(),
             smtp: Vec::new(),
+            allow_plaintext: false,
         }
     }
 }
@@ -186,8 +216,48 @@ impl NotifySettings {
             .collect()
     }
 
+    /// The channels that send in clear text to another host (names and why): refused by
+    /// [`NotifySettings::validate`] unless `allow_plaintext`.
+    pub fn plaintext_channels(&self) -> Vec<String> {
+        let remote_http = |u: &str| u.starts_with("http://") && !is_loopback_host(url_host(u));
+        let mut out = Vec::new();
+        for c in self.channels() {
+            match &c {
+                Channel::Ntfy(n) if remote_http(&n.server) => {
+                    out.push(format!("{}: http:// to {}", n.name, url_host(&n.server)))
+                }
+                Channel::Webhook(w) if remote_http(&w.url) => {
+                    out.push(format!("{}: http:// to {}", w.name, url_host(&w.url)))
+                }
+                Channel::Smtp(m)
+                    if m.security == SmtpSecurity::None
+                        && m.password.is_some()
+                        && !is_loopback_host(&m.host) =>
+                {
+                    out.push(format!(
+                        "{}: SMTP password without encryption to {}",
+                        m.name, m.host
+                    ))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Check the settings; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(first) = self.plaintext_channels().first()
+            && !self.allow_plaintext
+        {
+            return Err((
+                "notify",
+                format!(
+                    "{first}: alerts would cross the network unencrypted; use https:// or TLS, \
+                     or set notify.allow_plaintext = true"
+                ),
+            ));
+        }
         for s in &self.stages {
             if !["0", "I", "II"].contains(&s.as_str()) {
                 return Err(("notify.stages", format!("unknown stage {s:?} (0, I, II)")));
@@ -693,6 +763,52 @@ mod tests {
             secret: "s".into(),
         });
         assert_eq!(cfg.validate().unwrap_err().0, "notify.webhook");
+    }
+
+    /// Clear text to another host is refused unless opted into; loopback is always fine.
+    #[test]
+    fn plaintext_to_a_remote_host_needs_the_opt_in() {
+        let hook = |url: &str| WebhookChannel {
+            name: "w".into(),
+            url: url.into(),
+            secret: "s".into(),
+        };
+        let mut cfg = NotifySettings {
+            webhook: vec![
+                hook("http://127.0.0.1:9/hook"),
+                hook("https://ris.example.org/h"),
+            ],
+            ..NotifySettings::default()
+        };
+        cfg.webhook[1].name = "w2".into();
+        assert!(cfg.validate().is_ok());
+        cfg.webhook[1].url = "http://ris.example.org/h".into();
+        let (key, why) = cfg.validate().unwrap_err();
+        assert_eq!(key, "notify");
+        assert!(why.contains("w2: http:// to ris.example.org"), "{why}");
+        cfg.allow_plaintext = true;
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.plaintext_channels().len(), 1);
+        // SMTP: no encryption with a password, to another host.
+        let mut cfg = NotifySettings {
+            smtp: vec![SmtpChannel {
+                name: "m".into(),
+                host: "smtp.example.org".into(),
+                port: None,
+                security: SmtpSecurity::None,
+                username: Some("u".into()),
+                password: Some("p".into()),
+                from: "a@example.org".into(),
+                to: vec!["b@example.org".into()],
+            }],
+            ..NotifySettings::default()
+        };
+        assert!(cfg.validate().is_err());
+        cfg.smtp[0].host = "localhost".into();
+        assert!(cfg.validate().is_ok());
+        cfg.smtp[0].host = "smtp.example.org".into();
+        cfg.smtp[0].security = SmtpSecurity::Starttls;
+        assert!(cfg.validate().is_ok());
     }
 
     /// A study in which the detector did not find both heads alerts as two indeterminate
