@@ -187,12 +187,30 @@ fn alerts_reach_every_channel_exactly_once_through_outages() {
     check_http(&accepted, &keys);
     let mails = s.messages.lock().unwrap().clone();
     assert_eq!(mails.len(), early);
-    for m in &mails {
+    for raw in &mails {
+        // Read back by a real mail parser (Python's email package, RFC 5322 + MIME).
+        let parsed = parse_mail(raw);
+        assert_eq!(parsed["mime_version"], "1.0", "{raw}");
         assert!(
-            m.contains("Subject: Early ONFH suspected: left femoral head"),
-            "{m}"
+            parsed["subject"]
+                .as_str()
+                .unwrap()
+                .starts_with("Early ONFH suspected: left femoral head"),
+            "{parsed}"
         );
-        assert!(m.contains("not for clinical use"));
+        let plain = parsed["plain"].as_str().unwrap();
+        assert!(plain.contains("not for clinical use"), "{plain}");
+        // The em dash of the intended-use line survives, in both parts.
+        assert!(plain.contains("research demo — trained"), "{plain}");
+        assert!(
+            parsed["html"]
+                .as_str()
+                .unwrap()
+                .contains("research demo — trained"),
+            "{parsed}"
+        );
+        assert_eq!(parsed["charset"], "utf-8");
+        let m = &format!("{raw}\n{plain}");
         let key = keys
             .iter()
             .find(|k| m.contains(&format!("<{k}@onfh-edge>")))
@@ -330,4 +348,39 @@ to = ["ortho@example.org"]
     );
     assert!(text.contains("II"));
     assert_no_phi(&text, "`results`");
+}
+
+/// A raw message parsed by Python's email package: subject, MIME-Version, the text/plain
+/// and text/html bodies decoded, and the plain part's charset.
+fn parse_mail(raw: &str) -> serde_json::Value {
+    use std::io::Write;
+    let script = r#"
+import email, json, sys
+from email import policy
+m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
+plain = m.get_body(preferencelist=('plain',))
+html = m.get_body(preferencelist=('html',))
+print(json.dumps({
+    "subject": str(m["subject"]),
+    "mime_version": str(m["mime-version"]),
+    "plain": plain.get_content() if plain else None,
+    "html": html.get_content() if html else None,
+    "charset": plain.get_content_charset() if plain else None,
+}))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(raw.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
 }

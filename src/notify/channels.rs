@@ -121,7 +121,14 @@ fn smtp(c: &SmtpChannel, msg: &AlertMessage, timeout: Duration) -> Result<(), De
     for to in &c.to {
         b = b.to(to.parse().map_err(|e| bad("to", &e))?);
     }
-    let email = b.body(msg.body.clone()).map_err(|e| bad("message", &e))?;
+    // MIME 1.0, UTF-8 text (the body has an em dash and may have accents) with an HTML
+    // alternative; lettre picks the transfer encoding and encodes the subject (RFC 2047).
+    let email = b
+        .multipart(lettre::message::MultiPart::alternative_plain_html(
+            msg.body.clone(),
+            html_body(&msg.title, &msg.body),
+        ))
+        .map_err(|e| bad("message", &e))?;
     let builder = match c.security {
         SmtpSecurity::Starttls => {
             lettre::SmtpTransport::starttls_relay(&c.host).map_err(|e| bad("relay", &e))?
@@ -139,6 +146,26 @@ fn smtp(c: &SmtpChannel, msg: &AlertMessage, timeout: Duration) -> Result<(), De
     builder.build().send(&email).map(|_| ()).map_err(|e| {
         DeliveryError::Transient(format!("smtp {} ({}:{}): {e}", c.name, c.host, c.port()))
     })
+}
+
+/// The alert as a small HTML document: the title as a heading, each line a paragraph.
+fn html_body(title: &str, body: &str) -> String {
+    let esc = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mut html = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title></head><body><h2>{}</h2>",
+        esc(title),
+        esc(title)
+    );
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        html.push_str(&format!("<p>{}</p>", esc(line)));
+    }
+    html.push_str("</body></html>");
+    html
 }
 
 #[cfg(test)]
