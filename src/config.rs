@@ -201,6 +201,11 @@ impl StorageSettings {
     pub fn spool_dir(&self) -> PathBuf {
         self.state_dir.join("spool")
     }
+
+    /// Per-analysis heatmaps and image copies (see `worker`).
+    pub fn results_dir(&self) -> PathBuf {
+        self.state_dir.join("results")
+    }
 }
 
 impl Settings {

@@ -152,6 +152,7 @@ pub async fn run(
         tracker.spawn(retention(
             purger,
             store.clone(),
+            settings.storage.results_dir(),
             commit_lock,
             days,
             shutdown.clone(),
@@ -160,8 +161,11 @@ pub async fn run(
 
     // Analysis, alerts and the panel: each on its own thread, all fed from the database.
     let state_dir = settings.storage.state_dir.clone();
-    let worker =
-        crate::worker::Worker::spawn(store.clone(), settings.clone(), state_dir.join("results"));
+    let worker = crate::worker::Worker::spawn(
+        store.clone(),
+        settings.clone(),
+        settings.storage.results_dir(),
+    );
     let sender_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let (s, cfg, stop) = (store.clone(), settings.notify.clone(), sender_stop.clone());
@@ -393,6 +397,7 @@ fn panel_state(
 async fn retention(
     spool: Spool,
     store: Store,
+    results_dir: std::path::PathBuf,
     commit_lock: std::sync::Arc<std::sync::Mutex<()>>,
     days: u32,
     shutdown: CancellationToken,
@@ -416,6 +421,25 @@ async fn retention(
             ),
             Ok(Err(e)) => warn!(error = %e, "spool purge failed; will retry in an hour"),
             Err(e) => warn!(error = %e, "spool purge task failed"),
+        }
+        // The results folders (heatmaps and the T2 copy) follow the same retention.
+        let (st, dir) = (store.clone(), results_dir.clone());
+        let cutoff = std::time::SystemTime::now() - Duration::from_secs(u64::from(days) * 86_400);
+        let purged = tokio::task::spawn_blocking(move || {
+            let r = crate::worker::purge_results(&dir, cutoff)?;
+            if r.0 > 0 {
+                let detail = serde_json::json!({ "folders": r.0, "bytes": r.1, "days": days });
+                st.audit(now_ms(), "results_purged", &detail.to_string())
+                    .map_err(std::io::Error::other)?;
+            }
+            std::io::Result::Ok(r)
+        })
+        .await;
+        match purged {
+            Ok(Ok((0, _))) => {}
+            Ok(Ok((n, bytes))) => info!(folders = n, bytes, days, "purged results past retention"),
+            Ok(Err(e)) => warn!(error = %e, "results purge failed; will retry in an hour"),
+            Err(e) => warn!(error = %e, "results purge task failed"),
         }
     }
 }

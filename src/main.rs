@@ -486,7 +486,10 @@ fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
         // The HTTP client's own debug lines quote request URLs whole, credentials included.
-        .add_directive("ureq=info".parse().expect("a valid directive"));
+        .add_directive("ureq=info".parse().expect("a valid directive"))
+        // The JPEG 2000 decoder reports three INFO lines per frame it decodes; its
+        // warnings and errors still show.
+        .add_directive("jpeg2k=warn".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -620,6 +623,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("purge failed")?;
             println!(
                 "purged {n} instance(s), {:.1} MiB, received more than {days} day(s) ago",
+                bytes as f64 / (1024.0 * 1024.0)
+            );
+            let cutoff = std::time::SystemTime::now()
+                - std::time::Duration::from_secs(u64::from(days) * 86_400);
+            let (folders, bytes) =
+                onfh_edge::worker::purge_results(&settings.storage.results_dir(), cutoff)
+                    .context("results purge failed")?;
+            if folders > 0 {
+                let detail =
+                    serde_json::json!({ "folders": folders, "bytes": bytes, "days": days });
+                store.audit(now, "results_purged", &detail.to_string())?;
+            }
+            println!(
+                "purged {folders} results folder(s), {:.1} MiB, written more than {days} day(s) ago",
                 bytes as f64 / (1024.0 * 1024.0)
             );
             Ok(())

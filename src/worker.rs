@@ -82,6 +82,51 @@ impl Worker {
     }
 }
 
+/// Retention for `results/`: delete each analysis folder (`<study>/<job>/`: the T2 copy,
+/// the heatmap NIfTI and PNGs) last written before `before`, then study folders left
+/// empty. The analyses, findings and alerts in the database stay. Returns (folders,
+/// bytes). A folder that cannot be deleted is logged and skipped.
+pub fn purge_results(
+    results_dir: &std::path::Path,
+    before: std::time::SystemTime,
+) -> std::io::Result<(usize, u64)> {
+    let (mut n, mut bytes) = (0, 0);
+    let studies = match std::fs::read_dir(results_dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    for study in studies {
+        let study = study?;
+        if !study.file_type()?.is_dir() {
+            continue;
+        }
+        for job in std::fs::read_dir(study.path())? {
+            let job = job?;
+            let meta = job.metadata()?;
+            if !meta.is_dir() || meta.modified()? >= before {
+                continue;
+            }
+            let size: u64 = std::fs::read_dir(job.path())?
+                .filter_map(|f| f.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            match std::fs::remove_dir_all(job.path()) {
+                Ok(()) => {
+                    n += 1;
+                    bytes += size;
+                }
+                Err(e) => {
+                    warn!(folder = %job.path().display(), error = %e, "cannot delete results past retention")
+                }
+            }
+        }
+        // Only succeeds when empty.
+        let _ = std::fs::remove_dir(study.path());
+    }
+    Ok((n, bytes))
+}
+
 fn set(status: &Mutex<WorkerStatus>, f: impl FnOnce(&mut WorkerStatus)) {
     f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
 }
@@ -207,7 +252,7 @@ fn run(
         let now = now_ms();
         let alerts = notify::compose(&settings.notify, &a, now);
         match store.record_job(&job.job_key, job.completed_ms, &a, &alerts, now) {
-            Ok(Recorded::New(id)) => {
+            Ok(Recorded::New(id, queued)) => {
                 let stages: Vec<String> = a
                     .heads
                     .iter()
@@ -218,7 +263,7 @@ fn run(
                     study_uid = %a.study_instance_uid,
                     status = ?a.status,
                     heads = %stages.join(", "),
-                    alerts = alerts.len(),
+                    alerts_queued = queued,
                     total_ms = a.timings_ms.total,
                     "study analysed"
                 );
@@ -238,5 +283,43 @@ fn run(
             s.analysing = None;
             s.analysed += 1;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_results;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn purge_results_keeps_folders_written_within_retention() {
+        let root = tempfile::tempdir().unwrap();
+        let old = root.path().join("1.2.3").join("job-old");
+        let new = root.path().join("1.2.3").join("job-new");
+        let alone = root.path().join("1.2.4").join("job-a");
+        for d in [&old, &new, &alone] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("heatmap.nii.gz"), [1u8; 100]).unwrap();
+        }
+        let ten_days_ago = SystemTime::now() - Duration::from_secs(10 * 86_400);
+        for d in [&old, &alone] {
+            std::fs::File::open(d)
+                .unwrap()
+                .set_modified(ten_days_ago)
+                .unwrap();
+        }
+        let cutoff = SystemTime::now() - Duration::from_secs(5 * 86_400);
+        assert_eq!(purge_results(root.path(), cutoff).unwrap(), (2, 200));
+        assert!(!old.exists());
+        assert!(new.join("heatmap.nii.gz").exists());
+        // A study folder left empty goes too; one with a kept analysis stays.
+        assert!(!root.path().join("1.2.4").exists());
+        assert!(root.path().join("1.2.3").exists());
+        // Nothing left past retention; a missing results folder is not an error.
+        assert_eq!(purge_results(root.path(), cutoff).unwrap(), (0, 0));
+        assert_eq!(
+            purge_results(&root.path().join("none"), cutoff).unwrap(),
+            (0, 0)
+        );
     }
 }

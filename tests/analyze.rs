@@ -29,7 +29,11 @@ fn analyze(args: &[&Path], out: Option<&Path>) -> (Output, Value) {
 
 /// NIfTI-1 header fields we check: dims and the sform rows; data as f32.
 fn read_nifti(path: &Path) -> ([usize; 3], [[f32; 4]; 3], Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
+    use std::io::Read;
+    let mut b = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut b)
+        .unwrap();
     let i16_at = |o: usize| i16::from_le_bytes([b[o], b[o + 1]]) as usize;
     let f32_at = |o: usize| f32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let dims = [i16_at(42), i16_at(44), i16_at(46)];
@@ -96,8 +100,8 @@ fn a_bilateral_study_is_found_staged_and_explained() {
         }
     }
     // The heatmap NIfTI lies on the T2's grid (same dims, same affine as the T2 NIfTI).
-    let (hd, hs, heat) = read_nifti(&out.join("heatmap.nii"));
-    let (td, ts, _) = read_nifti(&out.join("t2.nii"));
+    let (hd, hs, heat) = read_nifti(&out.join("heatmap.nii.gz"));
+    let (td, ts, _) = read_nifti(&out.join("t2.nii.gz"));
     assert_eq!(hd, td);
     assert_eq!(hs, ts);
     // Where the stage II head's heatmap lies. The written map keeps values of at least

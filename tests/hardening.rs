@@ -84,25 +84,8 @@ fn a_parser_desync_is_refused_before_or_after_pixel_data_in_bounded_memory() {
 #[test]
 fn a_desynced_file_in_a_folder_is_skipped_by_analyze() {
     let dir = tempfile::tempdir().unwrap();
-    let study = dir.path().join("study");
-    phantom::generate_study(
-        &study,
-        42,
-        &Options {
-            stages: Some([Stage::S0, Stage::S0]),
-            enhanced_t2: Some(false),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    // Only DICOM files in the folder (truth.json would count as skipped too).
-    std::fs::remove_file(study.join("truth.json")).unwrap();
+    let (study, t2) = phantom_study(dir.path(), 42);
     // Append the bomb after Pixel Data of one T2 slice.
-    let t2: Vec<PathBuf> = files_under(&study)
-        .into_iter()
-        .filter(|p| p.to_string_lossy().contains("t2"))
-        .collect();
-    assert!(!t2.is_empty());
     let mut bytes = std::fs::read(&t2[0]).unwrap();
     bytes.extend(desync_bomb());
     std::fs::write(&t2[0], bytes).unwrap();
@@ -158,6 +141,30 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A classic phantom study (both heads stage 0, one file per slice) with only DICOM files
+/// in its folder, and its T2 slices.
+fn phantom_study(dir: &Path, seed: u64) -> (PathBuf, Vec<PathBuf>) {
+    let study = dir.join("study");
+    phantom::generate_study(
+        &study,
+        seed,
+        &Options {
+            stages: Some([Stage::S0, Stage::S0]),
+            enhanced_t2: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // truth.json would count as a skipped file.
+    std::fs::remove_file(study.join("truth.json")).unwrap();
+    let t2: Vec<PathBuf> = files_under(&study)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("t2"))
+        .collect();
+    assert!(!t2.is_empty());
+    (study, t2)
 }
 
 /// A study whose analysis kills the process (simulated OOM kills: SIGKILL while the
@@ -566,4 +573,245 @@ fn url_credentials_are_redacted_and_remote_plaintext_refused() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// Item 10: a series whose images went through lossy compression (here marked so by
+/// Lossy Image Compression = "01" although stored uncompressed, as a router that decoded
+/// JPEG would leave it) is not analysed by default, with the reason in its verdict.
+#[test]
+fn a_lossy_compressed_series_is_not_analysed_and_says_why() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let (study, t2) = phantom_study(dir.path(), 43);
+    // One slice of the series is enough.
+    let mut obj = dicom_object::open_file(&t2[t2.len() / 2]).unwrap();
+    obj.put(DataElement::new(
+        tags::LOSSY_IMAGE_COMPRESSION,
+        VR::CS,
+        PrimitiveValue::from("01"),
+    ));
+    obj.put(DataElement::new(
+        tags::LOSSY_IMAGE_COMPRESSION_METHOD,
+        VR::CS,
+        PrimitiveValue::from("ISO_10918_1"),
+    ));
+    obj.write_to_file(&t2[t2.len() / 2]).unwrap();
+
+    let analyze = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["analyze", "--json"])
+            .args(extra)
+            .arg(&study)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let v: serde_json::Value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{e}: {text}\n{}", output_text(&out)));
+        v
+    };
+    let v = analyze(&[]);
+    assert_ne!(v["status"], "ok", "{v}");
+    assert!(v["heads"].as_array().is_none_or(|h| h.is_empty()), "{v}");
+    let verdicts = v["series"].as_array().unwrap();
+    assert!(verdicts.iter().all(|s| s["verdict"] != "chosen"), "{v}");
+    let t2_verdict = verdicts
+        .iter()
+        .find(|s| {
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("lossy-compressed"))
+        })
+        .unwrap_or_else(|| panic!("no lossy verdict: {v}"));
+    assert!(
+        t2_verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ISO_10918_1"),
+        "{t2_verdict}"
+    );
+}
+
+/// Every top-level attribute the dictionary knows, except group 0002 and Pixel Data,
+/// rewritten as explicit VR UN with its little-endian value bytes: what `gdcmconv` and some
+/// routers write.
+fn un_everywhere(obj: &mut dicom_object::InMemDicomObject) -> usize {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    use dicom_core::value::{PrimitiveValue, Value};
+    use dicom_core::{DataElement, VR};
+    let mut n = 0;
+    let tags: Vec<dicom_core::Tag> = obj.tags().collect();
+    for tag in tags {
+        if tag.group() == 0x0002 || tag.group() == 0x7FE0 {
+            continue;
+        }
+        let Some(VirtualVr::Exact(vr)) = dicom_dictionary_std::StandardDataDictionary
+            .by_tag(tag)
+            .map(|e| e.vr())
+        else {
+            continue;
+        };
+        let e = obj.element(tag).unwrap();
+        let Value::Primitive(p) = e.value() else {
+            continue;
+        };
+        let mut bytes: Vec<u8> = match vr {
+            VR::OB | VR::OW | VR::OF | VR::OD | VR::OL | VR::OV | VR::SQ | VR::UN => continue,
+            VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV | VR::AT => {
+                p.to_bytes().into_owned()
+            }
+            _ => p.to_str().into_owned().into_bytes(),
+        };
+        if bytes.len() % 2 == 1 {
+            bytes.push(if vr == VR::UI { 0 } else { b' ' });
+        }
+        obj.put(DataElement::new(
+            tag,
+            VR::UN,
+            PrimitiveValue::U8(bytes.into_iter().collect()),
+        ));
+        n += 1;
+    }
+    n
+}
+
+/// Item 11: an instance whose identifying attributes are all VR UN is stored and indexed
+/// under its real UIDs; a study written that way is selected, assembled and analysed.
+#[test]
+fn attributes_written_as_un_are_read_as_their_dictionary_vr() {
+    use dicom_object::InMemDicomObject;
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+    let mut d = Daemon::start("");
+    let mut r = Raw::new(&d, 32);
+    let mut obj =
+        InMemDicomObject::read_dataset_with_ts(&r.data[..], &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+            .unwrap();
+    assert!(un_everywhere(&mut obj) > 10);
+    let mut data = Vec::new();
+    obj.write_dataset_with_ts(&mut data, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
+    // The bytes on the wire really say UN for the Study Instance UID.
+    assert!(
+        data.windows(6)
+            .any(|w| w == [0x20, 0x00, 0x0D, 0x00, b'U', b'N'])
+    );
+    r.command(1, None);
+    r.data(&data, true);
+    let (status, comment) = r.response();
+    assert_eq!(status, 0, "{comment:?}");
+    r.a.release().unwrap();
+    let uid = &r.inst.sop_instance_uid;
+    assert_eq!(
+        d.count(&format!(
+            "SELECT COUNT(*) FROM instances i JOIN series s ON s.series_uid = i.series_uid \
+             WHERE i.sop_instance_uid = '{uid}' AND s.study_uid = '{}' AND s.modality = 'MR'",
+            r.inst.study_uid
+        )),
+        1
+    );
+    d.assert_serving();
+
+    // A whole study, every file rewritten with UN everywhere (explicit VR).
+    let dir = tempfile::tempdir().unwrap();
+    let (study, _) = phantom_study(dir.path(), 44);
+    for f in files_under(&study) {
+        let file = dicom_object::open_file(&f).unwrap();
+        let meta = file.meta().clone();
+        // The meta group first (built from the data set's own UIDs), then the UN rewrite.
+        let mut file = file
+            .into_inner()
+            .with_meta(
+                dicom_object::FileMetaTableBuilder::new()
+                    .transfer_syntax(EXPLICIT_LE)
+                    .media_storage_sop_class_uid(
+                        meta.media_storage_sop_class_uid().trim_end_matches('\0'),
+                    )
+                    .media_storage_sop_instance_uid(
+                        meta.media_storage_sop_instance_uid().trim_end_matches('\0'),
+                    ),
+            )
+            .unwrap();
+        un_everywhere(&mut file);
+        file.write_to_file(&f).unwrap();
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["analyze", "--json"])
+        .arg(&study)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
+    assert_eq!(v["skipped_files"], 0, "{v}");
+    let chosen: Vec<&serde_json::Value> = v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["verdict"] == "chosen")
+        .collect();
+    assert_eq!(chosen.len(), 1, "{v}");
+    assert!(
+        chosen[0]["description"].as_str().unwrap().contains("T2"),
+        "{v}"
+    );
+    assert_eq!(v["heads"].as_array().map(|h| h.len()), Some(2), "{v}");
+}
+
+/// Item 12: decoding a JPEG 2000 series logs nothing from the decoder at INFO (it wrote
+/// three lines per frame), even with `RUST_LOG=info`.
+#[test]
+fn a_jpeg_2000_series_decodes_without_decoder_chatter() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/MR_small_jp2klossless.dcm");
+    let dir = tempfile::tempdir().unwrap();
+    let (study, series) = (new_uid(), new_uid());
+    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    for k in 0..12 {
+        let mut obj = dicom_object::open_file(&fixture).unwrap();
+        let sop = new_uid();
+        for e in [
+            text(tags::SOP_INSTANCE_UID, VR::UI, &sop),
+            text(tags::STUDY_INSTANCE_UID, VR::UI, &study),
+            text(tags::SERIES_INSTANCE_UID, VR::UI, &series),
+            text(tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY"),
+            text(tags::SERIES_DESCRIPTION, VR::LO, "T2 COR"),
+            text(tags::ECHO_TIME, VR::DS, "90"),
+            text(tags::SLICE_THICKNESS, VR::DS, "3"),
+            text(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\0\\-1"),
+            text(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                &format!("-30\\{}\\30", 3 * k),
+            ),
+            text(tags::INSTANCE_NUMBER, VR::IS, &(k + 1).to_string()),
+        ] {
+            obj.put(e);
+        }
+        obj.update_meta(|m| m.media_storage_sop_instance_uid = sop.clone());
+        obj.write_to_file(dir.path().join(format!("IM{k:02}.dcm")))
+            .unwrap();
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["analyze", "--json"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
+    // The series was chosen and its 12 frames decoded.
+    assert_eq!(v["series"][0]["verdict"], "chosen", "{v}");
+    assert_eq!(v["skipped_files"], 0, "{v}");
+    assert!(v["timings_ms"]["volume"].as_u64().is_some(), "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let chatter: Vec<&str> = stderr.lines().filter(|l| l.contains("jpeg2k")).collect();
+    assert!(
+        chatter.is_empty(),
+        "{} decoder lines, e.g. {:?}",
+        chatter.len(),
+        chatter.first()
+    );
 }

@@ -1,5 +1,6 @@
 //! Spool retention: `onfh-edge purge` deletes received files past the retention period and
-//! their instance rows, keeps studies, series, results and findings, logs the purge in the
+//! their instance rows and the results folders (heatmaps, T2 copies) past the same period,
+//! keeps studies, series, analyses and findings, logs the purge in the
 //! audit table, and a re-sent instance is stored again afterwards. An instance sent again
 //! before a purge restarts its retention period instead of being purged right after it
 //! was acknowledged, and `purge` refuses to run beside the daemon (which purges by itself,
@@ -42,14 +43,27 @@ fn purge_deletes_old_files_and_keeps_results() {
         serde_json::from_str(include_str!("fixtures/analysis_example.json")).unwrap();
     a.study_instance_uid = study.clone();
     store.record_analysis("job-1", &a, &[], 0).unwrap();
+    // Its results folder, as the worker writes it.
+    let job_dir = d.state_dir().join("results").join(&study).join("job-1");
+    std::fs::create_dir_all(&job_dir).unwrap();
+    std::fs::write(job_dir.join("heatmap.nii.gz"), vec![7u8; 4096]).unwrap();
 
     // Within the retention period: nothing goes.
-    assert!(d.cli("purge", &[]).contains("purged 0 instance(s)"));
+    let out = d.cli("purge", &[]);
+    assert!(out.contains("purged 0 instance(s)"), "{out}");
+    assert!(out.contains("purged 0 results folder(s)"), "{out}");
     assert_eq!(d.committed_files().len(), 6);
+    assert!(job_dir.join("heatmap.nii.gz").exists());
     // Everything received so far is older than 0 days.
     let out = d.cli("purge", &["--older-than-days", "0"]);
     assert!(out.contains("purged 6 instance(s)"), "{out}");
+    assert!(out.contains("purged 1 results folder(s)"), "{out}");
     assert!(d.committed_files().is_empty());
+    assert!(!d.state_dir().join("results").join(&study).exists());
+    assert_eq!(
+        d.count("SELECT COUNT(*) FROM audit WHERE event = 'results_purged' AND detail LIKE '%\"folders\":1%'"),
+        1
+    );
     assert_eq!(d.count("SELECT COUNT(*) FROM instances"), 0);
     assert_eq!(d.count("SELECT COUNT(*) FROM series"), 1);
     assert_eq!(d.count("SELECT COUNT(*) FROM analyses"), 1);

@@ -27,6 +27,7 @@ pub mod pace;
 pub mod prescan;
 pub mod scu;
 pub mod spool;
+pub mod unknown_vr;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -640,11 +640,13 @@ fn describe(
     meta: &FileMetaTable,
     size_bytes: u64,
 ) -> Result<InstanceInfo, InspectError> {
-    let obj = match opened {
+    let mut obj = match opened {
         Ok(Ok(obj)) => obj,
         Ok(Err(e)) => return Err(InspectError::Unparseable(error_chain(&e))),
         Err(_) => return Err(InspectError::Unparseable("the parser panicked".into())),
     };
+    // Identifying attributes written as VR UN are read as their dictionary VR.
+    super::unknown_vr::resolve(&mut obj);
     let require = |tag, name: &str| {
         text(&obj, tag).ok_or_else(|| InspectError::Mismatch(format!("{name} is missing")))
     };

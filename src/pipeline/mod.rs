@@ -583,9 +583,10 @@ fn write_outputs(
 ) -> std::io::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let note = format!("onfh-edge {study_uid} - {}", weights::INTENDED_USE);
-    let vol = dir.join("t2.nii");
+    // Compressed: a float32 T2 and heatmap are about 8 MB per analysis uncompressed.
+    let vol = dir.join("t2.nii.gz");
     volume::nifti::write(t2, &vol, &note)?;
-    let hm = dir.join("heatmap.nii");
+    let hm = dir.join("heatmap.nii.gz");
     volume::nifti::write(heat, &hm, &note)?;
     Ok((vol, hm))
 }

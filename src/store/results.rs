@@ -29,8 +29,9 @@ pub struct NewAlert {
 /// What [`Store::record_analysis`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// Written, with this id.
-    New(i64),
+    /// Written, with this id; the second number is how many of the alerts were queued
+    /// (an alert whose finding was alerted before is not queued again).
+    New(i64, usize),
     /// The job was recorded before, with this id; nothing changed.
     Existing(i64),
 }
@@ -39,7 +40,7 @@ impl Recorded {
     /// The analysis id.
     pub fn id(self) -> i64 {
         match self {
-            Recorded::New(i) | Recorded::Existing(i) => i,
+            Recorded::New(i, _) | Recorded::Existing(i) => i,
         }
     }
 }
@@ -331,6 +332,7 @@ impl Store {
             "stages": a.heads.iter().map(|h| format!("{} {}", h.side, h.stage)).collect::<Vec<_>>(),
         });
         audit(&tx, now_ms, "analysed", &detail.to_string())?;
+        let mut queued = 0;
         for al in alerts {
             // The key is the finding's: a re-analysis that finds the same thing queues
             // nothing new (and must not fail the whole record).
@@ -351,6 +353,7 @@ impl Store {
             if n == 0 {
                 continue;
             }
+            queued += 1;
             let detail = serde_json::json!({
                 "alert_id": tx.last_insert_rowid(), "analysis_id": id,
                 "side": al.side, "channel": al.channel, "key": al.idempotency_key,
@@ -358,7 +361,7 @@ impl Store {
             audit(&tx, now_ms, "alert_queued", &detail.to_string())?;
         }
         tx.commit()?;
-        Ok(Recorded::New(id))
+        Ok(Recorded::New(id, queued))
     }
 
     /// Put dead alerts (`ids`, or all when empty) back in the queue, due now, with a

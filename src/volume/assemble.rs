@@ -199,9 +199,11 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
     // Structure first: the parser must never see a forged length (see dicom::prescan).
     crate::dicom::spool::walk_file(path, super::MAX_INFLATED_BYTES)
         .map_err(|e| decode_err(path, e))?;
-    let obj = std::panic::catch_unwind(|| dicom_object::open_file(path))
+    let mut obj = std::panic::catch_unwind(|| dicom_object::open_file(path))
         .map_err(|_| decode_err(path, "the parser panicked"))?
         .map_err(|e| decode_err(path, e))?;
+    // Attributes written as VR UN are read as their dictionary VR.
+    crate::dicom::unknown_vr::resolve(&mut obj);
     let missing = |what| VolumeError::MissingGeometry {
         path: path.to_owned(),
         what,

@@ -85,8 +85,21 @@ fn quatern(m: [[f64; 4]; 3], spacing: [f64; 3]) -> ([f64; 3], f64) {
     ([q[1], q[2], q[3]], qfac)
 }
 
-/// Write `v` as a NIfTI-1 file (float32).
+/// Write `v` as a NIfTI-1 file (float32), gzip-compressed when `path` ends in `.gz`.
 pub fn write(v: &Volume, path: &Path, description: &str) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        write_to(v, &mut gz, description)?;
+        gz.finish()?.flush()
+    } else {
+        let mut f = file;
+        write_to(v, &mut f, description)?;
+        f.flush()
+    }
+}
+
+fn write_to(v: &Volume, f: &mut impl Write, description: &str) -> std::io::Result<()> {
     let mut h = vec![0u8; 348];
     let put_i16 =
         |h: &mut Vec<u8>, at: usize, x: i16| h[at..at + 2].copy_from_slice(&x.to_le_bytes());
@@ -134,13 +147,12 @@ pub fn write(v: &Volume, path: &Path, description: &str) -> std::io::Result<()> 
         }
     }
     h[344..348].copy_from_slice(b"n+1\0");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     f.write_all(&h)?;
     f.write_all(&[0u8; 4])?; // no extensions
     for x in &v.data {
         f.write_all(&x.to_le_bytes())?;
     }
-    f.flush()
+    Ok(())
 }
 
 /// Why a NIfTI file could not be read.
@@ -403,7 +415,11 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&std::fs::read(&p).unwrap()).unwrap();
         std::fs::write(&gz, e.finish().unwrap()).unwrap();
-        for path in [&p, &gz] {
+        // And gzipped by `write` itself.
+        let own = dir.path().join("own.nii.gz");
+        write(&v, &own, "test").unwrap();
+        assert_eq!(&std::fs::read(&own).unwrap()[..2], &[0x1f, 0x8b]);
+        for path in [&p, &gz, &own] {
             let n = read(path).unwrap();
             assert_eq!(n.dims, v.dims);
             assert_eq!(n.data, v.data);

@@ -58,6 +58,9 @@ pub struct Series {
     pub repetition_time: Option<f64>,
     /// Echo Time (ms).
     pub echo_time: Option<f64>,
+    /// Why the pixel data of some instance have been through lossy compression, if they
+    /// have (see `lossy_evidence`).
+    pub lossy: Option<String>,
     /// The instances.
     pub instances: Vec<Instance>,
 }
@@ -149,6 +152,37 @@ fn floats(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
         .and_then(|e| e.to_multi_finite_float64().ok())
 }
 
+/// Transfer syntaxes whose compression is always lossy (JPEG baseline and extended). Other
+/// syntaxes that may be lossy (JPEG-LS near-lossless, JPEG 2000, HTJ2K) are lossy when the
+/// data set says so in Lossy Image Compression, which every writer of lossy data must set.
+const LOSSY_SYNTAXES: [(&str, &str); 2] = [
+    ("1.2.840.10008.1.2.4.50", "JPEG Baseline"),
+    ("1.2.840.10008.1.2.4.51", "JPEG Extended"),
+];
+
+/// Why an instance's pixel data have been through lossy compression, or None: Lossy Image
+/// Compression (0028,2110) "01" (at any time in its history, even when stored losslessly
+/// now), or a transfer syntax that is lossy by definition.
+pub fn lossy_evidence(obj: &DefaultDicomObject) -> Option<String> {
+    if text(obj, tags::LOSSY_IMAGE_COMPRESSION).as_deref() == Some("01") {
+        let method = multi(obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD).join("\\");
+        let ratio = multi(obj, tags::LOSSY_IMAGE_COMPRESSION_RATIO).join("\\");
+        let mut why = "Lossy Image Compression (0028,2110) is 01".to_string();
+        if !method.is_empty() {
+            why += &format!(", method {method}");
+        }
+        if !ratio.is_empty() {
+            why += &format!(", ratio {ratio}");
+        }
+        return Some(why);
+    }
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
+    LOSSY_SYNTAXES
+        .iter()
+        .find(|(uid, _)| *uid == ts)
+        .map(|(uid, name)| format!("transfer syntax {name} ({uid}) is lossy"))
+}
+
 /// Read the headers of `files` and group them into series. Unreadable files are counted
 /// in `skipped`.
 pub fn scan_files(files: &[PathBuf]) -> ScanReport {
@@ -165,10 +199,11 @@ pub fn scan_files(files: &[PathBuf]) -> ScanReport {
                 .read_until(tags::PIXEL_DATA)
                 .open_file(path)
         });
-        let Ok(Ok(obj)) = opened else {
+        let Ok(Ok(mut obj)) = opened else {
             skipped += 1;
             continue;
         };
+        crate::dicom::unknown_vr::resolve(&mut obj);
         let (Some(series_uid), Some(sop)) = (
             text(&obj, tags::SERIES_INSTANCE_UID),
             text(&obj, tags::SOP_INSTANCE_UID),
@@ -231,8 +266,12 @@ pub fn scan_files(files: &[PathBuf]) -> ScanReport {
                 scan_options: multi(&obj, tags::SCAN_OPTIONS),
                 repetition_time,
                 echo_time,
+                lossy: None,
                 instances: Vec::new(),
             });
+        if entry.lossy.is_none() {
+            entry.lossy = lossy_evidence(&obj);
+        }
         entry.instances.push(instance);
     }
     let mut series: Vec<Series> = by_series.into_values().collect();

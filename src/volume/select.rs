@@ -3,8 +3,9 @@
 //! A series is usable when it is an MR image, not a localizer or derived image, not named
 //! as something else (exclude words, in the Series Description), not of a ruled-out
 //! Scanning Sequence (echo planar), identified as T2-weighted (by description or protocol
-//! words, or by timing), has timing inside the T2 ranges when timing is present, holds one
-//! orientation, and has enough slices. Among
+//! words, or by timing), has timing inside the T2 ranges when timing is present, has not
+//! been through lossy compression (unless allowed), holds one orientation, and has enough
+//! slices. Among
 //! usable series the preferred orientation wins (coronal first, as the paper), then the
 //! one with more slices, then the lower series number. Rules are data (`Rules`), with
 //! defaults that fit common vendor naming.
@@ -31,6 +32,10 @@ pub struct Rules {
     pub orientations: Vec<Plane>,
     /// Scanning Sequence values that rule a series out (echo planar: diffusion, perfusion).
     pub reject_scanning_sequences: Vec<String>,
+    /// Whether a series whose pixel data went through lossy compression may be analysed.
+    /// The networks were trained and measured on uncompressed images; compression
+    /// artefacts can hide or mimic the faint marrow signal an early stage rests on.
+    pub allow_lossy: bool,
 }
 
 impl Default for Rules {
@@ -52,6 +57,7 @@ impl Default for Rules {
             min_slices: 12,
             orientations: vec![Plane::Coronal, Plane::Axial, Plane::Sagittal],
             reject_scanning_sequences: vec!["EP".into()],
+            allow_lossy: false,
         }
     }
 }
@@ -148,6 +154,11 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
             .any(|r| r.eq_ignore_ascii_case(v))
     }) {
         return Some(format!("Scanning Sequence {v} is ruled out"));
+    }
+    if let (Some(why), false) = (&s.lossy, rules.allow_lossy) {
+        return Some(format!(
+            "lossy-compressed images ({why}); selection.allow_lossy is off"
+        ));
     }
     let name = format!("{} {}", s.description, s.protocol);
     let timing = match (s.repetition_time, s.echo_time) {
@@ -249,6 +260,7 @@ mod tests {
             scan_options: vec![],
             repetition_time: Some(tr),
             echo_time: Some(te),
+            lossy: None,
             instances: (0..n)
                 .map(|k| Instance {
                     path: format!("/x/{k}").into(),
@@ -282,6 +294,28 @@ mod tests {
         assert!(
             matches!(&s.verdicts[4].verdict, Verdict::Rejected(r) if r.contains("only 5 slices"))
         );
+    }
+
+    #[test]
+    fn lossy_series_are_not_analysed_unless_allowed() {
+        let mut lossy = series("t2_tse_cor", 3800.0, 75.0, COR.0, COR.1, 24);
+        lossy.lossy = Some("Lossy Image Compression (0028,2110) is 01, method ISO_10918_1".into());
+        let s = select(std::slice::from_ref(&lossy), &Rules::default());
+        assert_eq!(s.chosen, None);
+        assert!(
+            matches!(&s.verdicts[0].verdict, Verdict::Rejected(r) if r.contains("lossy-compressed") && r.contains("ISO_10918_1")),
+            "{:?}",
+            s.verdicts
+        );
+        // A lossless series of the study is taken instead, whatever its rank.
+        let lossless = series("t2_tse_ax", 3800.0, 75.0, AX.0, AX.1, 20);
+        let s = select(&[lossy.clone(), lossless], &Rules::default());
+        assert_eq!(s.chosen, Some(1));
+        let allow = Rules {
+            allow_lossy: true,
+            ..Rules::default()
+        };
+        assert_eq!(select(&[lossy], &allow).chosen, Some(0));
     }
 
     #[test]
