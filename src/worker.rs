@@ -107,10 +107,7 @@ pub fn purge_results(
             if !meta.is_dir() || meta.modified()? >= before {
                 continue;
             }
-            let size: u64 = std::fs::read_dir(job.path())?
-                .filter_map(|f| f.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum();
+            let size = dir_size(&job.path());
             match std::fs::remove_dir_all(job.path()) {
                 Ok(()) => {
                     n += 1;
@@ -125,6 +122,20 @@ pub fn purge_results(
         let _ = std::fs::remove_dir(study.path());
     }
     Ok((n, bytes))
+}
+
+/// Bytes of the files under `dir`, at any depth (unreadable entries count 0).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn set(status: &Mutex<WorkerStatus>, f: impl FnOnce(&mut WorkerStatus)) {
@@ -298,8 +309,9 @@ mod tests {
         let new = root.path().join("1.2.3").join("job-new");
         let alone = root.path().join("1.2.4").join("job-a");
         for d in [&old, &new, &alone] {
-            std::fs::create_dir_all(d).unwrap();
-            std::fs::write(d.join("heatmap.nii.gz"), [1u8; 100]).unwrap();
+            std::fs::create_dir_all(d.join("dicom")).unwrap();
+            std::fs::write(d.join("heatmap.nii.gz"), [1u8; 60]).unwrap();
+            std::fs::write(d.join("dicom").join("sr.dcm"), [1u8; 40]).unwrap();
         }
         let ten_days_ago = SystemTime::now() - Duration::from_secs(10 * 86_400);
         for d in [&old, &alone] {

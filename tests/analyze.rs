@@ -361,3 +361,95 @@ fn fill_with_noise(folder: &Path) {
         }
     });
 }
+
+/// Validate the DICOM result objects `analyze --out` wrote under `out/dicom/` for the
+/// analysis `v` of `study`: exactly `names`, each passing dicom3tools' `dciodvfy`, the SR
+/// passing DCMTK's `dsrdump` (no error), and every object read back by highdicom and
+/// checked against the analysis (tests/fixtures/pacs_check.py).
+fn check_result_objects(out: &Path, study: &Path, v: &Value, names: &[&str]) {
+    let dicom = out.join("dicom");
+    let mut written: Vec<String> = std::fs::read_dir(&dicom)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    written.sort();
+    let mut want: Vec<String> = names.iter().map(|n| format!("{n}.dcm")).collect();
+    want.sort();
+    assert_eq!(written, want);
+    for name in &want {
+        let o = Command::new("dciodvfy")
+            .arg(dicom.join(name))
+            .output()
+            .expect("run dciodvfy (install dicom3tools)");
+        let text =
+            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{name}: dciodvfy failed:\n{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("Error")),
+            "{name}: dciodvfy errors:\n{text}"
+        );
+    }
+    let o = Command::new("/usr/bin/dsrdump")
+        .arg(dicom.join("sr.dcm"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("E:"), "dsrdump:\n{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Imaging Measurement Report"));
+    let json = out.join("analysis.json");
+    std::fs::write(&json, v.to_string()).unwrap();
+    let o = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/pacs_check.py"
+        ))
+        .args([
+            &dicom,
+            &json,
+            &study.to_path_buf(),
+            &out.join("heatmap.nii.gz"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "highdicom read-back:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The objects for PACS (SEG, Parametric Map, TID 1500 SR, two Secondary Captures) of a
+/// bilateral study: valid per the validators, and what they say is the analysis.
+#[test]
+fn result_objects_for_pacs_pass_the_validators_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    let opts = Options {
+        stages: Some([Stage::S2, Stage::S0]),
+        ..Default::default()
+    };
+    phantom::generate_study(&study, 9_000_808, &opts).unwrap();
+    let out = dir.path().join("out");
+    let (_, v) = analyze(&[&study], Some(&out));
+    assert_eq!(v["heads"].as_array().map(Vec::len), Some(2), "{v:#}");
+    check_result_objects(&out, &study, &v, &["seg", "pm", "sr", "sc-R", "sc-L"]);
+}
+
+/// A study whose heads are not found gets only an SR, which says so for each side.
+#[test]
+fn a_study_without_heads_gets_an_sr_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    let classic = Options {
+        enhanced_t2: Some(false),
+        ..Default::default()
+    };
+    phantom::generate_study(&study, 9_000_909, &classic).unwrap();
+    edit_images(&truth_t2_folder(&study), |_, px| px.fill(800));
+    let out = dir.path().join("out");
+    let (_, v) = analyze(&[&study], Some(&out));
+    assert_eq!(v["status"], "indeterminate", "{v:#}");
+    assert_eq!(v["heads"].as_array().map(Vec::len), Some(0), "{v:#}");
+    check_result_objects(&out, &study, &v, &["sr"]);
+}

@@ -84,6 +84,19 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
         d.count("SELECT COUNT(*) FROM alerts WHERE state = 'sent'"),
         early
     );
+    // The log counts the alerts each analysis queued.
+    let analysed = log_lines_with(&d.log_path, "study analysed");
+    let queued: i64 = analysed
+        .iter()
+        .map(|l| {
+            l.split("alerts_queued=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no alerts_queued in {l:?}"))
+        })
+        .sum();
+    assert_eq!((analysed.len(), queued), (2, early), "{analysed:?}");
     // The panel shows the last result: panel.json (the state behind the screen) names the
     // study analysed last with its heads, and panel.png is exactly that state drawn.
     let (accession, analysed_ms): (String, i64) = d

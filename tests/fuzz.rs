@@ -18,7 +18,9 @@
 //! FUZZ_BATCHES=5000 FUZZ_SEED=$RANDOM cargo test --release --test fuzz -- --nocapture
 //! ```
 //!
-//! A failing input is written to `$FUZZ_SAVE` (a folder) when that is set.
+//! With `FUZZ_SAVE=<folder>` every input is written there before it is sent, named by kind,
+//! seed and index, so the one a failure points at (the batch and seed are in the message)
+//! can be replayed.
 
 mod common;
 

@@ -375,13 +375,56 @@ fn ms(since: Instant) -> u64 {
 /// Stage names by class index.
 pub const STAGES: [&str; 3] = ["0", "I", "II"];
 
-/// Analyse one study's files or folders; heatmap files go under `out` when given.
+/// What the result objects for PACS are made from (kept only when `out` is given).
+struct ExportParts {
+    t2: volume::Volume,
+    sources: Vec<volume::SliceSource>,
+    heat: Option<volume::Volume>,
+}
+
+/// Analyse one study's files or folders. When `out` is given, the heatmap files go there
+/// and the DICOM result objects for PACS under `out/dicom/` (see [`crate::pacs`]).
 pub fn analyze(
     paths: &[PathBuf],
     models: &Models,
     settings: &AnalysisSettings,
     rules: &volume::Rules,
     out: Option<&Path>,
+) -> Analysis {
+    let mut parts = None;
+    let mut a = analyze_study(paths, models, settings, rules, out, &mut parts);
+    if let (Some(dir), Some(p)) = (out, parts) {
+        if matches!(a.status, Status::Ok | Status::Indeterminate) {
+            let t = Instant::now();
+            let input = crate::pacs::ObjectsInput {
+                analysis: &a,
+                t2: &p.t2,
+                sources: &p.sources,
+                heatmap: p.heat.as_ref(),
+                series_number: crate::pacs::DEFAULT_SERIES_NUMBER,
+                montages: a
+                    .heads
+                    .iter()
+                    .filter_map(|h| Some((h.side.clone(), PathBuf::from(&h.heatmap.as_ref()?.png))))
+                    .collect(),
+            };
+            if let Err(e) = crate::pacs::write_objects(&dir.join("dicom"), &input) {
+                // The result stands without them; the log says why they are missing.
+                tracing::error!(error = format!("{e:#}"), study_uid = %a.study_instance_uid, "cannot write the DICOM result objects");
+            }
+            a.timings_ms.total += ms(t);
+        }
+    }
+    a
+}
+
+fn analyze_study(
+    paths: &[PathBuf],
+    models: &Models,
+    settings: &AnalysisSettings,
+    rules: &volume::Rules,
+    out: Option<&Path>,
+    parts: &mut Option<ExportParts>,
 ) -> Analysis {
     let start = Instant::now();
     let mut a = Analysis::empty(models);
@@ -431,8 +474,17 @@ pub fn analyze(
     };
     let series = &report.series[chosen];
     a.series_instance_uid = series.series_uid.clone();
-    let t2 = match volume::assemble(series) {
-        Ok(v) => v,
+    let t2 = match volume::assemble_with_sources(series) {
+        Ok((v, sources)) => {
+            if out.is_some() {
+                *parts = Some(ExportParts {
+                    t2: v.clone(),
+                    sources,
+                    heat: None,
+                });
+            }
+            v
+        }
         Err(e) => {
             return a.fail(
                 Status::Error,
@@ -506,6 +558,9 @@ pub fn analyze(
             })
             .collect();
         let heat = heatmap::place(&t2, &maps);
+        if let Some(p) = parts.as_mut() {
+            p.heat = Some(heat.clone());
+        }
         match write_outputs(dir, &a.study_instance_uid, &t2, &heat) {
             Ok(paths) => files_written = Some((paths, heat)),
             Err(e) => return a.fail(Status::Error, format!("cannot write heatmaps: {e}"), start),

@@ -176,6 +176,7 @@ pub enum VolumeError {
 
 struct Slice {
     path: PathBuf,
+    source: SliceSource,
     position: V3,
     row: V3,
     col: V3,
@@ -246,6 +247,8 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
             .flatten()
             .and_then(|e| e.to_multi_finite_float64().ok())
     };
+    let uid = |tag| super::scan::text(&obj, tag).unwrap_or_default();
+    let (sop_class_uid, sop_instance_uid) = (uid(tags::SOP_CLASS_UID), uid(tags::SOP_INSTANCE_UID));
     let enhanced = super::frames::per_frame_items(&obj) > 0;
     if enhanced && super::frames::per_frame_items(&obj) != frames {
         return Err(missing("one Per-frame Functional Groups item per frame"));
@@ -313,9 +316,17 @@ fn read_slices(path: &Path) -> Result<Vec<Slice>, VolumeError> {
                 format!("{} pixels for a {rows}x{cols} image", pixels.len()),
             ));
         }
+        let position = [position[0], position[1], position[2]];
         out.push(Slice {
             path: path.to_owned(),
-            position: [position[0], position[1], position[2]],
+            source: SliceSource {
+                path: path.to_owned(),
+                sop_class_uid: sop_class_uid.clone(),
+                sop_instance_uid: sop_instance_uid.clone(),
+                frame: enhanced.then_some(f as u32 + 1),
+                position,
+            },
+            position,
             row,
             col,
             rows,
@@ -331,17 +342,42 @@ fn close(a: V3, b: V3, tol: f64) -> bool {
     (0..3).all(|i| (a[i] - b[i]).abs() <= tol)
 }
 
+/// Where one slice of a volume came from: what a derived object (SEG, Parametric Map, SR)
+/// references for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceSource {
+    /// The file.
+    pub path: PathBuf,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// Frame number (1-based) within a multi-frame instance; None for a classic image.
+    pub frame: Option<u32>,
+    /// Image Position (Patient) of the slice.
+    pub position: V3,
+}
+
 /// Decode a series into a volume.
 pub fn assemble(series: &Series) -> Result<Volume, VolumeError> {
+    assemble_with_sources(series).map(|(v, _)| v)
+}
+
+/// [`assemble`], with the source of each slice, in the volume's slice order.
+pub fn assemble_with_sources(series: &Series) -> Result<(Volume, Vec<SliceSource>), VolumeError> {
     let paths: Vec<&Path> = series.instances.iter().map(|i| i.path.as_path()).collect();
-    let mut vol = assemble_files(&paths)?;
+    let (mut vol, sources) = assemble_files_with_sources(&paths)?;
     vol.series_uid = series.series_uid.clone();
     vol.study_uid = series.study_uid.clone();
-    Ok(vol)
+    Ok((vol, sources))
 }
 
 /// Decode files (one series, any order) into a volume.
 pub fn assemble_files(paths: &[&Path]) -> Result<Volume, VolumeError> {
+    assemble_files_with_sources(paths).map(|(v, _)| v)
+}
+
+fn assemble_files_with_sources(paths: &[&Path]) -> Result<(Volume, Vec<SliceSource>), VolumeError> {
     let mut slices = Vec::new();
     for p in paths {
         slices.extend(read_slices(p)?);
@@ -450,13 +486,18 @@ pub fn assemble_files(paths: &[&Path]) -> Result<Volume, VolumeError> {
         ],
         [0.0, 0.0, 0.0, 1.0],
     ];
-    Ok(Volume {
-        data,
-        dims: [cols, rows, slices.len()],
-        affine: a,
-        series_uid: String::new(),
-        study_uid: String::new(),
-    })
+    let n = slices.len();
+    let sources = slices.into_iter().map(|s| s.source).collect();
+    Ok((
+        Volume {
+            data,
+            dims: [cols, rows, n],
+            affine: a,
+            series_uid: String::new(),
+            study_uid: String::new(),
+        },
+        sources,
+    ))
 }
 
 /// A small coronal test volume: 0.8 mm pixels, 3.5 mm slices, filled with `value`.

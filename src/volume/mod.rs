@@ -21,7 +21,9 @@ pub mod preprocess;
 pub mod scan;
 pub mod select;
 
-pub use assemble::{Volume, VolumeError, assemble, assemble_files};
+pub use assemble::{
+    SliceSource, Volume, VolumeError, assemble, assemble_files, assemble_with_sources,
+};
 pub use preprocess::{Preprocess, preprocess, resample, sample};
 pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
 pub use select::{Rules, Selection, SeriesVerdict, Verdict, select};

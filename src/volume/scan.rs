@@ -130,7 +130,8 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     }
 }
 
-fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+/// An attribute as trimmed text; None when absent or empty.
+pub(crate) fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
     obj.element_opt(tag)
         .ok()
         .flatten()

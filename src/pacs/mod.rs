@@ -1,0 +1,29 @@
+//! Results back to PACS: the DICOM objects an analysis returns into its source study.
+//!
+//! [`write_objects`] turns one analysis (its heads, the analysed T2 with the source of each
+//! slice, and the Grad-CAM heatmap on the T2's grid) into new series of the source study:
+//! - `seg.dcm`, a binary DICOM Segmentation of both femoral heads (the detected spheres)
+//!   on the T2's frames, with per-frame source references;
+//! - `pm.dcm`, a Parametric Map of the heatmap (uint16, Real World Value Mapping to 0..1);
+//! - `sr.dcm`, a Comprehensive 3D SR (TID 1500): one measurement group per head (stage,
+//!   the three class probabilities, detection score, tracking identifier and UID shared
+//!   with its SEG segment), a group for a head not found, the algorithm and the device
+//!   observer, and the intended use;
+//! - `sc-R.dcm`, `sc-L.dcm`, the heatmap montages as Secondary Capture with the intended
+//!   use burned in.
+//!
+//! Codes and attribute choices follow `docs/dicom-conformance.md` (section "Result
+//! objects"). Patient and study attributes are copied from the analysed series, so the
+//! objects file into the same study; that is the only place outside the spool that holds
+//! patient identity. Every UID is new per call: a re-send of the written files is a
+//! duplicate at the PACS, a new analysis makes new objects.
+//!
+//! This module writes files only. Sending them (the SCU and its outbox) is not here.
+
+mod objects;
+
+pub use objects::{ObjectsInput, write_objects};
+
+/// Series Number of the first result series (SEG); PM, SR and the Secondary Captures take
+/// the next ones. High, to sort after the scanner's own series.
+pub const DEFAULT_SERIES_NUMBER: i32 = 9900;
