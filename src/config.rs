@@ -50,6 +50,7 @@ struct RawConfig {
     preprocess: crate::volume::Preprocess,
     analysis: crate::pipeline::AnalysisSettings,
     notify: crate::notify::NotifySettings,
+    export: crate::pacs::ExportSettings,
     panel: crate::panel::driver::PanelSettings,
     storage: RawStorage,
     log: RawLog,
@@ -108,6 +109,8 @@ pub struct Settings {
     pub analysis: crate::pipeline::AnalysisSettings,
     /// Alerts: which findings, which channels, retries.
     pub notify: crate::notify::NotifySettings,
+    /// Result objects to PACS: destinations, objects, retries.
+    pub export: crate::pacs::ExportSettings,
     /// Front panel outputs.
     pub panel: crate::panel::driver::PanelSettings,
     /// Where state lives.
@@ -432,6 +435,10 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     raw.notify
         .validate()
         .map_err(|(key, message)| invalid(key, message))?;
+    let mut export = raw.export.clone();
+    export
+        .validate(r.ae_title.trim())
+        .map_err(|(key, message)| invalid(key, message))?;
     let dev = an.device.as_str();
     if !(dev == "cpu"
         || dev == "cuda"
@@ -517,6 +524,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         preprocess: raw.preprocess,
         analysis: raw.analysis,
         notify: raw.notify,
+        export,
         panel: raw.panel,
         storage: StorageSettings {
             state_dir,

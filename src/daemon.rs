@@ -178,6 +178,17 @@ pub async fn run(
             })
             .context("cannot start the alert sender")?
     };
+    let exporter = {
+        let (s, cfg, stop) = (store.clone(), settings.export.clone(), sender_stop.clone());
+        std::thread::Builder::new()
+            .name("export".into())
+            .spawn(move || {
+                crate::pacs::Exporter::new(s, cfg).run(Duration::from_secs(1), || {
+                    stop.load(std::sync::atomic::Ordering::SeqCst)
+                })
+            })
+            .context("cannot start the PACS exporter")?
+    };
     let png = (!settings.panel.png.is_empty()).then(|| state_dir.join(&settings.panel.png));
     let panel = crate::panel::driver::PanelHandle::spawn(settings.panel.clone(), png);
     tracker.spawn(panel_feed(
@@ -201,6 +212,7 @@ pub async fn run(
     sender_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = w.await;
     let _ = tokio::task::spawn_blocking(move || sender.join()).await;
+    let _ = tokio::task::spawn_blocking(move || exporter.join()).await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -325,6 +337,7 @@ fn panel_state(
     let w = worker.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let summary = store.summary()?;
     let alerts = store.alert_counts()?;
+    let exports = store.export_counts()?;
     let latest = store.latest_analysis()?;
     let free = crate::dicom::spool::free_bytes(&settings.storage.state_dir).unwrap_or(0);
     let now = now_ms();
@@ -335,13 +348,18 @@ fn panel_state(
         (ApplianceState::Analysing, None)
     } else if summary.jobs_collecting > 0 {
         (ApplianceState::Receiving, None)
-    } else if alerts.dead > 0 || low_disk {
+    } else if alerts.dead > 0 || exports.dead > 0 || low_disk {
         let why = if low_disk {
             "disk nearly full".to_string()
-        } else {
+        } else if alerts.dead > 0 {
             format!(
                 "{} alert(s) undelivered: see `onfh-edge results`",
                 alerts.dead
+            )
+        } else {
+            format!(
+                "{} result object(s) not stored in PACS: see `onfh-edge export list`",
+                exports.dead
             )
         };
         (ApplianceState::Degraded, Some(why))

@@ -27,6 +27,7 @@ pub mod eval;
 pub mod evalphantom;
 pub mod model;
 pub mod notify;
+pub mod outbox;
 pub mod pacs;
 pub mod panel;
 pub mod phantom;

@@ -42,6 +42,25 @@ enum AlertsCmd {
 }
 
 #[derive(Subcommand)]
+enum ExportCmd {
+    /// Show the result objects queued for PACS, with their state and last error.
+    List {
+        /// Site configuration (TOML), to find the state directory.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Put given-up (`dead`) result objects back in the queue with a fresh attempt count
+    /// (the daemon sends them within a second).
+    Retry {
+        /// Site configuration (TOML), to find the state directory.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Export ids (as `export list` shows them); none = every dead one.
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the whole job on embedded defaults, end to end on loopback.
     Demo,
@@ -86,6 +105,11 @@ enum Cmd {
     Alerts {
         #[command(subcommand)]
         action: AlertsCmd,
+    },
+    /// The result objects for PACS: list the outbox, retry what was given up.
+    Export {
+        #[command(subcommand)]
+        action: ExportCmd,
     },
     /// Analyse one study offline: DICOM files or folders → femoral heads, stages, heatmaps.
     /// Exit status: 0 ok, 3 indeterminate, 4 no usable series, 1 error.
@@ -505,6 +529,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The existing database of the configured state directory.
+fn existing_store(config: Option<PathBuf>) -> anyhow::Result<onfh_edge::store::Store> {
+    open_store(&load(config.as_deref())?, false)
+}
+
 fn load(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
     Settings::load_optional(config).context("invalid configuration")
 }
@@ -664,10 +693,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             AlertsCmd::Retry { config, ids } => {
-                let settings = load(config.as_deref())?;
-                let store = open_store(&settings, false)?;
-                let n = store.requeue_dead_alerts(&ids, onfh_edge::store::now_ms())?;
+                let n = existing_store(config)?
+                    .requeue_dead_alerts(&ids, onfh_edge::store::now_ms())?;
                 println!("{n} alert(s) requeued");
+                Ok(())
+            }
+        },
+        Cmd::Export { action } => match action {
+            ExportCmd::List { config } => {
+                let store = existing_store(config)?;
+                let rows = store.exports(None)?;
+                println!(
+                    "{:>5} {:>8}  {:<12} {:<6} {:<8} {:>8}  {}",
+                    "id", "analysis", "destination", "object", "state", "attempts", "last"
+                );
+                for r in &rows {
+                    let last = match (&r.last_error, r.last_status) {
+                        (Some(e), _) => onfh_edge::redact::printable(e),
+                        (None, Some(s)) => format!("status {s:#06X}"),
+                        (None, None) => String::new(),
+                    };
+                    println!(
+                        "{:>5} {:>8}  {:<12} {:<6} {:<8} {:>8}  {}",
+                        r.id, r.analysis_id, r.destination, r.object, r.state, r.attempts, last
+                    );
+                }
+                let c = store.export_counts()?;
+                println!(
+                    "exports: {} sent, {} pending, {} dead",
+                    c.sent, c.pending, c.dead
+                );
+                Ok(())
+            }
+            ExportCmd::Retry { config, ids } => {
+                let n = existing_store(config)?
+                    .requeue_dead_exports(&ids, onfh_edge::store::now_ms())?;
+                println!("{n} result object(s) requeued");
                 Ok(())
             }
         },

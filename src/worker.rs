@@ -262,7 +262,15 @@ fn run(
         }
         let now = now_ms();
         let alerts = notify::compose(&settings.notify, &a, now);
-        match store.record_job(&job.job_key, job.completed_ms, &a, &alerts, now) {
+        // The result objects this analysis wrote, for every PACS destination; none for a
+        // study that was not analysed (its folder may hold a crashed attempt's files).
+        let exports =
+            if matches!(a.status, Status::Ok | Status::Indeterminate) && earlier < MAX_ATTEMPTS {
+                crate::pacs::exports_for(&settings.export, &out.join("dicom"))
+            } else {
+                Vec::new()
+            };
+        match store.record_job(&job.job_key, job.completed_ms, &a, &alerts, &exports, now) {
             Ok(Recorded::New(id, queued)) => {
                 let stages: Vec<String> = a
                     .heads

@@ -5,26 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::receivers::*;
 use common::*;
-use onfh_edge::phantom::{self, Options, anatomy::Stage};
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else if p.extension().is_some_and(|x| x == "dcm") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
+use onfh_edge::phantom::anatomy::Stage;
 
 /// The daemon alerting a local webhook receiver, its panel in a zone 5 h 30 min east of
 /// UTC abbreviated XST (so that local time shows).
@@ -191,21 +177,6 @@ fn rgb_drawn(state: &onfh_edge::panel::PanelState) -> Vec<u8> {
         .flat_map(|y| (0..320).map(move |x| (x, y)))
         .flat_map(|(x, y)| frame.rgb(x, y))
         .collect()
-}
-
-fn phantom_files(dir: &Path, seed: u64, stages: [Stage; 2]) -> Vec<PathBuf> {
-    let study = dir.join(seed.to_string());
-    phantom::generate_study(
-        &study,
-        seed,
-        &Options {
-            stages: Some(stages),
-            style: Some("philips-like 1.5T"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    files_under(&study)
 }
 
 #[test]

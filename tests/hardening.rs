@@ -129,20 +129,6 @@ fn wait_with_peak_rss(mut child: std::process::Child) -> (std::process::Output, 
     (out, usage.ru_maxrss as f64 / 1024.0)
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else if p.extension().is_some_and(|x| x == "dcm") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A classic phantom study (both heads stage 0, one file per slice) with only DICOM files
 /// in its folder, and its T2 slices.
 fn phantom_study(dir: &Path, seed: u64) -> (PathBuf, Vec<PathBuf>) {

@@ -330,11 +330,7 @@ impl NotifySettings {
 
     /// Delay before attempt `attempts + 1` after `attempts` failures.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        let secs = self
-            .retry_initial_secs
-            .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
-            .min(self.retry_max_secs);
-        Duration::from_secs(secs)
+        crate::outbox::backoff(self.retry_initial_secs, self.retry_max_secs, attempts)
     }
 }
 
@@ -697,20 +693,13 @@ impl Sender {
     /// Deliver until `stop` returns true, sleeping until the next alert is due (at most
     /// `poll` at a time, so new rows and `stop` are noticed).
     pub fn run(&self, poll: Duration, stop: impl Fn() -> bool) {
-        while !stop() {
-            if let Err(e) = self.run_once(crate::store::now_ms()) {
-                tracing::error!(error = %e, "alert outbox unavailable; retrying in 5 s");
-                std::thread::sleep(Duration::from_secs(5));
-                continue;
-            }
-            let wait = match self.store.next_alert_due_ms() {
-                Ok(Some(t)) => Duration::from_millis(
-                    (t - crate::store::now_ms()).clamp(0, poll.as_millis() as i64) as u64,
-                ),
-                _ => poll,
-            };
-            std::thread::sleep(wait.max(Duration::from_millis(20)));
-        }
+        crate::outbox::run(
+            "alert outbox",
+            poll,
+            stop,
+            |now| self.run_once(now),
+            || self.store.next_alert_due_ms(),
+        );
     }
 }
 

@@ -18,10 +18,17 @@
 //! patient identity. Every UID is new per call: a re-send of the written files is a
 //! duplicate at the PACS, a new analysis makes new objects.
 //!
-//! This module writes files only. Sending them (the SCU and its outbox) is not here.
+//! `export` holds `[export]` (destinations, which objects each receives, retries) and the
+//! [`Exporter`], which works off the outbox the worker fills in the analysis' transaction
+//! (`store::exports`); `send` is the C-STORE SCU, one association per study and
+//! destination, proposing exactly the classes it sends. This module never touches the
+//! receiver's spool and holds no state of its own beyond the database rows.
 
+mod export;
 mod objects;
+mod send;
 
+pub use export::{Destination, ExportPass, ExportSettings, Exporter, OBJECT_KINDS, exports_for};
 pub use objects::{ObjectsInput, write_objects};
 
 /// Series Number of the first result series (SEG); PM, SR and the Secondary Captures take

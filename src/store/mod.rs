@@ -11,8 +11,10 @@
 //! owns no policy: it does not decide when a series is complete (the caller passes the
 //! clock and the due time) and it never touches the spool files.
 
+mod exports;
 mod results;
 
+pub use exports::{ExportCounts, ExportOutcome, ExportRow, NewExport};
 pub use results::{AlertCounts, AlertRow, NewAlert, Recorded, StoredAnalysis, StudyJob};
 
 use std::path::Path;
@@ -103,6 +105,8 @@ const MIGRATIONS: &[&str] = &[
     // 5: analysis attempts, marked before each analysis, so a study whose analysis kills
     // the process (out of memory, a crash, the watchdog) is not analysed forever.
     results::MIGRATION_ATTEMPTS,
+    // 6: the export outbox (result objects to PACS destinations).
+    exports::MIGRATION,
 ];
 
 /// The schema version this build writes.

@@ -192,7 +192,12 @@ pub(super) const MIGRATION: &str = r#"
     CREATE INDEX alerts_due ON alerts(state, next_attempt_ms);
 "#;
 
-fn audit(tx: &Transaction, now_ms: i64, event: &str, detail: &str) -> rusqlite::Result<()> {
+pub(super) fn audit(
+    tx: &Transaction,
+    now_ms: i64,
+    event: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO audit (at_ms, event, detail) VALUES (?1, ?2, ?3)",
         params![now_ms, event, detail],
@@ -233,17 +238,19 @@ impl Store {
         alerts: &[NewAlert],
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
-        self.record_job(job_key, 0, a, alerts, now_ms)
+        self.record_job(job_key, 0, a, alerts, &[], now_ms)
     }
 
     /// [`Store::record_analysis`] for a [`StudyJob`] whose latest series completion was
-    /// `job_completed_ms` ([`StudyJob::completed_ms`]).
+    /// `job_completed_ms` ([`StudyJob::completed_ms`]), queueing its result objects for
+    /// the PACS destinations (`exports`) in the same transaction.
     pub fn record_job(
         &self,
         job_key: &str,
         job_completed_ms: i64,
         a: &Analysis,
         alerts: &[NewAlert],
+        exports: &[super::exports::NewExport],
         now_ms: i64,
     ) -> Result<Recorded, StoreError> {
         let mut conn = self.lock();
@@ -360,6 +367,7 @@ impl Store {
             });
             audit(&tx, now_ms, "alert_queued", &detail.to_string())?;
         }
+        super::exports::queue(&tx, id, exports, now_ms)?;
         tx.commit()?;
         Ok(Recorded::New(id, queued))
     }

@@ -11,6 +11,41 @@ pub mod raw;
 pub mod receivers;
 pub use instances::*;
 
+/// The `.dcm` files under `dir`, at any depth, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.extension().is_some_and(|x| x == "dcm") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A phantom study (seed, head stages; the test style) written under `dir`: its DICOM files.
+pub fn phantom_files(
+    dir: &Path,
+    seed: u64,
+    stages: [onfh_edge::phantom::anatomy::Stage; 2],
+) -> Vec<PathBuf> {
+    let study = dir.join(seed.to_string());
+    onfh_edge::phantom::generate_study(
+        &study,
+        seed,
+        &onfh_edge::phantom::Options {
+            stages: Some(stages),
+            style: Some("philips-like 1.5T"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    files_under(&study)
+}
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_onfh-edge");
 pub const STORESCU: &str = "/usr/bin/storescu";
 pub const ECHOSCU: &str = "/usr/bin/echoscu";
