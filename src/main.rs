@@ -1195,6 +1195,20 @@ fn results(settings: &Settings, json: bool, since: Option<&str>) -> anyhow::Resu
                     .unwrap_or_default()
             );
         }
+        for e in store.exports(Some(r.id))? {
+            println!(
+                "  export {} {} to {}: {} after {} attempt(s){}",
+                e.id,
+                e.object,
+                e.destination,
+                e.state,
+                e.attempts,
+                e.last_error
+                    .as_ref()
+                    .map(|x| format!(" (last error: {})", onfh_edge::redact::printable(x)))
+                    .unwrap_or_default()
+            );
+        }
         println!("  {}", a.model.intended_use);
     }
     Ok(())

@@ -124,6 +124,25 @@ pub fn purge_results(
     Ok((n, bytes))
 }
 
+/// The SR of the latest earlier analysis of a study (`study_dir` holds one folder per
+/// analysis), other than `current`'s.
+fn previous_sr(
+    study_dir: &std::path::Path,
+    current: &std::path::Path,
+) -> Option<crate::pacs::SrRef> {
+    std::fs::read_dir(study_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path() != current)
+        .filter_map(|e| {
+            let sr = e.path().join("dicom").join("sr.dcm");
+            let t = sr.metadata().ok()?.modified().ok()?;
+            Some((t, sr))
+        })
+        .max_by_key(|(t, _)| *t)
+        .and_then(|(_, sr)| crate::pacs::SrRef::read(&sr))
+}
+
 /// Bytes of the files under `dir`, at any depth (unreadable entries count 0).
 fn dir_size(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -239,12 +258,14 @@ fn run(
             if earlier > 0 {
                 warn!(study_uid = %job.study_uid, attempts = earlier, "an earlier analysis of this study did not finish; trying again");
             }
-            pipeline::analyze(
+            let previous = previous_sr(&results_dir.join(folder(&job.study_uid)), &out);
+            pipeline::analyze_replacing(
                 &paths,
                 m,
                 &settings.analysis,
                 &settings.selection,
                 Some(&out),
+                previous,
             )
         };
         let finite = a.heads.iter().all(|h| {
@@ -261,7 +282,6 @@ fn run(
             a.reason = Some("the networks produced non-finite outputs".into());
         }
         let now = now_ms();
-        let alerts = notify::compose(&settings.notify, &a, now);
         // The result objects this analysis wrote, for every PACS destination; none for a
         // study that was not analysed (its folder may hold a crashed attempt's files).
         let exports =
@@ -270,6 +290,13 @@ fn run(
             } else {
                 Vec::new()
             };
+        // Alerts say where the results are in PACS when they go there.
+        let pacs = if exports.is_empty() {
+            None
+        } else {
+            crate::pacs::alert_location(&settings.export)
+        };
+        let alerts = notify::compose_with(&settings.notify, &a, now, pacs.as_deref());
         match store.record_job(&job.job_key, job.completed_ms, &a, &alerts, &exports, now) {
             Ok(Recorded::New(id, queued)) => {
                 let stages: Vec<String> = a

@@ -271,6 +271,8 @@ fn a_destination_that_rejects_permanently_ends_dead_and_shows_on_the_panel() {
         assert!(out.status.success(), "{}", output_text(&out));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let results = d.cli("results", &[]);
+    assert!(results.contains("to orthanc: dead"), "{results}");
     let list = cli(&["list"]);
     assert!(
         list.contains("dead") && list.contains("permanent"),

@@ -444,13 +444,16 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(secs * 1000)
 }
 
-/// The message for one head of an analysis.
+/// The message for one head of an analysis. `pacs` names where the results are in PACS
+/// (when result objects are exported): it then replaces the local heatmap path, which
+/// stays only as a `notify.heatmap_url` link.
 pub fn message(
     cfg: &NotifySettings,
     a: &Analysis,
     head: &HeadFinding,
     key: &str,
     analysed_ms: i64,
+    pacs: Option<&str>,
 ) -> AlertMessage {
     let p = [
         head.probabilities.s0,
@@ -492,9 +495,10 @@ pub fn message(
             vec!["onfh".to_string(), format!("stage-{}", head.stage)],
         )
     };
-    let heatmap = head.heatmap.as_ref().map(|h| {
+    let heatmap = head.heatmap.as_ref().and_then(|h| {
         if cfg.heatmap_url.is_empty() {
-            h.png.clone()
+            // The path on the appliance, unless the results are in PACS.
+            pacs.is_none().then(|| h.png.clone())
         } else {
             // The part under the state directory's `results/` (study/job/file), which a
             // results share serves.
@@ -502,7 +506,7 @@ pub fn message(
                 .png
                 .rsplit_once("/results/")
                 .map_or_else(|| h.png.rsplit('/').next().unwrap_or_default(), |(_, r)| r);
-            format!("{}/{rel}", cfg.heatmap_url.trim_end_matches('/'))
+            Some(format!("{}/{rel}", cfg.heatmap_url.trim_end_matches('/')))
         }
     });
     let analysed_at = rfc3339(analysed_ms);
@@ -518,6 +522,9 @@ pub fn message(
         format!("Accession: {}", a.accession_number),
         format!("Analysed: {analysed_at}"),
     ];
+    if let Some(p) = pacs {
+        body.push(format!("Results in PACS: {p}"));
+    }
     if let Some(h) = &heatmap {
         body.push(format!("Heatmap: {h}"));
     }
@@ -548,6 +555,16 @@ pub fn message(
 /// indeterminate calls alert, it alerts as two indeterminate heads with the analysis's
 /// reason, so that "the machine could not decide" never goes unsaid.
 pub fn compose(cfg: &NotifySettings, a: &Analysis, analysed_ms: i64) -> Vec<NewAlert> {
+    compose_with(cfg, a, analysed_ms, None)
+}
+
+/// [`compose`], naming where the results are in PACS (see [`message`]).
+pub fn compose_with(
+    cfg: &NotifySettings,
+    a: &Analysis,
+    analysed_ms: i64,
+    pacs: Option<&str>,
+) -> Vec<NewAlert> {
     let mut out = Vec::new();
     for head in alert_heads(a).iter().filter(|h| alerts_for(cfg, h)) {
         for ch in cfg.channels() {
@@ -560,7 +577,7 @@ pub fn compose(cfg: &NotifySettings, a: &Analysis, analysed_ms: i64) -> Vec<NewA
                 ch.name()
             );
             let key = hex::encode(&Sha256::digest(finding.as_bytes())[..16]);
-            let msg = message(cfg, a, head, &key, analysed_ms);
+            let msg = message(cfg, a, head, &key, analysed_ms, pacs);
             out.push(NewAlert {
                 side: head.side.clone(),
                 channel: ch.name().to_string(),
@@ -798,6 +815,54 @@ mod tests {
         cfg.smtp[0].host = "smtp.example.org".into();
         cfg.smtp[0].security = SmtpSecurity::Starttls;
         assert!(cfg.validate().is_ok());
+    }
+
+    /// With result objects going to PACS, an alert names the SR series there instead of a
+    /// path on the appliance; a configured heatmap link stays.
+    #[test]
+    fn alerts_name_the_pacs_series_when_results_go_there() {
+        let mut a: Analysis =
+            serde_json::from_str(include_str!("../../tests/fixtures/analysis_example.json"))
+                .unwrap();
+        let png = "/var/lib/onfh-edge/results/1.2.3/00ab/heatmap_R.png".to_string();
+        a.heads[0].heatmap = Some(crate::pipeline::HeatmapFiles {
+            png: png.clone(),
+            nifti: "heatmap.nii.gz".into(),
+            volume_nifti: "t2.nii.gz".into(),
+        });
+        let head = &a.heads[0];
+        let mut cfg = NotifySettings::default();
+        let export = crate::pacs::ExportSettings {
+            destination: vec![crate::pacs::Destination {
+                name: "pacs".into(),
+                ae_title: "PACS".into(),
+                host: "10.0.0.5".into(),
+                port: 104,
+                calling_ae_title: "ONFH_EDGE".into(),
+                objects: vec!["sr".into(), "seg".into()],
+            }],
+            ..Default::default()
+        };
+        let pacs = crate::pacs::alert_location(&export).unwrap();
+        let m = message(&cfg, &a, head, "k", 0, Some(&pacs));
+        assert!(
+            m.body.contains("Results in PACS: series 9903 «AI research: onfh-edge ONFH staging (SR)» of the study, sent to pacs"),
+            "{}",
+            m.body
+        );
+        assert!(!m.body.contains(&png), "{}", m.body);
+        assert_eq!(m.heatmap, None);
+        cfg.heatmap_url = "https://share.example.org/results".into();
+        let m = message(&cfg, &a, head, "k", 0, Some(&pacs));
+        assert!(
+            m.heatmap
+                .unwrap()
+                .starts_with("https://share.example.org/results/")
+        );
+        // Without export, the path on the appliance as before.
+        let m = message(&NotifySettings::default(), &a, head, "k", 0, None);
+        assert_eq!(m.heatmap.as_deref(), Some(png.as_str()));
+        assert!(!m.body.contains("PACS"));
     }
 
     /// A study in which the detector did not find both heads alerts as two indeterminate

@@ -29,8 +29,47 @@ mod objects;
 mod send;
 
 pub use export::{Destination, ExportPass, ExportSettings, Exporter, OBJECT_KINDS, exports_for};
-pub use objects::{ObjectsInput, write_objects};
+pub use objects::{ObjectsInput, SrRef, write_objects};
 
 /// Series Number of the first result series (SEG); PM, SR and the Secondary Captures take
 /// the next ones. High, to sort after the scanner's own series.
 pub const DEFAULT_SERIES_NUMBER: i32 = 9900;
+
+/// How every result series' description begins.
+pub const SERIES_PREFIX: &str = "AI research: onfh-edge";
+/// The SR's series description, after the prefix.
+pub const SR_DESCRIPTION: &str = "ONFH staging (SR)";
+
+/// Where an alert tells the team to look, when result objects go to PACS: the SR series,
+/// or the screenshots for destinations that take only those. None without destinations.
+pub fn alert_location(settings: &ExportSettings) -> Option<String> {
+    let names: Vec<&str> = settings
+        .destination
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let takes = |k: &str| {
+        settings
+            .destination
+            .iter()
+            .any(|d| d.objects.iter().any(|o| o == k))
+    };
+    let what = if takes("sr") {
+        format!(
+            "series {} «{SERIES_PREFIX} {SR_DESCRIPTION}»",
+            DEFAULT_SERIES_NUMBER + 3
+        )
+    } else if takes("sc") {
+        format!(
+            "series {} and {} (heatmap screenshots)",
+            DEFAULT_SERIES_NUMBER + 4,
+            DEFAULT_SERIES_NUMBER + 5
+        )
+    } else {
+        format!("series {} (segmentation)", DEFAULT_SERIES_NUMBER + 1)
+    };
+    Some(format!("{what} of the study, sent to {}", names.join(", ")))
+}

@@ -42,6 +42,36 @@ pub struct ObjectsInput<'a> {
     pub series_number: i32,
     /// The Secondary Captures, per side: the montage PNG.
     pub montages: Vec<(String, PathBuf)>,
+    /// The SR of the study's previous analysis, which this one's SR replaces.
+    pub predecessor: Option<SrRef>,
+}
+
+/// An SR written before (for Predecessor Documents).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SrRef {
+    /// Study Instance UID.
+    pub study_uid: String,
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// SOP Class UID.
+    pub sop_class_uid: String,
+    /// SOP Instance UID.
+    pub sop_instance_uid: String,
+}
+
+impl SrRef {
+    /// The SR in `file`, if it is one.
+    pub fn read(file: &Path) -> Option<SrRef> {
+        let obj = dicom_object::open_file(file).ok()?;
+        let text = |t| crate::volume::scan::text(&obj, t);
+        let r = SrRef {
+            study_uid: text(tags::STUDY_INSTANCE_UID)?,
+            series_uid: text(tags::SERIES_INSTANCE_UID)?,
+            sop_class_uid: text(tags::SOP_CLASS_UID)?,
+            sop_instance_uid: text(tags::SOP_INSTANCE_UID)?,
+        };
+        (r.sop_class_uid == SR_CLASS).then_some(r)
+    }
 }
 
 /// Write the objects under `dir` (created); returns the files written, in sending order
@@ -316,7 +346,7 @@ impl<'a> Builder<'a> {
             &mut o,
             tags::SERIES_DESCRIPTION,
             VR::LO,
-            &format!("AI research: onfh-edge {description}"),
+            &format!("{} {description}", super::SERIES_PREFIX),
         );
         put(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
         put(&mut o, tags::CONTENT_DATE, VR::DA, &self.date);
@@ -796,7 +826,7 @@ impl<'a> Builder<'a> {
     /// The SR; `seg` is the SEG's (SOP Instance UID, Series Instance UID) when written.
     fn report(&self, seg: Option<(&str, &str)>) -> (Obj, String) {
         let seg_uid = seg.map(|(u, _)| u);
-        let (mut o, uid) = self.common(SR_CLASS, "SR", 3, "ONFH staging (SR)");
+        let (mut o, uid) = self.common(SR_CLASS, "SR", 3, super::SR_DESCRIPTION);
         put(&mut o, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
         put(&mut o, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
         put(&mut o, tags::PRELIMINARY_FLAG, VR::CS, "PRELIMINARY");
@@ -806,6 +836,20 @@ impl<'a> Builder<'a> {
             Vec::new(),
         );
         put_seq(&mut o, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, Vec::new());
+        // A re-analysis replaces the study's previous report.
+        if let Some(p) = &self.input.predecessor {
+            put_item(&mut o, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, |e| {
+                put(e, tags::STUDY_INSTANCE_UID, VR::UI, &p.study_uid);
+                put_item(e, tags::REFERENCED_SERIES_SEQUENCE, |r| {
+                    put(r, tags::SERIES_INSTANCE_UID, VR::UI, &p.series_uid);
+                    put_seq(
+                        r,
+                        tags::REFERENCED_SOP_SEQUENCE,
+                        vec![sop_ref(&p.sop_class_uid, &p.sop_instance_uid)],
+                    );
+                });
+            });
+        }
         // Evidence: the T2 instances, and the SEG when there is one.
         let t2 = self.input.t2;
         let study_uid = &self.input.analysis.study_instance_uid;

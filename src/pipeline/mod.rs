@@ -391,6 +391,18 @@ pub fn analyze(
     rules: &volume::Rules,
     out: Option<&Path>,
 ) -> Analysis {
+    analyze_replacing(paths, models, settings, rules, out, None)
+}
+
+/// [`analyze`] for a study analysed before: its SR names `predecessor`, the previous one.
+pub fn analyze_replacing(
+    paths: &[PathBuf],
+    models: &Models,
+    settings: &AnalysisSettings,
+    rules: &volume::Rules,
+    out: Option<&Path>,
+    predecessor: Option<crate::pacs::SrRef>,
+) -> Analysis {
     let mut parts = None;
     let mut a = analyze_study(paths, models, settings, rules, out, &mut parts);
     if let (Some(dir), Some(p)) = (out, parts) {
@@ -407,6 +419,7 @@ pub fn analyze(
                     .iter()
                     .filter_map(|h| Some((h.side.clone(), PathBuf::from(&h.heatmap.as_ref()?.png))))
                     .collect(),
+                predecessor,
             };
             if let Err(e) = crate::pacs::write_objects(&dir.join("dicom"), &input) {
                 // The result stands without them; the log says why they are missing.
