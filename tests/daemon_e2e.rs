@@ -148,7 +148,12 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
     let results = d.cli("results", &[]);
     assert!(results.contains("not for clinical use"), "{results}");
     // Heatmaps were written under the state directory.
-    assert!(files_under(&d.state_dir().join("results")).is_empty());
+    // No received image is copied there; the only DICOM files are the result objects.
+    assert!(
+        files_under(&d.state_dir().join("results"))
+            .iter()
+            .all(|f| f.parent().is_some_and(|p| p.ends_with("dicom")))
+    );
     assert!(
         std::fs::read_dir(d.state_dir().join("results"))
             .unwrap()
