@@ -134,37 +134,8 @@ pub fn store_files(
         let mut data = Vec::new();
         obj.write_dataset_with_ts(&mut data, ts)
             .map_err(|e| file_err(f, format!("cannot encode in {}: {e}", ts.name())))?;
-        let command = dimse::store_request(message_id, &class, &uid);
-        assoc
-            .send(&Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc.id,
-                    value_type: PDataValueType::Command,
-                    is_last: true,
-                    data: command,
-                }],
-            })
+        let status = c_store(&mut assoc, pc.id, message_id, &class, &uid, &data)
             .map_err(|e| assoc_err(&e))?;
-        {
-            let mut writer = assoc.send_pdata(pc.id);
-            writer.write_all(&data).map_err(|e| assoc_err(&e))?;
-            writer.finish().map_err(|e| assoc_err(&e))?;
-        }
-        let status = match assoc.receive().map_err(|e| assoc_err(&e))? {
-            Pdu::PData { data } => {
-                let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
-                let rsp = InMemDicomObject::read_dataset_with_ts(
-                    &bytes[..],
-                    &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
-                )
-                .map_err(|e| assoc_err(&e))?;
-                rsp.element(dicom_dictionary_std::tags::STATUS)
-                    .ok()
-                    .and_then(|e| e.to_int::<u16>().ok())
-                    .ok_or_else(|| assoc_err(&"C-STORE-RSP without a status"))?
-            }
-            other => return Err(assoc_err(&format!("unexpected answer {other:?}"))),
-        };
         results.push(Sent {
             path: f.clone(),
             status,
@@ -172,4 +143,47 @@ pub fn store_files(
     }
     assoc.release().map_err(|e| assoc_err(&e))?;
     Ok(results)
+}
+
+/// One C-STORE on an established association: the command, the data set (already encoded
+/// in the context's transfer syntax), and the response's status.
+pub(crate) fn c_store(
+    assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>,
+    pc: u8,
+    message_id: u16,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    data: &[u8],
+) -> Result<u16, String> {
+    let command = dimse::store_request(message_id, sop_class_uid, sop_instance_uid);
+    assoc
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: command,
+            }],
+        })
+        .map_err(|e| e.to_string())?;
+    {
+        let mut writer = assoc.send_pdata(pc);
+        writer.write_all(data).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())?;
+    }
+    match assoc.receive().map_err(|e| e.to_string())? {
+        Pdu::PData { data } => {
+            let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
+            let rsp = InMemDicomObject::read_dataset_with_ts(
+                &bytes[..],
+                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+            )
+            .map_err(|e| e.to_string())?;
+            rsp.element(dicom_dictionary_std::tags::STATUS)
+                .ok()
+                .and_then(|e| e.to_int::<u16>().ok())
+                .ok_or_else(|| "C-STORE-RSP without a status".to_string())
+        }
+        other => Err(format!("unexpected answer {other:?}")),
+    }
 }

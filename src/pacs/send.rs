@@ -7,21 +7,14 @@
 //! destination does not accept, and the other failures (A9xx, Cxxx, 0122, 0124, …) are
 //! permanent.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+use dicom_ul::ClientAssociationOptions;
 use dicom_ul::association::Error as UlError;
-use dicom_ul::pdu::{
-    AssociationRJResult, PDataValue, PDataValueType, PresentationContextResultReason,
-};
-use dicom_ul::{ClientAssociationOptions, Pdu};
-
-use crate::dicom::dimse;
+use dicom_ul::pdu::{AssociationRJResult, PresentationContextResultReason};
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
@@ -162,7 +155,15 @@ pub fn send(peer: &Peer, objects: &[Object]) -> Vec<Outcome> {
                 continue;
             }
         };
-        match store_one(&mut assoc, pc.id, (n % 0xFFFF + 1) as u16, obj, data) {
+        let message_id = (n % 0xFFFF + 1) as u16;
+        match crate::dicom::scu::c_store(
+            &mut assoc,
+            pc.id,
+            message_id,
+            &obj.sop_class_uid,
+            &obj.sop_instance_uid,
+            &data,
+        ) {
             Ok(status) => out.push(classify_status(status)),
             Err(e) => {
                 let why = format!("association with {} broke: {e}", peer.address);
@@ -189,46 +190,6 @@ fn encode(obj: &Object, ts_uid: &str) -> Result<Vec<u8>, String> {
     file.write_dataset_with_ts(&mut data, ts)
         .map_err(|e| format!("cannot encode {}: {e}", obj.file.display()))?;
     Ok(data)
-}
-
-fn store_one(
-    assoc: &mut dicom_ul::ClientAssociation<std::net::TcpStream>,
-    pc: u8,
-    message_id: u16,
-    obj: &Object,
-    data: Vec<u8>,
-) -> Result<u16, String> {
-    let command = dimse::store_request(message_id, &obj.sop_class_uid, &obj.sop_instance_uid);
-    assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: command,
-            }],
-        })
-        .map_err(|e| e.to_string())?;
-    {
-        let mut writer = assoc.send_pdata(pc);
-        writer.write_all(&data).map_err(|e| e.to_string())?;
-        writer.finish().map_err(|e| e.to_string())?;
-    }
-    match assoc.receive().map_err(|e| e.to_string())? {
-        Pdu::PData { data } => {
-            let bytes: Vec<u8> = data.into_iter().flat_map(|v| v.data).collect();
-            let rsp = InMemDicomObject::read_dataset_with_ts(
-                &bytes[..],
-                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
-            )
-            .map_err(|e| e.to_string())?;
-            rsp.element(dicom_dictionary_std::tags::STATUS)
-                .ok()
-                .and_then(|e| e.to_int::<u16>().ok())
-                .ok_or_else(|| "C-STORE-RSP without a status".to_string())
-        }
-        other => Err(format!("unexpected answer {other:?}")),
-    }
 }
 
 #[cfg(test)]
