@@ -233,8 +233,8 @@ async fn play_scanner(
     }
     let t = &a.timings_ms;
     println!(
-        "  time: volume {} ms, detect {} ms, stage {} ms, heatmaps {} ms, total {} ms",
-        t.volume, t.detect, t.stage, t.gradcam, t.total
+        "  time: volume {} ms, detect {} ms, stage {} ms, heatmaps {} ms, PACS objects {} ms, total {} ms",
+        t.volume, t.detect, t.stage, t.gradcam, t.objects, t.total
     );
     println!("  model: {} — {}", a.model.name, a.model.intended_use);
     println!(

@@ -576,8 +576,8 @@ fn analyze(
         }
         let t = &a.timings_ms;
         println!(
-            "time      volume {} ms, detect {} ms, stage {} ms, heatmaps {} ms, total {} ms",
-            t.volume, t.detect, t.stage, t.gradcam, t.total
+            "time      volume {} ms, detect {} ms, stage {} ms, heatmaps {} ms, PACS objects {} ms, total {} ms",
+            t.volume, t.detect, t.stage, t.gradcam, t.objects, t.total
         );
         println!("model     {} — {}", a.model.name, a.model.intended_use);
     }
@@ -704,8 +704,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = existing_store(config)?;
                 let rows = store.exports(None)?;
                 println!(
-                    "{:>5} {:>8}  {:<12} {:<6} {:<8} {:>8}  {}",
-                    "id", "analysis", "destination", "object", "state", "attempts", "last"
+                    "{:>5} {:>8}  {:<12} {:<6} {:<8} {:>8}  last",
+                    "id", "analysis", "destination", "object", "state", "attempts"
                 );
                 for r in &rows {
                     let last = match (&r.last_error, r.last_status) {

@@ -366,6 +366,31 @@ fn fill_with_noise(folder: &Path) {
 /// analysis `v` of `study`: exactly `names`, each passing dicom3tools' `dciodvfy`, the SR
 /// passing DCMTK's `dsrdump` (no error), and every object read back by highdicom and
 /// checked against the analysis (tests/fixtures/pacs_check.py).
+/// `dciodvfy` (dicom3tools) passes the object: exit 0 and no line starting "Error".
+fn dciodvfy(file: &Path) {
+    let o = Command::new("dciodvfy")
+        .arg(file)
+        .output()
+        .expect("run dciodvfy (install dicom3tools)");
+    let text = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    let name = file.display();
+    assert!(o.status.success(), "{name}: dciodvfy failed:\n{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("Error")),
+        "{name}: dciodvfy errors:\n{text}"
+    );
+}
+
+/// DCMTK's `dsrdump` reads the SR without error; returns its dump.
+fn dsrdump(file: &Path) -> String {
+    let o = Command::new("/usr/bin/dsrdump").arg(file).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("E:"), "dsrdump:\n{err}");
+    let dump = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(dump.contains("Imaging Measurement Report"));
+    dump
+}
+
 fn check_result_objects(out: &Path, study: &Path, v: &Value, names: &[&str]) {
     let dicom = out.join("dicom");
     let mut written: Vec<String> = std::fs::read_dir(&dicom)
@@ -377,25 +402,9 @@ fn check_result_objects(out: &Path, study: &Path, v: &Value, names: &[&str]) {
     want.sort();
     assert_eq!(written, want);
     for name in &want {
-        let o = Command::new("dciodvfy")
-            .arg(dicom.join(name))
-            .output()
-            .expect("run dciodvfy (install dicom3tools)");
-        let text =
-            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{name}: dciodvfy failed:\n{text}");
-        assert!(
-            !text.lines().any(|l| l.starts_with("Error")),
-            "{name}: dciodvfy errors:\n{text}"
-        );
+        dciodvfy(&dicom.join(name));
     }
-    let o = Command::new("/usr/bin/dsrdump")
-        .arg(dicom.join("sr.dcm"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && !err.contains("E:"), "dsrdump:\n{err}");
-    assert!(String::from_utf8_lossy(&o.stdout).contains("Imaging Measurement Report"));
+    dsrdump(&dicom.join("sr.dcm"));
     let json = out.join("analysis.json");
     std::fs::write(&json, v.to_string()).unwrap();
     let o = Command::new("python3")
@@ -434,6 +443,41 @@ fn result_objects_for_pacs_pass_the_validators_and_read_back() {
     let (_, v) = analyze(&[&study], Some(&out));
     assert_eq!(v["heads"].as_array().map(Vec::len), Some(2), "{v:#}");
     check_result_objects(&out, &study, &v, &["seg", "pm", "sr", "sc-R", "sc-L"]);
+
+    // Analysed again (as the worker does after a late series): the new SR names the first
+    // as its predecessor and still passes the validators.
+    let first = onfh_edge::pacs::SrRef::read(&out.join("dicom/sr.dcm")).expect("first SR");
+    let settings = onfh_edge::config::Settings::defaults().unwrap();
+    let models =
+        onfh_edge::pipeline::Models::load(&settings.analysis, &settings.preprocess).unwrap();
+    let again = dir.path().join("again");
+    let a = onfh_edge::pipeline::analyze_replacing(
+        std::slice::from_ref(&study),
+        &models,
+        &settings.analysis,
+        &settings.selection,
+        Some(&again),
+        Some(first.clone()),
+    );
+    assert_eq!(a.heads.len(), 2, "{a:?}");
+    let sr = again.join("dicom/sr.dcm");
+    dciodvfy(&sr);
+    let dump = dsrdump(&sr);
+    let second = onfh_edge::pacs::SrRef::read(&sr).unwrap();
+    assert_ne!(second.sop_instance_uid, first.sop_instance_uid);
+    let o = Command::new("/usr/bin/dcmdump")
+        .args([
+            "+P",
+            "PredecessorDocumentsSequence",
+            "+P",
+            "ReferencedSOPInstanceUID",
+        ])
+        .arg(&sr)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("PredecessorDocumentsSequence"), "{text}");
+    assert!(text.contains(&first.sop_instance_uid), "{text}\n{dump}");
 }
 
 /// A study whose heads are not found gets only an SR, which says so for each side.

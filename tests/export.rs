@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use common::receivers::free_port;
 use common::*;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
 use onfh_edge::phantom::anatomy::Stage;
 use serde_json::Value;
 
@@ -199,11 +201,89 @@ fn every_object_reaches_orthanc_once_through_an_outage_and_a_kill() {
         d.log()
     );
 
-    // Each object once in Orthanc, in its source study, sent by our AE title.
+    // One more series for the first study: it is analysed again, and the new SR names the
+    // first one as its predecessor (new UIDs for every object).
+    let extra = dir.path().join("late.dcm");
+    {
+        let mut obj =
+            dicom_object::open_file(&files_under(&dir.path().join("9001001"))[0]).unwrap();
+        for (tag, value) in [
+            (tags::SERIES_INSTANCE_UID, "2.25.900100199".to_string()),
+            (tags::SOP_INSTANCE_UID, "2.25.900100199.1".to_string()),
+            (tags::SERIES_DESCRIPTION, "late localizer".to_string()),
+        ] {
+            obj.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(value)));
+        }
+        obj.meta_mut().media_storage_sop_instance_uid = "2.25.900100199.1".into();
+        obj.write_to_file(&extra).unwrap();
+    }
+    let (log, ok) = storescu(d.port, &[], &[extra]);
+    assert!(ok, "{log}");
+    assert!(
+        wait_until(Duration::from_secs(90), || d
+            .count("SELECT COUNT(*) FROM exports WHERE state = 'sent'")
+            == 3 * per_study as i64),
+        "the re-analysis was not sent:\n{}",
+        d.log()
+    );
+    let sr_of = |analysis: i64| -> dicom_object::DefaultDicomObject {
+        let file: String = d
+            .db()
+            .query_row(
+                "SELECT file FROM exports WHERE analysis_id = ?1 AND object = 'sr'",
+                [analysis],
+                |r| r.get(0),
+            )
+            .unwrap();
+        dicom_object::open_file(file).unwrap()
+    };
     let rows = exports(&d);
+    let (first_id, again_id) = (rows[0].1, rows[2 * per_study].1);
+    let (old_sr, new_sr) = (sr_of(first_id), sr_of(again_id));
+    let uid = |o: &dicom_object::DefaultDicomObject, tag| {
+        o.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    assert_eq!(uid(&new_sr, tags::STUDY_INSTANCE_UID), first);
+    assert_ne!(
+        uid(&new_sr, tags::SOP_INSTANCE_UID),
+        uid(&old_sr, tags::SOP_INSTANCE_UID)
+    );
+    let predecessor = new_sr
+        .element(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+        .expect("the re-analysis' SR has Predecessor Documents")
+        .items()
+        .unwrap()[0]
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0]
+        .element(tags::REFERENCED_SOP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0]
+        .element(tags::REFERENCED_SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    assert_eq!(predecessor, uid(&old_sr, tags::SOP_INSTANCE_UID));
+    assert!(
+        old_sr
+            .element(tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+            .is_err()
+    );
+
+    // Each object once in Orthanc, in its source study, sent by our AE title.
     let studies: std::collections::HashMap<i64, &str> = [
         (rows[0].1, first.as_str()),
         (rows[per_study].1, second.as_str()),
+        (rows[2 * per_study].1, first.as_str()),
     ]
     .into();
     for (_, analysis, object, _, uid) in &rows {

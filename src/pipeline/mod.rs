@@ -258,6 +258,9 @@ pub struct Timings {
     pub stage: u64,
     /// Grad-CAM placement and files.
     pub gradcam: u64,
+    /// The DICOM result objects for PACS (SEG, PM, SR, SC), written with `out` only.
+    #[serde(default)]
+    pub objects: u64,
     /// Everything.
     pub total: u64,
 }
@@ -425,7 +428,8 @@ pub fn analyze_replacing(
                 // The result stands without them; the log says why they are missing.
                 tracing::error!(error = format!("{e:#}"), study_uid = %a.study_instance_uid, "cannot write the DICOM result objects");
             }
-            a.timings_ms.total += ms(t);
+            a.timings_ms.objects = ms(t);
+            a.timings_ms.total += a.timings_ms.objects;
         }
     }
     a
