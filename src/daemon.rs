@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dicom::{Receiver, completion, spool::Spool};
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 
 /// How long in-flight associations get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -19,6 +19,7 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls into these.
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -34,6 +35,7 @@ pub mod phantom;
 pub mod pipeline;
 pub mod redact;
 pub mod render;
+pub mod result;
 pub mod sdnotify;
 pub mod store;
 pub mod synth;

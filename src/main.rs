@@ -641,7 +641,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.receiver.max_instance_bytes,
             )
             .context("cannot open the spool")?;
-            let now = onfh_edge::store::now_ms();
+            let now = onfh_edge::clock::now_ms();
             let (n, bytes) = spool
                 .purge(
                     &store,
@@ -694,7 +694,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             AlertsCmd::Retry { config, ids } => {
                 let n = existing_store(config)?
-                    .requeue_dead_alerts(&ids, onfh_edge::store::now_ms())?;
+                    .requeue_dead_alerts(&ids, onfh_edge::clock::now_ms())?;
                 println!("{n} alert(s) requeued");
                 Ok(())
             }
@@ -727,7 +727,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             ExportCmd::Retry { config, ids } => {
                 let n = existing_store(config)?
-                    .requeue_dead_exports(&ids, onfh_edge::store::now_ms())?;
+                    .requeue_dead_exports(&ids, onfh_edge::clock::now_ms())?;
                 println!("{n} result object(s) requeued");
                 Ok(())
             }
@@ -1122,32 +1122,11 @@ fn open_store(settings: &Settings, read_only: bool) -> anyhow::Result<Store> {
     store.with_context(|| format!("cannot open {}", db.display()))
 }
 
-/// `--since`: RFC 3339, a date, or an age.
-fn parse_since(s: &str, now_ms: i64) -> anyhow::Result<i64> {
-    let s = s.trim();
-    if let Some((n, unit)) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .filter(|i| *i > 0 && s.len() == i + 1)
-        .map(|i| (&s[..i], &s[i..]))
-    {
-        let n: i64 = n.parse()?;
-        let ms = match unit {
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => anyhow::bail!("unknown unit in {s:?} (s, m, h, d)"),
-        };
-        return Ok(now_ms - n * ms);
-    }
-    onfh_edge::notify::parse_rfc3339(s)
-        .with_context(|| format!("--since {s:?}: not RFC 3339, a date or an age like 12h"))
-}
-
 fn results(settings: &Settings, json: bool, since: Option<&str>) -> anyhow::Result<()> {
     let store = open_store(settings, true)?;
     let since_ms = match since {
-        Some(s) => parse_since(s, onfh_edge::store::now_ms())?,
+        Some(s) => onfh_edge::clock::parse_since(s, onfh_edge::clock::now_ms())
+            .map_err(|e| anyhow::anyhow!("--since {e}"))?,
         None => i64::MIN,
     };
     let rows = store.analyses_since(since_ms)?;
@@ -1169,7 +1148,7 @@ fn results(settings: &Settings, json: bool, since: Option<&str>) -> anyhow::Resu
         println!(
             "#{} {}  accession {}  {}{}",
             r.id,
-            onfh_edge::notify::rfc3339(r.analysed_ms),
+            onfh_edge::clock::rfc3339(r.analysed_ms),
             onfh_edge::redact::printable(&a.accession_number),
             serde_json::to_value(a.status)?.as_str().unwrap_or("?"),
             a.reason

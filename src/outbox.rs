@@ -24,14 +24,14 @@ pub fn run<E: std::fmt::Display, T>(
     next_due_ms: impl Fn() -> Result<Option<i64>, E>,
 ) {
     while !stop() {
-        if let Err(e) = pass(crate::store::now_ms()) {
+        if let Err(e) = pass(crate::clock::now_ms()) {
             tracing::error!(error = %e, "{what} unavailable; retrying in 5 s");
             std::thread::sleep(Duration::from_secs(5));
             continue;
         }
         let wait = match next_due_ms() {
             Ok(Some(t)) => Duration::from_millis(
-                (t - crate::store::now_ms()).clamp(0, poll.as_millis() as i64) as u64,
+                (t - crate::clock::now_ms()).clamp(0, poll.as_millis() as i64) as u64,
             ),
             _ => poll,
         };

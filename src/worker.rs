@@ -19,10 +19,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::notify;
 use crate::pipeline::{self, Models, Status};
-use crate::store::{Recorded, Store, now_ms};
+use crate::store::{Recorded, Store};
 
 /// Analyses of one job that may die with the process before the job is recorded as an
 /// error instead of being tried again.

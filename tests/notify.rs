@@ -141,7 +141,7 @@ fn alerts_reach_every_channel_exactly_once_through_outages() {
     let store = Store::open(&dir.path().join("db.sqlite3")).unwrap();
     let (http, smtp) = (free_port(), free_port());
     let cfg = notify_settings(http, smtp);
-    let now = onfh_edge::store::now_ms();
+    let now = onfh_edge::clock::now_ms();
     let alerts = notify::compose(&cfg, &a, now);
     let early = a.heads.iter().filter(|h| h.early_onfh).count();
     assert_eq!(
@@ -253,7 +253,7 @@ fn a_killed_sender_delivers_exactly_once_after_restart() {
     let (http, smtp) = (free_port(), free_port());
     let cfg = notify_settings(http, smtp);
     let store = Store::open(&state.join("onfh-edge.sqlite3")).unwrap();
-    let now = onfh_edge::store::now_ms();
+    let now = onfh_edge::clock::now_ms();
     let alerts = notify::compose(&cfg, &a, now);
     store
         .record_analysis("series-7#1", &a, &alerts, now)

@@ -108,7 +108,7 @@ fn an_instance_sent_again_is_kept_for_another_period() {
     let dir = tempfile::tempdir().unwrap();
     let files = store_series(&d, dir.path(), &new_uid(), 2);
     // Both arrived ten days ago, as far as retention can tell.
-    let ten_days_ago = onfh_edge::store::now_ms() - 10 * 86_400_000;
+    let ten_days_ago = onfh_edge::clock::now_ms() - 10 * 86_400_000;
     rusqlite::Connection::open(d.state_dir().join("onfh-edge.sqlite3"))
         .unwrap()
         .execute("UPDATE instances SET received_ms = ?1", [ten_days_ago])

@@ -33,7 +33,8 @@ use super::Shared;
 use super::dimse::{self, Command, status};
 use super::pace::Registration;
 use super::spool::{self, CommitError, Expected, InspectError, TempFile};
-use crate::store::{InsertOutcome, now_ms};
+use crate::clock::now_ms;
+use crate::store::InsertOutcome;
 
 /// Time allowed from connection to a complete A-ASSOCIATE-RQ.
 const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

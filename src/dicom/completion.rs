@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::{Store, now_ms};
+use crate::clock::now_ms;
+use crate::store::Store;
 
 /// Longest sleep between checks; bounds how late a completion can fire.
 const MAX_TICK: Duration = Duration::from_millis(500);

@@ -26,6 +26,7 @@ pub mod dimse;
 pub mod pace;
 pub mod prescan;
 pub mod scu;
+pub mod settings;
 pub mod spool;
 pub mod unknown_vr;
 
@@ -39,8 +40,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ReceiverSettings, SeriesSettings};
 use crate::store::Store;
+
+pub use settings::{ReceiverSettings, ReceiverToml, SeriesSettings, SeriesToml, check_ae_title};
 
 /// SOP classes this receiver stores.
 pub const STORAGE_SOP_CLASSES: &[&str] = &[

@@ -125,9 +125,7 @@ impl CommitError {
         match self {
             CommitError::BelowFloor { .. } => true,
             CommitError::Io(e) => is_enospc(e),
-            CommitError::Store(crate::store::StoreError::Sqlite(
-                rusqlite::Error::SqliteFailure(f, _),
-            )) => f.code == rusqlite::ErrorCode::DiskFull,
+            CommitError::Store(e) => e.is_disk_full(),
             _ => false,
         }
     }

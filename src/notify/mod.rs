@@ -23,7 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::pipeline::{Analysis, HeadFinding};
+use crate::clock::rfc3339;
+use crate::result::{Analysis, HeadFinding};
 use crate::store::{AlertRow, NewAlert, Store, StoreError};
 
 pub use channels::{DeliveryError, deliver};
@@ -376,74 +377,6 @@ fn side_word(side: &str) -> &'static str {
     if side == "R" { "right" } else { "left" }
 }
 
-/// UTC time of `ms` since the epoch as RFC 3339 (seconds).
-pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Milliseconds since the epoch of `YYYY-MM-DD` (UTC midnight) or
-/// `YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)`.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let num = |t: &str| -> Option<i64> {
-        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
-    };
-    let (date, time) = match s.split_once(['T', 't', ' ']) {
-        Some((d, t)) => (d, Some(t)),
-        None => (s, None),
-    };
-    let mut d = date.splitn(3, '-');
-    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Days since 1970-01-01 from a civil date (inverse of `rfc3339`).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let mut secs = days * 86_400;
-    if let Some(t) = time {
-        let (clock, offset) = if let Some(c) = t.strip_suffix(['Z', 'z']) {
-            (c, 0)
-        } else if let Some(i) = t.rfind(['+', '-']) {
-            let (c, o) = t.split_at(i);
-            let (oh, om) = o[1..].split_once(':')?;
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            (c, sign * (num(oh)? * 3600 + num(om)? * 60))
-        } else {
-            return None;
-        };
-        let clock = clock.split('.').next()?;
-        let mut c = clock.splitn(3, ':');
-        let (h, mi, se) = (num(c.next()?)?, num(c.next()?)?, num(c.next()?)?);
-        if h > 23 || mi > 59 || se > 60 {
-            return None;
-        }
-        secs += h * 3600 + mi * 60 + se - offset;
-    }
-    Some(secs * 1000)
-}
-
 /// The message for one head of an analysis. `pacs` names where the results are in PACS
 /// (when result objects are exported): it then replaces the local heatmap path, which
 /// stays only as a `notify.heatmap_url` link.
@@ -594,7 +527,7 @@ pub fn compose_with(
 /// not be analysed at all (an error), each side as an indeterminate head carrying the
 /// study's reason.
 fn alert_heads(a: &Analysis) -> Vec<HeadFinding> {
-    use crate::pipeline::Status;
+    use crate::result::Status;
     if !matches!(a.status, Status::Indeterminate | Status::Error) || !a.heads.is_empty() {
         return a.heads.clone();
     }
@@ -604,7 +537,7 @@ fn alert_heads(a: &Analysis) -> Vec<HeadFinding> {
             side: side.to_string(),
             stage: "indeterminate".into(),
             early_onfh: false,
-            probabilities: crate::pipeline::Probabilities {
+            probabilities: crate::result::Probabilities {
                 s0: 0.0,
                 s1: 0.0,
                 s2: 0.0,
@@ -680,7 +613,7 @@ impl Sender {
             match outcome {
                 Ok(()) => {
                     lock().insert(row.id);
-                    self.store.alert_sent(row.id, crate::store::now_ms())?;
+                    self.store.alert_sent(row.id, crate::clock::now_ms())?;
                     lock().remove(&row.id);
                     tracing::info!(alert = row.id, channel = %row.channel, side = %row.side, "alert delivered");
                     pass.sent += 1;
@@ -689,7 +622,7 @@ impl Sender {
                     let attempts = row.attempts as u32 + 1;
                     let last = matches!(e, DeliveryError::Permanent(_))
                         || attempts >= self.cfg.max_attempts;
-                    let now = crate::store::now_ms();
+                    let now = crate::clock::now_ms();
                     let retry =
                         (!last).then(|| now + self.cfg.backoff(attempts).as_millis() as i64);
                     self.store
@@ -723,27 +656,6 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_matches_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_888_861_000), "2026-11-28T18:01:01Z");
-    }
-
-    #[test]
-    fn rfc3339_parses_what_it_writes() {
-        for ms in [0, 951_782_400_000, 1_795_888_861_000, 4_102_444_800_000] {
-            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
-        }
-        assert_eq!(parse_rfc3339("2026-11-28"), Some(1_795_824_000_000));
-        assert_eq!(
-            parse_rfc3339("2026-11-28T19:01:01+01:00"),
-            Some(1_795_888_861_000)
-        );
-        assert_eq!(parse_rfc3339("2026-13-01"), None);
-        assert_eq!(parse_rfc3339("yesterday"), None);
-    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
@@ -825,7 +737,7 @@ mod tests {
             serde_json::from_str(include_str!("../../tests/fixtures/analysis_example.json"))
                 .unwrap();
         let png = "/var/lib/onfh-edge/results/1.2.3/00ab/heatmap_R.png".to_string();
-        a.heads[0].heatmap = Some(crate::pipeline::HeatmapFiles {
+        a.heads[0].heatmap = Some(crate::result::HeatmapFiles {
             png: png.clone(),
             nifti: "heatmap.nii.gz".into(),
             volume_nifti: "t2.nii.gz".into(),
@@ -872,7 +784,7 @@ mod tests {
         let mut a: Analysis =
             serde_json::from_str(include_str!("../../tests/fixtures/analysis_example.json"))
                 .unwrap();
-        a.status = crate::pipeline::Status::Indeterminate;
+        a.status = crate::result::Status::Indeterminate;
         a.reason = Some("only one femoral head found (detection score 0.12 < 0.30)".into());
         a.heads.clear();
         let mut cfg = NotifySettings {
@@ -897,7 +809,7 @@ mod tests {
             assert!(m.title.contains("indeterminate"), "{}", m.title);
         }
         // A study that was never staged for another reason does not alert as heads.
-        a.status = crate::pipeline::Status::NoUsableSeries;
+        a.status = crate::result::Status::NoUsableSeries;
         assert!(compose(&cfg, &a, 0).is_empty());
     }
 }

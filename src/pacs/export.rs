@@ -25,7 +25,8 @@ pub struct ExportSettings {
     pub retry_max_secs: u64,
     /// Network timeout (connect, each PDU), seconds.
     pub timeout_secs: u64,
-    /// The destinations.
+    /// The destinations (`[[export.destination]]`; `[[export.destinations]]` is read too).
+    #[serde(alias = "destinations")]
     pub destination: Vec<Destination>,
 }
 
@@ -65,14 +66,6 @@ fn all_kinds() -> Vec<String> {
     OBJECT_KINDS.iter().map(|s| s.to_string()).collect()
 }
 
-fn valid_ae(t: &str) -> bool {
-    let t = t.trim();
-    !t.is_empty()
-        && t.len() <= 16
-        && t.chars().all(|c| c.is_ascii_graphic() || c == ' ')
-        && !t.contains('\\')
-}
-
 impl ExportSettings {
     /// Check the settings; `receiver_ae` fills empty calling AE titles.
     pub fn validate(&mut self, receiver_ae: &str) -> Result<(), (&'static str, String)> {
@@ -97,17 +90,14 @@ impl ExportSettings {
                     format!("name {:?} is empty or used twice", d.name),
                 ));
             }
-            if !valid_ae(&d.ae_title) {
-                return bad(format!("ae_title {:?} is not a valid AE title", d.ae_title));
+            if let Err(m) = crate::dicom::check_ae_title(&d.ae_title) {
+                return bad(format!("ae_title: {m}"));
             }
             if d.calling_ae_title.is_empty() {
                 d.calling_ae_title = receiver_ae.to_string();
             }
-            if !valid_ae(&d.calling_ae_title) {
-                return bad(format!(
-                    "calling_ae_title {:?} is not a valid AE title",
-                    d.calling_ae_title
-                ));
+            if let Err(m) = crate::dicom::check_ae_title(&d.calling_ae_title) {
+                return bad(format!("calling_ae_title: {m}"));
             }
             if d.host.trim().is_empty() || d.port == 0 {
                 return bad("host and port are required".into());
@@ -260,7 +250,7 @@ impl Exporter {
                 }
             };
             for (row, outcome) in group.iter().zip(outcomes) {
-                let now = crate::store::now_ms();
+                let now = crate::clock::now_ms();
                 let attempts = row.attempts as u32 + 1;
                 let recorded = match outcome {
                     Outcome::Stored(status) => {

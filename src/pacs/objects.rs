@@ -9,7 +9,7 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 
-use crate::pipeline::{Analysis, HeadFinding};
+use crate::result::{Analysis, HeadFinding};
 use crate::volume::{SliceSource, Volume};
 
 type Obj = InMemDicomObject;
@@ -298,7 +298,7 @@ impl<'a> Builder<'a> {
             .filter(|s| !found.iter().any(|f| f.side == *s))
             .map(|s| (s, new_uid()))
             .collect();
-        let now = crate::notify::rfc3339(crate::store::now_ms());
+        let now = crate::clock::rfc3339(crate::clock::now_ms());
         let date = now[..10].replace('-', "");
         let time = now[11..19].replace(':', "");
         Builder {
@@ -316,7 +316,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn model(&self) -> &crate::pipeline::ModelInfo {
+    fn model(&self) -> &crate::result::ModelInfo {
         &self.input.analysis.model
     }
 

@@ -32,6 +32,16 @@ pub struct PanelSettings {
     pub retry_secs: u64,
 }
 
+impl PanelSettings {
+    /// Check `[panel]`; the error names its key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.baud == 0 {
+            return Err(("panel.baud", "must be a positive baud rate".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PanelSettings {
     fn default() -> Self {
         PanelSettings {

@@ -53,7 +53,7 @@ pub fn local_clock(ms: i64) -> LocalClock {
         }
     };
     let Some(tm) = tm else {
-        let utc = crate::notify::rfc3339(ms);
+        let utc = crate::clock::rfc3339(ms);
         return LocalClock {
             date: utc[..10].to_string(),
             hhmm: utc[11..16].to_string(),

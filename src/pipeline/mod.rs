@@ -34,6 +34,10 @@ use crate::model::stager::Stager;
 use crate::model::weights::{self, Architecture, Manifest, ModelError};
 use crate::volume::{self, Preprocess};
 
+pub use crate::result::{
+    Analysis, HeadFinding, HeatmapFiles, ModelInfo, Probabilities, Status, Timings,
+};
+
 /// Pipeline settings (`[analysis]` in the configuration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -56,6 +60,40 @@ pub struct AnalysisSettings {
     /// and NIfTI show the region that drove the stage rather than a low haze over the
     /// whole head; 0 keeps the whole map.
     pub heatmap_floor: f32,
+}
+
+impl AnalysisSettings {
+    /// Check `[analysis]`; the error names its key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(self.min_detection_score > 0.0 && self.min_detection_score < 1.0) {
+            return Err((
+                "analysis.min_detection_score",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_stage_probability) {
+            return Err((
+                "analysis.min_stage_probability",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.heatmap_floor) {
+            return Err((
+                "analysis.heatmap_floor",
+                "must be at least 0 and below 1".into(),
+            ));
+        }
+        let dev = self.device.as_str();
+        if !(dev == "cpu"
+            || dev == "cuda"
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok()))
+        {
+            return Err(("analysis.device", "must be cpu, cuda or cuda:N".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AnalysisSettings {
@@ -169,170 +207,7 @@ impl Models {
     }
 }
 
-/// Outcome of a study.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Both heads found and staged with confidence.
-    Ok,
-    /// Analysed, but no confident call (see the reason).
-    Indeterminate,
-    /// No series suitable for analysis.
-    NoUsableSeries,
-    /// Could not be analysed.
-    Error,
-}
-
-/// The models behind a result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    /// Names of the detector and the stager.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// Intended use.
-    pub intended_use: String,
-    /// Detector weights' SHA-256.
-    pub detector_sha256: String,
-    /// Stager weights' SHA-256.
-    pub stager_sha256: String,
-}
-
-/// Stage probabilities by class name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Probabilities {
-    /// Stage 0.
-    #[serde(rename = "0")]
-    pub s0: f32,
-    /// Stage I.
-    #[serde(rename = "I")]
-    pub s1: f32,
-    /// Stage II.
-    #[serde(rename = "II")]
-    pub s2: f32,
-}
-
-/// Heatmap files of a head.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeatmapFiles {
-    /// PNG montage.
-    pub png: String,
-    /// NIfTI heatmap in the T2's grid (both heads).
-    pub nifti: String,
-    /// NIfTI of the T2 itself, same grid.
-    pub volume_nifti: String,
-}
-
-/// One femoral head.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeadFinding {
-    /// Patient side, "L" or "R".
-    pub side: String,
-    /// "0", "I", "II" or "indeterminate".
-    pub stage: String,
-    /// Stage I or II.
-    pub early_onfh: bool,
-    /// Stage probabilities.
-    pub probabilities: Probabilities,
-    /// Detector score.
-    pub detection_score: f32,
-    /// Centre, patient LPS mm.
-    pub center_lps_mm: [f64; 3],
-    /// Box, patient LPS mm.
-    pub bbox_lps_mm: [[f64; 3]; 2],
-    /// Heatmap files, when written.
-    pub heatmap: Option<HeatmapFiles>,
-    /// Why the stage is indeterminate.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason: Option<String>,
-}
-
-/// Milliseconds per step.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    /// Scan, select, assemble, preprocess.
-    pub volume: u64,
-    /// Detection.
-    pub detect: u64,
-    /// Staging (both heads).
-    pub stage: u64,
-    /// Grad-CAM placement and files.
-    pub gradcam: u64,
-    /// The DICOM result objects for PACS (SEG, PM, SR, SC), written with `out` only.
-    #[serde(default)]
-    pub objects: u64,
-    /// Everything.
-    pub total: u64,
-}
-
-/// The result of one study (the JSON contract of `analyze --json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Analysis {
-    /// Study Instance UID.
-    pub study_instance_uid: String,
-    /// The analysed series.
-    pub series_instance_uid: String,
-    /// Accession Number.
-    pub accession_number: String,
-    /// Outcome.
-    pub status: Status,
-    /// Why, when not ok.
-    pub reason: Option<String>,
-    /// Models.
-    pub model: ModelInfo,
-    /// Both heads, right then left (empty when none could be assessed).
-    pub heads: Vec<HeadFinding>,
-    /// Series selection: every series with its verdict and reason.
-    pub series: Vec<volume::SeriesVerdict>,
-    /// Files that were not DICOM.
-    pub skipped_files: usize,
-    /// Step timings.
-    pub timings_ms: Timings,
-}
-
 impl Analysis {
-    /// The heads as text lines (header first, heatmap paths under each head); `extra(head)`
-    /// fills a last column (e.g. the phantom's truth). Empty without heads.
-    pub fn head_table(&self, extra: impl Fn(&HeadFinding) -> String) -> Vec<String> {
-        if self.heads.is_empty() {
-            return Vec::new();
-        }
-        let mut out = vec![
-            format!(
-                "{:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  {:<26} {}",
-                "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det", "centre LPS mm", ""
-            )
-            .trim_end()
-            .to_owned(),
-        ];
-        for h in &self.heads {
-            let centre = format!(
-                "({:.1}, {:.1}, {:.1})",
-                h.center_lps_mm[0], h.center_lps_mm[1], h.center_lps_mm[2]
-            );
-            out.push(
-                format!(
-                    "{:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  {:<26} {}",
-                    h.side,
-                    h.stage,
-                    if h.early_onfh { "yes" } else { "no" },
-                    h.probabilities.s0,
-                    h.probabilities.s1,
-                    h.probabilities.s2,
-                    h.detection_score,
-                    centre,
-                    extra(h)
-                )
-                .trim_end()
-                .to_owned(),
-            );
-            if let Some(f) = &h.heatmap {
-                out.push(format!("      heatmap {}", f.png));
-            }
-        }
-        out
-    }
-
     /// An error result for a study that was not analysed: `reason` says why.
     pub fn not_analysed(
         models: &Models,

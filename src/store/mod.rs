@@ -40,6 +40,21 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be written because its file system is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Io(e) => {
+                e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: receiver tables.
@@ -513,14 +528,6 @@ impl Store {
         let rows = stmt.query_map([series_uid], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// Milliseconds since the Unix epoch, the store's clock unit.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::pipeline::Analysis;
-use crate::volume::Verdict;
+use crate::result::Analysis;
+use crate::result::Verdict;
 
 /// An alert to queue with an analysis.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -428,7 +428,7 @@ impl Store {
         }
         let detail = serde_json::json!({
             "instances": sop_instance_uids.len(), "bytes": bytes,
-            "received_before": crate::notify::rfc3339(before_ms),
+            "received_before": crate::clock::rfc3339(before_ms),
         });
         audit(&tx, now_ms, "spool_purged", &detail.to_string())?;
         tx.commit()?;

@@ -21,12 +21,13 @@ pub mod preprocess;
 pub mod scan;
 pub mod select;
 
+pub use crate::result::{SeriesVerdict, Verdict};
 pub use assemble::{
     SliceSource, Volume, VolumeError, assemble, assemble_files, assemble_with_sources,
 };
 pub use preprocess::{Preprocess, preprocess, resample, sample};
 pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
-pub use select::{Rules, Selection, SeriesVerdict, Verdict, select};
+pub use select::{Rules, Selection, select};
 
 /// Most bytes a deflated file may inflate to before it is refused as unparseable.
 pub const MAX_INFLATED_BYTES: u64 = 2 << 30;

@@ -240,6 +240,35 @@ pub struct Normalisation {
 }
 
 impl Preprocess {
+    /// Check `[preprocess]`; the error names its key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.shape.iter().any(|n| *n == 0 || *n > 1024) {
+            return Err(("preprocess.shape", "each size must be 1 to 1024".into()));
+        }
+        if self
+            .field_of_view_mm
+            .iter()
+            .any(|f| !(*f > 0.0 && *f <= 1000.0))
+        {
+            return Err((
+                "preprocess.field_of_view_mm",
+                "each must be 0 to 1000 mm".into(),
+            ));
+        }
+        if self.window_width.is_nan() || self.window_width <= 0.0 {
+            return Err(("preprocess.window_width", "must be positive".into()));
+        }
+        if let Some([lo, hi]) = self.percentiles {
+            if !((0.0..100.0).contains(&lo) && lo < hi && hi <= 100.0) {
+                return Err((
+                    "preprocess.percentiles",
+                    "must be [low, high] with 0 <= low < high <= 100".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The intensity steps of this preprocessing.
     pub fn normalisation(&self) -> Normalisation {
         Normalisation {

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Plane, Series};
+use crate::result::{SeriesVerdict, Verdict};
 
 /// Selection rules.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +39,38 @@ pub struct Rules {
     pub allow_lossy: bool,
 }
 
+impl Rules {
+    /// Check `[selection]`; the error names its key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, [lo, hi]) in [
+            ("selection.repetition_time_ms", self.repetition_time_ms),
+            ("selection.echo_time_ms", self.echo_time_ms),
+        ] {
+            if !(lo >= 0.0 && lo < hi) {
+                return Err((key, "must be [low, high] with 0 <= low < high".into()));
+            }
+        }
+        for (key, words) in [
+            ("selection.include", &self.include),
+            ("selection.exclude", &self.exclude),
+        ] {
+            if words.iter().any(|w| w.trim().is_empty()) {
+                return Err((
+                    key,
+                    "words must not be empty (an empty word matches every name)".into(),
+                ));
+            }
+        }
+        if self.min_slices == 0 {
+            return Err(("selection.min_slices", "must be at least 1".into()));
+        }
+        if self.orientations.is_empty() {
+            return Err(("selection.orientations", "must list at least one".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Rules {
     fn default() -> Self {
         Rules {
@@ -60,32 +93,6 @@ impl Default for Rules {
             allow_lossy: false,
         }
     }
-}
-
-/// What the selection decided about one series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
-pub enum Verdict {
-    /// The series to analyse.
-    Chosen,
-    /// Usable, but another was preferred (why).
-    Passed(String),
-    /// Not usable (why).
-    Rejected(String),
-}
-
-/// One series and its verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SeriesVerdict {
-    /// Series Instance UID.
-    pub series_uid: String,
-    /// Series Number.
-    pub number: Option<i64>,
-    /// Series Description.
-    pub description: String,
-    /// The verdict.
-    #[serde(flatten)]
-    pub verdict: Verdict,
 }
 
 /// The outcome of selection.

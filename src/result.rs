@@ -1,0 +1,197 @@
+//! The result of one study: the JSON contract of `analyze --json` (design.md §4), as the
+//! pipeline produces it and the store, alerts, PACS objects, panel and reports read it.
+//! Plain data with its serde form and its text table; it decides nothing and depends on
+//! no other module.
+
+use serde::{Deserialize, Serialize};
+
+/// Outcome of a study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Both heads found and staged with confidence.
+    Ok,
+    /// Analysed, but no confident call (see the reason).
+    Indeterminate,
+    /// No series suitable for analysis.
+    NoUsableSeries,
+    /// Could not be analysed.
+    Error,
+}
+
+/// The models behind a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Names of the detector and the stager.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Intended use.
+    pub intended_use: String,
+    /// Detector weights' SHA-256.
+    pub detector_sha256: String,
+    /// Stager weights' SHA-256.
+    pub stager_sha256: String,
+}
+
+/// Stage probabilities by class name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probabilities {
+    /// Stage 0.
+    #[serde(rename = "0")]
+    pub s0: f32,
+    /// Stage I.
+    #[serde(rename = "I")]
+    pub s1: f32,
+    /// Stage II.
+    #[serde(rename = "II")]
+    pub s2: f32,
+}
+
+/// Heatmap files of a head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeatmapFiles {
+    /// PNG montage.
+    pub png: String,
+    /// NIfTI heatmap in the T2's grid (both heads).
+    pub nifti: String,
+    /// NIfTI of the T2 itself, same grid.
+    pub volume_nifti: String,
+}
+
+/// One femoral head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadFinding {
+    /// Patient side, "L" or "R".
+    pub side: String,
+    /// "0", "I", "II" or "indeterminate".
+    pub stage: String,
+    /// Stage I or II.
+    pub early_onfh: bool,
+    /// Stage probabilities.
+    pub probabilities: Probabilities,
+    /// Detector score.
+    pub detection_score: f32,
+    /// Centre, patient LPS mm.
+    pub center_lps_mm: [f64; 3],
+    /// Box, patient LPS mm.
+    pub bbox_lps_mm: [[f64; 3]; 2],
+    /// Heatmap files, when written.
+    pub heatmap: Option<HeatmapFiles>,
+    /// Why the stage is indeterminate.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// Milliseconds per step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Scan, select, assemble, preprocess.
+    pub volume: u64,
+    /// Detection.
+    pub detect: u64,
+    /// Staging (both heads).
+    pub stage: u64,
+    /// Grad-CAM placement and files.
+    pub gradcam: u64,
+    /// The DICOM result objects for PACS (SEG, PM, SR, SC), written with `out` only.
+    #[serde(default)]
+    pub objects: u64,
+    /// Everything.
+    pub total: u64,
+}
+
+/// The result of one study (the JSON contract of `analyze --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    /// Study Instance UID.
+    pub study_instance_uid: String,
+    /// The analysed series.
+    pub series_instance_uid: String,
+    /// Accession Number.
+    pub accession_number: String,
+    /// Outcome.
+    pub status: Status,
+    /// Why, when not ok.
+    pub reason: Option<String>,
+    /// Models.
+    pub model: ModelInfo,
+    /// Both heads, right then left (empty when none could be assessed).
+    pub heads: Vec<HeadFinding>,
+    /// Series selection: every series with its verdict and reason.
+    pub series: Vec<SeriesVerdict>,
+    /// Files that were not DICOM.
+    pub skipped_files: usize,
+    /// Step timings.
+    pub timings_ms: Timings,
+}
+
+impl Analysis {
+    /// The heads as text lines (header first, heatmap paths under each head); `extra(head)`
+    /// fills a last column (e.g. the phantom's truth). Empty without heads.
+    pub fn head_table(&self, extra: impl Fn(&HeadFinding) -> String) -> Vec<String> {
+        if self.heads.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![
+            format!(
+                "{:<5} {:<14} {:<6} {:>6} {:>6} {:>6} {:>6}  {:<26} {}",
+                "side", "stage", "early", "p(0)", "p(I)", "p(II)", "det", "centre LPS mm", ""
+            )
+            .trim_end()
+            .to_owned(),
+        ];
+        for h in &self.heads {
+            let centre = format!(
+                "({:.1}, {:.1}, {:.1})",
+                h.center_lps_mm[0], h.center_lps_mm[1], h.center_lps_mm[2]
+            );
+            out.push(
+                format!(
+                    "{:<5} {:<14} {:<6} {:>6.3} {:>6.3} {:>6.3} {:>6.3}  {:<26} {}",
+                    h.side,
+                    h.stage,
+                    if h.early_onfh { "yes" } else { "no" },
+                    h.probabilities.s0,
+                    h.probabilities.s1,
+                    h.probabilities.s2,
+                    h.detection_score,
+                    centre,
+                    extra(h)
+                )
+                .trim_end()
+                .to_owned(),
+            );
+            if let Some(f) = &h.heatmap {
+                out.push(format!("      heatmap {}", f.png));
+            }
+        }
+        out
+    }
+}
+
+/// What the selection decided about one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The series to analyse.
+    Chosen,
+    /// Usable, but another was preferred (why).
+    Passed(String),
+    /// Not usable (why).
+    Rejected(String),
+}
+
+/// One series and its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesVerdict {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Series Number.
+    pub number: Option<i64>,
+    /// Series Description.
+    pub description: String,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
