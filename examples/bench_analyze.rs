@@ -20,8 +20,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use onfh_edge::config::Settings;
-use onfh_edge::model::{data, gradcam};
+use onfh_edge::model::{crop, gradcam};
 use onfh_edge::pipeline;
+use onfh_edge::training::data;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -93,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     let crops: Vec<f32> = a
         .heads
         .iter()
-        .flat_map(|hd| data::crop(&study.volume, hd.center_lps_mm, hd.side == "R", &crop_cfg))
+        .flat_map(|hd| crop::crop(&study.volume, hd.center_lps_mm, hd.side == "R", &crop_cfg))
         .collect();
     let crops = Tensor::from_vec(crops, (2, cd, 1, ch, cw), &Device::Cpu)?;
     let inputs = dir.path().join("inputs.safetensors");

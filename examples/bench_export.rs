@@ -24,10 +24,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use onfh_edge::config::Settings;
-use onfh_edge::model::data;
 use onfh_edge::pacs::{Destination, ExportSettings, Exporter, exports_for};
 use onfh_edge::pipeline;
 use onfh_edge::store::Store;
+use onfh_edge::training::data;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

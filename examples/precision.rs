@@ -13,8 +13,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use onfh_edge::model::detector::decode;
 use onfh_edge::model::weights::{self, Architecture};
-use onfh_edge::model::{data, detector::decode};
+use onfh_edge::training::data;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -50,7 +51,9 @@ fn main() -> anyhow::Result<()> {
         .truth
         .heads
         .iter()
-        .flat_map(|h| data::crop(&study.volume, h.center_lps_mm, h.side == "R", crop))
+        .flat_map(|h| {
+            onfh_edge::model::crop::crop(&study.volume, h.center_lps_mm, h.side == "R", crop)
+        })
         .collect();
     let [w, h, d] = sample.volume.dims;
     let vol = Tensor::from_slice(&sample.volume.data, (1, d, 1, h, w), &Device::Cpu)?;
@@ -60,8 +63,8 @@ fn main() -> anyhow::Result<()> {
     println!("device {device:?}, {runs} runs each, input: phantom study seed {seed}");
     let mut outputs = Vec::new();
     for dtype in [DType::F32, DType::F16] {
-        let (det, _) = weights::load_detector(&det_m, &device, dtype)?;
-        let (stg, _) = weights::load_stager(&stg_m, &device, dtype)?;
+        let det = weights::load_detector(&det_m, &device, dtype)?.net;
+        let stg = weights::load_stager(&stg_m, &device, dtype)?.net;
         let x = vol.to_device(&device)?.to_dtype(dtype)?;
         let c = heads.to_device(&device)?.to_dtype(dtype)?;
         let (mut td, mut ts) = (Vec::new(), Vec::new());

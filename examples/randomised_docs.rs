@@ -10,8 +10,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use onfh_edge::model::data::{self, CropConfig};
+use onfh_edge::model::crop::CropConfig;
 use onfh_edge::render::Canvas;
+use onfh_edge::training::data;
 use onfh_edge::volume::Preprocess;
 
 fn main() {

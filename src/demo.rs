@@ -46,13 +46,7 @@ pub async fn run() -> anyhow::Result<()> {
     let (an, pre) = (settings.analysis.clone(), settings.preprocess.clone());
     tokio::task::spawn_blocking(move || pipeline::Models::load(&an, &pre).map(|_| ()))
         .await?
-        .with_context(|| {
-            format!(
-                "cannot load the models from {} (run the demo from the repository root, or set \
-                 analysis.models_dir)",
-                settings.analysis.models_dir.display()
-            )
-        })?;
+        .context("cannot load the models")?;
     let receiver = AlertReceiver::start().context("cannot start the local alert receiver")?;
     settings.notify.ntfy = vec![crate::notify::NtfyChannel {
         name: "demo-ntfy".into(),

@@ -194,14 +194,14 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         studies: usize,
         /// First in-distribution test seed.
-        #[arg(long, default_value_t = onfh_edge::model::data::TEST_SEED_BASE)]
+        #[arg(long, default_value_t = onfh_edge::training::data::TEST_SEED_BASE)]
         seed: u64,
         /// External test studies (the independent evaluation phantom, every centre style
         /// in turn); 0 skips the external test.
         #[arg(long, default_value_t = 60)]
         external_studies: usize,
         /// First external test seed.
-        #[arg(long, default_value_t = onfh_edge::model::data::EXTERNAL_SEED_BASE)]
+        #[arg(long, default_value_t = onfh_edge::training::data::EXTERNAL_SEED_BASE)]
         external_seed: u64,
         /// Also evaluate on the test split of a site's labelled studies (CSV, as for
         /// `train --dataset`).
@@ -281,7 +281,7 @@ enum TrainWhat {
         #[arg(long, requires = "export")]
         export_only: bool,
         /// Train on a site's labelled studies (CSV: study,side,stage and a centre/radius or
-        /// an ITK-SNAP label map per head; see `model::dataset`) instead of the classic
+        /// an ITK-SNAP label map per head; see `training::dataset`) instead of the classic
         /// phantom: its train split trains, its val split selects the epoch.
         #[arg(long, value_name = "CSV")]
         dataset: Option<PathBuf>,
@@ -344,7 +344,7 @@ enum TrainWhat {
         #[arg(long, requires = "export")]
         export_only: bool,
         /// Train on a site's labelled studies (CSV: study,side,stage and a centre/radius or
-        /// an ITK-SNAP label map per head; see `model::dataset`) instead of the classic
+        /// an ITK-SNAP label map per head; see `training::dataset`) instead of the classic
         /// phantom: its train split trains, its val split selects the epoch.
         #[arg(long, value_name = "CSV")]
         dataset: Option<PathBuf>,
@@ -811,7 +811,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     export_only,
                 },
         } => {
-            use onfh_edge::model::{data::CropConfig, stager::StagerConfig, train};
+            use onfh_edge::model::{crop::CropConfig, stager::StagerConfig};
+            use onfh_edge::training::stager as train;
             let config = match preset.as_str() {
                 "small" => StagerConfig::small(),
                 "paper" => StagerConfig::paper(),
@@ -846,7 +847,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let start = std::time::Instant::now();
             let trained = if export_only {
-                train::Trained::load(&out, "stager")?
+                onfh_edge::training::Trained::load(&out, "stager")?
             } else {
                 train::train_stager(&opts, step_progress(start), |r| {
                     eprintln!();
@@ -897,7 +898,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     export_only,
                 },
         } => {
-            use onfh_edge::model::{detector::DetectorConfig, train_detector as td};
+            use onfh_edge::model::detector::DetectorConfig;
+            use onfh_edge::training::detector as td;
             let config = match preset.as_str() {
                 "small" => DetectorConfig::small(),
                 "paper" => DetectorConfig::paper(),
@@ -930,7 +932,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let start = std::time::Instant::now();
             let trained = if export_only {
-                onfh_edge::model::train::Trained::load(&out, "detector")?
+                onfh_edge::training::Trained::load(&out, "detector")?
             } else {
                 td::train_detector(&opts, step_progress(start), |r| {
                     eprintln!();

@@ -205,10 +205,11 @@ fn run(
                     models = Some(m);
                 }
                 Err(e) => {
+                    let e = crate::errors::chain(&e);
                     error!(error = %e, "cannot load the models; studies wait, retrying in a minute");
                     set(&status, |s| {
                         s.models_loaded = false;
-                        s.models_error = Some(e.to_string());
+                        s.models_error = Some(e);
                     });
                     next_load = std::time::Instant::now() + Duration::from_secs(60);
                 }

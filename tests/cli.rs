@@ -161,3 +161,41 @@ fn check_config_never_prints_alert_secrets() {
     );
     assert!(!text.contains("s3cret"), "a secret was printed:\n{text}");
 }
+
+/// The shipped models are built into the binary: `analyze` works from any directory, and
+/// a models folder that does not hold them is an error naming the setting, said once.
+#[test]
+fn analyze_runs_from_any_directory_on_the_built_in_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    onfh_edge::phantom::generate_study(&study, 9_000_001, &Default::default()).unwrap();
+    let out = Command::new(BIN)
+        .current_dir("/")
+        .args(["analyze", "--json"])
+        .arg(&study)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["heads"].as_array().map(Vec::len), Some(2), "{v:#}");
+
+    let cfg = dir.path().join("models.toml");
+    std::fs::write(&cfg, "[analysis]\nmodels_dir = \"/nonexistent-models\"\n").unwrap();
+    let out = Command::new(BIN)
+        .current_dir("/")
+        .arg("analyze")
+        .arg(&study)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("analysis.models_dir"), "{err}");
+    assert_eq!(
+        err.matches("/nonexistent-models/3dc-yolox-small.json")
+            .count(),
+        1,
+        "{err}"
+    );
+}

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use onfh_edge::model::data;
 use onfh_edge::model::detector::{Detector, DetectorConfig, decode, detection_loss};
+use onfh_edge::training::data;
 
 #[test]
 fn presets_build_and_run_forward() {

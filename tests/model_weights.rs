@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use onfh_edge::model::data::CropConfig;
+use onfh_edge::model::crop::CropConfig;
 use onfh_edge::model::detector::{Detector, DetectorConfig};
 use onfh_edge::model::stager::{Stager, StagerConfig};
 use onfh_edge::model::weights::{
@@ -71,7 +71,9 @@ fn crops() -> Tensor {
 fn export_and_load_round_trip_within_fp16_rounding() {
     let dir = tempfile::tempdir().unwrap();
     let (f32_net, manifest_path) = exported_stager(dir.path());
-    let (net, m) = weights::load_stager(&manifest_path, &Device::Cpu, DType::F32).unwrap();
+    let weights::LoadedStager {
+        net, manifest: m, ..
+    } = weights::load_stager(&manifest_path, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(m.intended_use, INTENDED_USE);
     let x = crops();
     let a: Vec<Vec<f32>> = f32_net.probabilities(&x).unwrap().to_vec2().unwrap();
@@ -155,7 +157,9 @@ fn corrupt_files_are_clear_errors() {
     weights::write_manifest(&manifest_path, &m).unwrap();
     assert!(matches!(load().unwrap_err(), ModelError::WrongKind { .. }));
     // And loaded as a detector, the stager's tensors do not fit.
-    let e = weights::load_detector(&manifest_path, &Device::Cpu, DType::F32).unwrap_err();
+    let Err(e) = weights::load_detector(&manifest_path, &Device::Cpu, DType::F32) else {
+        panic!("a stager loaded as a detector")
+    };
     assert!(matches!(e, ModelError::Mismatch { .. }), "{e}");
     assert!(e.to_string().contains("missing"), "{e}");
 
@@ -196,7 +200,9 @@ fn non_finite_weights_are_refused() {
 fn bad_inputs_are_refused_by_a_loaded_stager() {
     let dir = tempfile::tempdir().unwrap();
     let (_, manifest_path) = exported_stager(dir.path());
-    let (net, _) = weights::load_stager(&manifest_path, &Device::Cpu, DType::F32).unwrap();
+    let net = weights::load_stager(&manifest_path, &Device::Cpu, DType::F32)
+        .unwrap()
+        .net;
     let wrong = Tensor::zeros((1, 16, 1, 32, 31), DType::F32, &Device::Cpu).unwrap();
     assert!(net.probabilities(&wrong).is_err());
     let mut v = vec![0.5f32; 16 * 32 * 32];
@@ -225,8 +231,8 @@ fn a_detector_exports_and_loads() {
     let mut m = manifest("det-test", arch);
     m.classes = vec!["femoral head".into()];
     weights::export(&ckpt, m, dir.path()).unwrap();
-    let (_, m) =
-        weights::load_detector(&dir.path().join("det-test.json"), &Device::Cpu, DType::F32)
-            .unwrap();
+    let m = weights::load_detector(&dir.path().join("det-test.json"), &Device::Cpu, DType::F32)
+        .unwrap()
+        .manifest;
     assert_eq!(m.classes, ["femoral head"]);
 }

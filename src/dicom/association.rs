@@ -234,16 +234,7 @@ fn brief(e: &dicom_ul::association::Error) -> String {
     match e {
         E::UnexpectedPdu { pdu, .. } => format!("unexpected {}", pdu_name(pdu)),
         E::UnknownPdu { .. } => "unknown PDU type".into(),
-        other => {
-            let mut s = other.to_string();
-            let mut cur = std::error::Error::source(other);
-            while let Some(inner) = cur {
-                s.push_str(": ");
-                s.push_str(&inner.to_string());
-                cur = inner.source();
-            }
-            s
-        }
+        other => crate::errors::chain(other),
     }
 }
 

@@ -507,7 +507,7 @@ fn read_meta<R: Read>(r: &mut R, file_len: u64) -> Result<(FileMetaTable, u64), 
         .map_err(|e| bad(&e.to_string()))?;
     let meta = std::panic::catch_unwind(|| FileMetaTable::from_reader(&bytes[..]))
         .map_err(|_| bad("the parser panicked"))?
-        .map_err(|e| bad(&error_chain(&e)))?;
+        .map_err(|e| bad(&crate::errors::chain(&e)))?;
     Ok((meta, 144 + group_len))
 }
 
@@ -640,7 +640,7 @@ fn describe(
 ) -> Result<InstanceInfo, InspectError> {
     let mut obj = match opened {
         Ok(Ok(obj)) => obj,
-        Ok(Err(e)) => return Err(InspectError::Unparseable(error_chain(&e))),
+        Ok(Err(e)) => return Err(InspectError::Unparseable(crate::errors::chain(&e))),
         Err(_) => return Err(InspectError::Unparseable("the parser panicked".into())),
     };
     // Identifying attributes written as VR UN are read as their dictionary VR.
@@ -698,17 +698,6 @@ fn check_against(info: &InstanceInfo, expected: &Expected) -> Result<(), Inspect
         ));
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 /// fsync a directory so that a rename or unlink inside it is durable.

@@ -92,7 +92,7 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRow>> {
                 rows.push(TruthRow {
                     study: t.study_uid.clone(),
                     side: h.side.clone(),
-                    class: crate::model::data::class_of(h.stage) as usize,
+                    class: crate::training::data::class_of(h.stage) as usize,
                 });
             }
         }

@@ -32,12 +32,13 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use crate::model::data::{self, CropConfig};
+use crate::model::crop::{self, CropConfig};
 use crate::model::detector::{Detector, pair_heads};
 use crate::model::stager::Stager;
-use crate::model::train_detector::{self as td, judge};
 use crate::model::weights::{self, Architecture, Manifest};
 use crate::pipeline;
+use crate::training::data;
+use crate::training::detector::judge;
 use crate::volume::Preprocess;
 
 /// What to evaluate.
@@ -55,7 +56,7 @@ pub struct EvalOptions {
     pub external_studies: usize,
     /// First external test seed.
     pub external_seed: u64,
-    /// A site dataset (`model::dataset`) whose test split is evaluated too.
+    /// A site dataset (`training::dataset`) whose test split is evaluated too.
     pub dataset: Option<PathBuf>,
     /// Folder holding the f32 checkpoints `detector.best.safetensors` and
     /// `stager.best.safetensors` the shipped fp16 weights were exported from.
@@ -274,28 +275,31 @@ pub fn evaluate(
         "no test studies"
     );
     let dev = Device::Cpu;
-    let (det, dm) = weights::load_detector(&opts.detector, &dev, DType::F32)?;
-    let (stg, sm) = weights::load_stager(&opts.stager, &dev, DType::F32)?;
+    let weights::LoadedDetector {
+        net: det,
+        manifest: dm,
+        preprocess,
+        ..
+    } = weights::load_detector(&opts.detector, &dev, DType::F32)?;
+    let weights::LoadedStager {
+        net: stg,
+        manifest: sm,
+        crop,
+        ..
+    } = weights::load_stager(&opts.stager, &dev, DType::F32)?;
     let settings = pipeline::AnalysisSettings {
-        models_dir: opts
-            .detector
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_default(),
+        // The folder of the detector's manifest ("." rather than empty, which would mean
+        // the built-in models).
+        models_dir: match opts.detector.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        },
         detector: file_name(&opts.detector),
         stager: file_name(&opts.stager),
         min_detection_score: opts.min_detection_score,
         ..Default::default()
     };
-    let Architecture::Detector { preprocess, .. } = &dm.architecture else {
-        unreachable!("load_detector checked the kind");
-    };
-    let preprocess: Preprocess = preprocess.clone();
     let models = pipeline::Models::load(&settings, &preprocess)?;
-    let Architecture::Stager { crop, .. } = &sm.architecture else {
-        unreachable!("load_stager checked the kind");
-    };
-    let crop: CropConfig = crop.clone();
     let ref_det = match &opts.reference_detector {
         Some(p) => Some(f32_detector(&dm, p)?),
         None => None,
@@ -364,9 +368,9 @@ pub fn evaluate(
     };
     let dataset = match &opts.dataset {
         Some(csv) => {
-            let ds = crate::model::dataset::load(csv, &[])?;
+            let ds = crate::training::dataset::load(csv, &[])?;
             let test: Vec<_> = ds
-                .split(crate::model::dataset::Split::Test)
+                .split(crate::training::dataset::Split::Test)
                 .cloned()
                 .collect();
             anyhow::ensure!(
@@ -504,14 +508,7 @@ fn evaluate_set(
             }
         };
         let sample = data::detector_sample(&study, &ctx.preprocess);
-        let dets = det.detect(
-            &sample.volume,
-            &dev,
-            DType::F32,
-            td::MIN_SCORE,
-            td::NMS_IOU,
-            4,
-        )?;
+        let dets = det.candidates(&sample.volume, &dev, DType::F32)?;
         let j = judge(&dets, &sample.heads);
         found += j.both_found as usize;
         for (e, h) in j.center_error_mm.iter().zip(&sample.heads) {
@@ -520,14 +517,7 @@ fn evaluate_set(
             rel = rel.max(e / h.radius_mm);
         }
         if let Some(rd) = &ctx.ref_det {
-            let rdets = rd.detect(
-                &sample.volume,
-                &dev,
-                DType::F32,
-                td::MIN_SCORE,
-                td::NMS_IOU,
-                4,
-            )?;
+            let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
             if let (Some(a), Some(b)) = (dets.first(), rdets.first()) {
                 agree.max_detection_score_difference = agree
                     .max_detection_score_difference
@@ -544,7 +534,7 @@ fn evaluate_set(
         };
         for h in &study.truth.heads {
             let truth_class = data::class_of(h.stage);
-            let c = data::crop(&study.volume, h.center_lps_mm, h.side == "R", crop);
+            let c = crop::crop(&study.volume, h.center_lps_mm, h.side == "R", crop);
             let p = probabilities(stg, &c, crop.shape)?;
             at_truth.push((truth_class, Some(argmax(&p))));
             if let Some(r) = &ctx.ref_stg {
@@ -561,7 +551,7 @@ fn evaluate_set(
             });
             let pred = match called {
                 Some((s, d)) => {
-                    let c = data::crop(&study.volume, d.center_lps_mm, *s == "R", crop);
+                    let c = crop::crop(&study.volume, d.center_lps_mm, *s == "R", crop);
                     Some(argmax(&probabilities(stg, &c, crop.shape)?))
                 }
                 None => None,

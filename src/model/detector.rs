@@ -367,7 +367,34 @@ impl Detector {
             .map(|b| to_detection(&b, volume))
             .collect())
     }
+
+    /// The head candidates every caller works from (pipeline, training validation,
+    /// evaluation): [`detect`](Self::detect) with [`CANDIDATE_MIN_SCORE`],
+    /// [`CANDIDATE_NMS_IOU`] and at most [`MAX_CANDIDATES`].
+    pub fn candidates(
+        &self,
+        volume: &Volume,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Vec<Detection>> {
+        self.detect(
+            volume,
+            device,
+            dtype,
+            CANDIDATE_MIN_SCORE,
+            CANDIDATE_NMS_IOU,
+            MAX_CANDIDATES,
+        )
+    }
 }
+
+/// Scores below this are not head candidates (the pipeline's confidence floor,
+/// `analysis.min_detection_score`, is applied to the candidates afterwards).
+pub const CANDIDATE_MIN_SCORE: f32 = 0.05;
+/// Candidates overlapping a better one by more than this IoU are suppressed.
+pub const CANDIDATE_NMS_IOU: f64 = 0.2;
+/// Candidates kept, best first (two heads, and two more to judge the runner-up).
+pub const MAX_CANDIDATES: usize = 4;
 
 /// Right-left distance below which two detections cannot be the two femoral heads, mm.
 pub const MIN_HEAD_SEPARATION_MM: f64 = 60.0;

@@ -22,7 +22,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::data::CropConfig;
+use super::crop::CropConfig;
 use super::detector::{Detector, DetectorConfig};
 use super::stager::{Stager, StagerConfig};
 use crate::volume::Preprocess;
@@ -100,10 +100,24 @@ pub struct Training {
     pub randomisation: Option<String>,
     /// A site dataset the model was trained on (`--dataset`): its hash, counts and splits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset: Option<super::dataset::DatasetSummary>,
+    pub dataset: Option<DatasetSummary>,
     /// Wall time of the training run on the machine that ran it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_time: Option<String>,
+}
+
+/// What a model's manifest records of the dataset it was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSummary {
+    /// The CSV, as given.
+    pub csv: String,
+    /// SHA-256 of the CSV's bytes.
+    pub sha256: String,
+    /// Studies per split.
+    pub studies: BTreeMap<String, usize>,
+    /// Heads per split and stage (`"train"` → `{"0": n, "I": n, "II": n}`).
+    pub heads: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 /// A model manifest (`models/<name>.json`).
@@ -136,7 +150,7 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -199,17 +213,53 @@ pub enum ModelError {
         /// The tensor.
         name: String,
     },
+    /// A model asked for from the binary is not one of those built in.
+    #[error(
+        "{name} is not one of the models built into this binary ({available}); set analysis.models_dir to the folder that holds it"
+    )]
+    NotEmbedded {
+        /// The manifest asked for.
+        name: String,
+        /// What is built in.
+        available: String,
+    },
+    /// A model file named by the configuration is not there.
+    #[error(
+        "analysis.models_dir is {dir:?}, but {path} does not exist (leave analysis.models_dir empty for the models built into the binary)"
+    )]
+    Missing {
+        /// `analysis.models_dir`.
+        dir: PathBuf,
+        /// The file looked for.
+        path: PathBuf,
+    },
     /// The device asked for is not available.
     #[error("{0}")]
     Device(String),
     /// Candle failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Candle {
         /// What was being done.
         context: String,
         /// Why.
         source: candle_core::Error,
     },
+}
+
+impl ModelError {
+    /// This error of loading a model from `analysis.models_dir` = `dir`: a missing file
+    /// names the setting.
+    pub fn in_setting(self, dir: &Path) -> ModelError {
+        match self {
+            ModelError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                ModelError::Missing {
+                    dir: dir.to_owned(),
+                    path,
+                }
+            }
+            e => e,
+        }
+    }
 }
 
 fn candle(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> ModelError {
@@ -257,11 +307,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Read and parse a manifest.
 pub fn read_manifest(path: &Path) -> Result<Manifest, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| ModelError::Manifest {
+    parse_manifest(path, &bytes)
+}
+
+/// Parse a manifest's bytes (`path` names it in errors).
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, ModelError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ModelError::Manifest {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
@@ -275,6 +330,116 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ModelError> {
         });
     }
     Ok(m)
+}
+
+/// The models built into the binary: the shipped small detector and stager, manifests
+/// and weights as they are in `models/` (together under 1 MB).
+pub const EMBEDDED: &[(&str, &[u8])] = &[
+    (
+        "3dc-yolox-small.json",
+        include_bytes!("../../models/3dc-yolox-small.json"),
+    ),
+    (
+        "3dc-yolox-small.safetensors",
+        include_bytes!("../../models/3dc-yolox-small.safetensors"),
+    ),
+    (
+        "3d-muldensenet-small.json",
+        include_bytes!("../../models/3d-muldensenet-small.json"),
+    ),
+    (
+        "3d-muldensenet-small.safetensors",
+        include_bytes!("../../models/3d-muldensenet-small.safetensors"),
+    ),
+];
+
+/// Where a model's manifest and weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A model built into the binary ([`EMBEDDED`]), by its manifest's file name.
+    Embedded(String),
+    /// A manifest file; its weights file is in the same folder.
+    File(PathBuf),
+}
+
+impl ModelSource {
+    /// The model `name` in `dir`, or built in when `dir` is empty (`analysis.models_dir`).
+    pub fn in_dir(dir: &Path, name: &str) -> ModelSource {
+        if dir.as_os_str().is_empty() {
+            ModelSource::Embedded(name.to_owned())
+        } else {
+            ModelSource::File(dir.join(name))
+        }
+    }
+
+    /// How errors name the manifest.
+    pub fn label(&self) -> PathBuf {
+        match self {
+            ModelSource::Embedded(name) => PathBuf::from(format!("(built in) {name}")),
+            ModelSource::File(p) => p.clone(),
+        }
+    }
+
+    /// The bytes of `file`: the manifest itself (None) or a file beside it.
+    fn read(
+        &self,
+        file: Option<&str>,
+    ) -> Result<(PathBuf, std::borrow::Cow<'static, [u8]>), ModelError> {
+        match self {
+            ModelSource::Embedded(name) => {
+                let want = file.unwrap_or(name);
+                let label = PathBuf::from(format!("(built in) {want}"));
+                EMBEDDED
+                    .iter()
+                    .find(|(n, _)| *n == want)
+                    .map(|(_, b)| (label, std::borrow::Cow::Borrowed(*b)))
+                    .ok_or_else(|| ModelError::NotEmbedded {
+                        name: want.to_owned(),
+                        available: EMBEDDED
+                            .iter()
+                            .filter(|(n, _)| n.ends_with(".json"))
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
+            }
+            ModelSource::File(manifest) => {
+                let path = match file {
+                    None => manifest.clone(),
+                    Some(f) => manifest.parent().unwrap_or(Path::new(".")).join(f),
+                };
+                let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((path, std::borrow::Cow::Owned(bytes)))
+            }
+        }
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> Result<Manifest, ModelError> {
+        let (label, bytes) = self.read(None)?;
+        parse_manifest(&label, &bytes)
+    }
+}
+
+impl From<&Path> for ModelSource {
+    fn from(p: &Path) -> Self {
+        ModelSource::File(p.to_owned())
+    }
+}
+
+impl From<&PathBuf> for ModelSource {
+    fn from(p: &PathBuf) -> Self {
+        ModelSource::File(p.clone())
+    }
+}
+
+impl From<PathBuf> for ModelSource {
+    fn from(p: PathBuf) -> Self {
+        ModelSource::File(p)
+    }
 }
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename).
@@ -368,17 +533,12 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
 /// Read, hash-check, parse and shape-check the weights of `manifest`, returning tensors
 /// on `device` in `dtype`.
 fn load_weights(
-    manifest_path: &Path,
+    source: &ModelSource,
     manifest: &Manifest,
     device: &Device,
     dtype: DType,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
-    let dir = manifest_path.parent().unwrap_or(Path::new("."));
-    let path = dir.join(&manifest.weights.file);
-    let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let (path, bytes) = source.read(Some(&manifest.weights.file))?;
     let actual = sha256_hex(&bytes);
     if actual != manifest.weights.sha256.to_ascii_lowercase() {
         return Err(ModelError::HashMismatch {
@@ -408,56 +568,95 @@ fn load_weights(
     Ok(out)
 }
 
-/// Load a detector from its manifest: fp16 weights upcast to `dtype` on `device`.
+/// A loaded detector: the network, its manifest, and the input it was trained on.
+pub struct LoadedDetector {
+    /// The network.
+    pub net: Detector,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its architecture.
+    pub config: DetectorConfig,
+    /// The preprocessing it reads.
+    pub preprocess: Preprocess,
+}
+
+/// A loaded stager: the network, its manifest, and the crops it reads.
+pub struct LoadedStager {
+    /// The network.
+    pub net: Stager,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its architecture.
+    pub config: StagerConfig,
+    /// The crops it reads.
+    pub crop: CropConfig,
+}
+
+/// Load a detector: fp16 weights upcast to `dtype` on `device`, checked against the
+/// manifest (kind, hash, names and shapes, finiteness).
 pub fn load_detector(
-    manifest_path: &Path,
+    source: impl Into<ModelSource>,
     device: &Device,
     dtype: DType,
-) -> Result<(Detector, Manifest), ModelError> {
-    let m = read_manifest(manifest_path)?;
-    let Architecture::Detector { config, .. } = &m.architecture else {
+) -> Result<LoadedDetector, ModelError> {
+    let source = source.into();
+    let m = source.manifest()?;
+    let Architecture::Detector { config, preprocess } = m.architecture.clone() else {
         return Err(ModelError::WrongKind {
-            path: manifest_path.to_owned(),
+            path: source.label(),
             expected: "detector",
             found: m.architecture.kind(),
         });
     };
-    let tensors = load_weights(manifest_path, &m, device, dtype)?;
-    let net =
-        Detector::new(config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(candle(
-            format!("{}: building the detector", manifest_path.display()),
-        ))?;
-    Ok((net, m))
+    let tensors = load_weights(&source, &m, device, dtype)?;
+    let net = Detector::new(&config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(
+        candle(format!(
+            "{}: building the detector",
+            source.label().display()
+        )),
+    )?;
+    Ok(LoadedDetector {
+        net,
+        manifest: m,
+        config,
+        preprocess,
+    })
 }
 
-/// Load a stager from its manifest.
+/// Load a stager, checked like [`load_detector`] and for its three classes.
 pub fn load_stager(
-    manifest_path: &Path,
+    source: impl Into<ModelSource>,
     device: &Device,
     dtype: DType,
-) -> Result<(Stager, Manifest), ModelError> {
-    let m = read_manifest(manifest_path)?;
-    let Architecture::Stager { config, .. } = &m.architecture else {
+) -> Result<LoadedStager, ModelError> {
+    let source = source.into();
+    let m = source.manifest()?;
+    let Architecture::Stager { config, crop } = m.architecture.clone() else {
         return Err(ModelError::WrongKind {
-            path: manifest_path.to_owned(),
+            path: source.label(),
             expected: "stager",
             found: m.architecture.kind(),
         });
     };
     if config.classes != 3 || m.classes.len() != 3 {
         return Err(ModelError::Manifest {
-            path: manifest_path.to_owned(),
+            path: source.label(),
             message: format!(
                 "a stager must have the three classes stage 0, I, II (config {}, names {:?})",
                 config.classes, m.classes
             ),
         });
     }
-    let tensors = load_weights(manifest_path, &m, device, dtype)?;
-    let net = Stager::new(config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(
-        candle(format!("{}: building the stager", manifest_path.display())),
+    let tensors = load_weights(&source, &m, device, dtype)?;
+    let net = Stager::new(&config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(
+        candle(format!("{}: building the stager", source.label().display())),
     )?;
-    Ok((net, m))
+    Ok(LoadedStager {
+        net,
+        manifest: m,
+        config,
+        crop,
+    })
 }
 
 /// Initialise a network's variables from a model (a manifest, `*.json`) or a checkpoint

@@ -172,16 +172,9 @@ fn werr(path: &Path, e: impl std::fmt::Display) -> PhantomError {
 
 /// [`werr`] with the error's whole source chain (dicom-object's top message is terse).
 fn werr_chain(path: &Path, e: &dyn std::error::Error) -> PhantomError {
-    let mut message = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        cur = inner.source();
-    }
     PhantomError::Write {
         path: path.to_owned(),
-        message,
+        message: crate::errors::chain(e),
     }
 }
 

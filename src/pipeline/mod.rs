@@ -6,7 +6,7 @@
 //! the series (`volume::select`, every series gets a verdict); assemble it; preprocess it
 //! exactly as the detector's manifest says; detect; take the two best boxes and give them
 //! sides by geometry (the one further to patient left, +x in LPS, is the left head); crop
-//! each head around the detected centre on the canonical grid (`model::data::crop_with_grid`
+//! each head around the detected centre on the canonical grid (`model::crop::crop_with_grid`
 //! — patient millimetres, not array indices), right heads mirrored as in training; stage and
 //! explain; place the heatmaps back into the T2's grid; write NIfTI (T2 and heatmap, the
 //! T2's affine) and one PNG montage per head when an output folder is given.
@@ -27,11 +27,11 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::data::{self, CropConfig};
+use crate::model::crop::{self, CropConfig};
 use crate::model::detector::{self, Detector};
 use crate::model::gradcam::{self, CamMethod};
 use crate::model::stager::Stager;
-use crate::model::weights::{self, Architecture, Manifest, ModelError};
+use crate::model::weights::{self, Manifest, ModelError, ModelSource};
 use crate::volume::{self, Preprocess};
 
 pub use crate::result::{
@@ -42,7 +42,8 @@ pub use crate::result::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalysisSettings {
-    /// Folder of the model manifests and weights.
+    /// Folder of the model manifests and weights; empty = the models built into the binary
+    /// (`model::weights::EMBEDDED`).
     pub models_dir: PathBuf,
     /// Detector manifest, in `models_dir`.
     pub detector: String,
@@ -99,7 +100,7 @@ impl AnalysisSettings {
 impl Default for AnalysisSettings {
     fn default() -> Self {
         AnalysisSettings {
-            models_dir: PathBuf::from("models"),
+            models_dir: PathBuf::new(),
             detector: "3dc-yolox-small.json".into(),
             stager: "3d-muldensenet-small.json".into(),
             device: "cpu".into(),
@@ -132,15 +133,16 @@ impl Models {
     pub fn load(s: &AnalysisSettings, site: &Preprocess) -> Result<Models, ModelError> {
         let device = weights::device(&s.device)?;
         let dtype = weights::dtype_for(&device);
-        let (detector, dm) =
-            weights::load_detector(&s.models_dir.join(&s.detector), &device, dtype)?;
-        let (stager, sm) = weights::load_stager(&s.models_dir.join(&s.stager), &device, dtype)?;
-        let Architecture::Detector { preprocess, .. } = &dm.architecture else {
-            unreachable!("load_detector checks the kind")
-        };
-        let Architecture::Stager { crop, .. } = &sm.architecture else {
-            unreachable!("load_stager checks the kind")
-        };
+        let det_source = ModelSource::in_dir(&s.models_dir, &s.detector);
+        let det = weights::load_detector(det_source.clone(), &device, dtype)
+            .map_err(|e| e.in_setting(&s.models_dir))?;
+        let stg = weights::load_stager(
+            ModelSource::in_dir(&s.models_dir, &s.stager),
+            &device,
+            dtype,
+        )
+        .map_err(|e| e.in_setting(&s.models_dir))?;
+        let preprocess = &det.preprocess;
         if site.shape != preprocess.shape
             || site.field_of_view_mm != preprocess.field_of_view_mm
             || site.window_level != preprocess.window_level
@@ -149,7 +151,7 @@ impl Models {
             || site.reference != preprocess.reference
         {
             return Err(ModelError::Manifest {
-                path: s.models_dir.join(&s.detector),
+                path: det_source.label(),
                 message: format!(
                     "the configured [preprocess] (shape {:?}, field of view {:?} mm, window {}/{}, \
                      percentiles {:?} onto {:?}) differs from the detector's (shape {:?}, field of \
@@ -172,11 +174,11 @@ impl Models {
         }
         Ok(Models {
             preprocess: site.clone(),
-            crop: crop.clone(),
-            detector,
-            stager,
-            detector_manifest: dm,
-            stager_manifest: sm,
+            crop: stg.crop,
+            detector: det.net,
+            stager: stg.net,
+            detector_manifest: det.manifest,
+            stager_manifest: stg.manifest,
             device,
             dtype,
         })
@@ -391,7 +393,7 @@ fn analyze_study(
     let t = Instant::now();
     let dets = match models
         .detector
-        .detect(&input, &models.device, models.dtype, 0.05, 0.2, 4)
+        .candidates(&input, &models.device, models.dtype)
     {
         Ok(d) => d,
         Err(e) => return a.fail(Status::Error, format!("detector failed: {e}"), start),
@@ -409,7 +411,7 @@ fn analyze_study(
     let mut grids = Vec::with_capacity(2);
     for (side, det) in [("R", right), ("L", left)] {
         let (crop, affine) =
-            data::crop_with_grid(&t2, det.center_lps_mm, side == "R", &models.crop);
+            crop::crop_with_grid(&t2, det.center_lps_mm, side == "R", &models.crop);
         voxels.extend(crop);
         grids.push((side, det, affine));
     }

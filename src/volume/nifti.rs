@@ -159,7 +159,7 @@ fn write_to(v: &Volume, f: &mut impl Write, description: &str) -> std::io::Resul
 #[derive(Debug, thiserror::Error)]
 pub enum NiftiError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: std::path::PathBuf,

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::data::PhantomStudy;
+pub use crate::model::weights::DatasetSummary;
 use crate::phantom::anatomy::{Stage, Variant};
 use crate::phantom::{HeadTruth, StudyTruth};
 use crate::volume::{self, Volume, nifti};
@@ -56,7 +57,7 @@ pub enum Split {
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The CSV could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The CSV.
         path: PathBuf,
@@ -102,20 +103,6 @@ pub struct DatasetStudy {
     pub split: Split,
     /// Truth (heads in patient LPS mm) and the assembled T2, as the phantom gives them.
     pub study: PhantomStudy,
-}
-
-/// What a model's manifest records of the dataset it was trained on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetSummary {
-    /// The CSV, as given.
-    pub csv: String,
-    /// SHA-256 of the CSV's bytes.
-    pub sha256: String,
-    /// Studies per split.
-    pub studies: BTreeMap<String, usize>,
-    /// Heads per split and stage (`"train"` → `{"0": n, "I": n, "II": n}`).
-    pub heads: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 /// A loaded dataset.
@@ -458,7 +445,7 @@ fn assemble_t2(dir: &Path) -> Result<Volume, String> {
 /// Centre (centroid) and radius (of the sphere of equal volume) of `label` in a label map,
 /// after checking that the map covers the T2's region.
 fn head_from_label_map(path: &Path, label: f32, t2: &Volume) -> Result<([f64; 3], f64), String> {
-    let map = nifti::read(path).map_err(|e| e.to_string())?;
+    let map = nifti::read(path).map_err(|e| crate::errors::chain(&e))?;
     // The two grids' corners in patient space, as sets: the same region whatever the voxel
     // order or axis flips (ITK-SNAP may store the series in another voxel order).
     let corners = |dims: [usize; 3], to: &dyn Fn([f64; 3]) -> [f64; 3]| -> Vec<[f64; 3]> {

@@ -2,8 +2,8 @@
 //!
 //! Studies are generated from seeds — training seeds `seed..seed+n`, validation seeds from
 //! `seed + 1_000_000`, never overlapping — cropped around each head's ground-truth centre
-//! (`data`), and the network is trained with AdamW (weight decay; learning rate on a cosine
-//! schedule, [`cosine_lr`]) on the focal loss, with
+//! (`data`), and the network is trained by the shared loop (`super::fit`: AdamW, cosine
+//! schedule) on the focal loss, with
 //! brightness, noise and crop-centre jitter as augmentation. After every epoch the
 //! validation accuracy is measured; the best epoch's weights are kept
 //! (`stager.best.safetensors`, f32) and the latest ones too (`stager.last.safetensors`),
@@ -11,28 +11,22 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use rand::seq::SliceRandom;
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 
-use super::data::{self, CropConfig, HeadSample};
+use super::data::{self, HeadSample};
 use super::dataset::{self, Split};
-use super::stager::{Stager, StagerConfig, focal_loss};
-use rayon::prelude::*;
-
-/// Offset of validation seeds from training seeds.
-pub const VALIDATION_SEED_OFFSET: u64 = 1_000_000;
-
-/// Offset of the domain-randomised training studies' seeds from the training seed; epoch
-/// `e` draws from `RANDOMISED_TRAINING_SEEDS + e * RANDOMISED_EPOCH_STRIDE` on.
-pub const RANDOMISED_TRAINING_SEEDS: u64 = 100_000_000;
-/// Seeds of one epoch's randomised studies (never more studies per epoch than this).
-pub const RANDOMISED_EPOCH_STRIDE: u64 = 1_000_000;
-/// Offset of the domain-randomised validation studies' seeds (below the training ones).
-pub const RANDOMISED_VALIDATION_SEEDS: u64 = 50_000_000;
+use super::{
+    RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS, Run, Task,
+    Trained, VALIDATION_SEED_OFFSET, Validation, fit, normalisation_text, seeds_text,
+    wall_time_text,
+};
+use crate::model::crop::CropConfig;
+use crate::model::stager::{Stager, StagerConfig, focal_loss};
 
 /// What to train and how.
 #[derive(Debug, Clone)]
@@ -96,76 +90,6 @@ pub struct EpochReport {
     pub best: bool,
 }
 
-/// The learning rate at `step` of `total`: a linear warm-up over the first 5 % of the
-/// steps, then cosine decay from `base` to 2 % of it.
-pub fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
-    let total = total.max(1) as f64;
-    let warm = (total * 0.05).max(1.0);
-    let s = step as f64;
-    if s < warm {
-        return base * (s + 1.0) / warm;
-    }
-    let t = ((s - warm) / (total - warm).max(1.0)).clamp(0.0, 1.0);
-    base * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
-}
-
-/// What a training run gives back besides its checkpoints; also kept beside them as
-/// `<kind>.trained.json` after every epoch, so that `--export-only` can export the best
-/// epoch of a run that was not asked to.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Trained<R> {
-    /// One report per epoch.
-    pub reports: Vec<R>,
-    /// The site dataset trained on, if any.
-    pub dataset: Option<super::dataset::DatasetSummary>,
-    /// Wall time of the epochs (data generation before the first epoch excluded).
-    pub wall_time: std::time::Duration,
-}
-
-impl<R: Serialize + serde::de::DeserializeOwned> Trained<R> {
-    /// Keep the run's record as `<kind>.trained.json` in `out`.
-    pub fn save(&self, out: &Path, kind: &str) -> anyhow::Result<()> {
-        let path = out.join(format!("{kind}.trained.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)?;
-        Ok(())
-    }
-
-    /// The record a run left in `out`.
-    pub fn load(out: &Path, kind: &str) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let path = out.join(format!("{kind}.trained.json"));
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("{}: no record of a training run", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{}", path.display()))
-    }
-}
-
-/// The intensity steps as a manifest states them.
-pub fn normalisation_text(n: &crate::volume::preprocess::Normalisation) -> String {
-    match n.percentiles {
-        Some([lo, hi]) => format!(
-            "robust per-volume: percentiles {lo}-{hi} of the body's intensities (voxels above a \
-             tenth of the 99th percentile) mapped onto {} .. {}, then window level {} width {}",
-            n.reference[0], n.reference[1], n.window_level, n.window_width
-        ),
-        None => format!(
-            "none: window level {} width {} on the stored intensities",
-            n.window_level, n.window_width
-        ),
-    }
-}
-
-/// A duration as a manifest states it.
-pub fn wall_time_text(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    format!(
-        "{} min {} s on {} CPU threads",
-        s / 60,
-        s % 60,
-        rayon::current_num_threads()
-    )
-}
-
 /// Generate studies for `seeds` (training scanner styles) under a scratch folder and return
 /// their head crops; with `jitter` = `(copies, sigma_mm, rng)`, also crops around displaced
 /// centres.
@@ -222,8 +146,8 @@ fn to_batch(
 /// epoch. Returns the reports.
 pub fn train_stager(
     opts: &TrainOptions,
-    mut on_step: impl FnMut(usize, usize, f32),
-    mut progress: impl FnMut(&EpochReport),
+    on_step: impl FnMut(usize, usize, f32),
+    progress: impl FnMut(&EpochReport),
 ) -> anyhow::Result<Trained<EpochReport>> {
     anyhow::ensure!(
         opts.crop.shape == opts.config.input,
@@ -293,68 +217,101 @@ pub fn train_stager(
             .collect::<Vec<_>>(),
     );
 
-    let mut map = VarMap::new();
-    let net = Stager::new(
-        &opts.config,
-        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
-    )?;
-    let last = opts.out.join("stager.last.safetensors");
-    if opts.resume && last.exists() {
-        map.load(&last)?;
-    } else if let Some(init) = &opts.init {
-        super::weights::init_from(&map, init)?;
+    let task = StagerTask {
+        opts,
+        val,
+        n_classic,
+    };
+    fit(
+        &task,
+        opts.run(),
+        &train,
+        rng,
+        dataset,
+        started,
+        on_step,
+        progress,
+    )
+}
+
+impl TrainOptions {
+    /// The schedule and checkpoints of the run.
+    pub fn run(&self) -> Run<'_> {
+        Run {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            out: &self.out,
+            init: self.init.as_deref(),
+            resume: self.resume,
+        }
     }
-    let mut opt = AdamW::new(
-        map.all_vars(),
-        ParamsAdamW {
-            lr: opts.lr,
-            weight_decay: opts.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let mut best: Option<(f32, f32)> = None;
-    let mut reports = Vec::new();
-    let (copies, sigma) = opts.jitter.map(|(n, s)| (n + 1, s)).unwrap_or((1, 0.0));
-    let per_epoch = (train.len() + opts.randomised * 2 * copies).div_ceil(opts.batch);
-    for epoch in 1..=opts.epochs {
-        // Fresh randomised studies every epoch: the network never sees one appearance twice.
-        let fresh: Vec<HeadSample> = (0..opts.randomised as u64)
+}
+
+/// The stager's part of the loop: head crops, the focal loss, accuracy on the validation
+/// heads (classic first, then randomised).
+struct StagerTask<'a> {
+    opts: &'a TrainOptions,
+    val: Vec<HeadSample>,
+    n_classic: usize,
+}
+
+impl Task for StagerTask<'_> {
+    type Sample = HeadSample;
+    type Net = Stager;
+    type Report = EpochReport;
+    const KIND: &'static str = "stager";
+
+    fn build(&self, vb: VarBuilder) -> candle_core::Result<Stager> {
+        Stager::new(&self.opts.config, vb)
+    }
+
+    fn fresh(&self, epoch: usize) -> Vec<HeadSample> {
+        let o = self.opts;
+        let (copies, sigma) = o.jitter.map(|(n, s)| (n + 1, s)).unwrap_or((1, 0.0));
+        (0..o.randomised as u64)
             .into_par_iter()
             .flat_map_iter(|n| {
-                let seed = opts.seed
+                let seed = o.seed
                     + RANDOMISED_TRAINING_SEEDS
                     + (epoch as u64) * RANDOMISED_EPOCH_STRIDE
                     + n;
-                data::randomised_head_samples(seed, &opts.crop, copies, sigma)
+                data::randomised_head_samples(seed, &o.crop, copies, sigma)
             })
-            .collect();
-        let pool: Vec<&HeadSample> = train.iter().chain(fresh.iter()).collect();
-        let mut order: Vec<usize> = (0..pool.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut sum, mut batches) = (0f32, 0usize);
-        for chunk in order.chunks(opts.batch) {
-            opt.set_learning_rate(cosine_lr(
-                opts.lr,
-                (epoch - 1) * per_epoch + batches,
-                opts.epochs * per_epoch,
-            ));
-            let items: Vec<&HeadSample> = chunk.iter().map(|&i| pool[i]).collect();
-            let (x, y) = to_batch(&items, opts.crop.shape, Some(&mut rng))?;
-            let loss = focal_loss(&net.forward_t(&x, true)?, &y, opts.gamma, None)?;
-            opt.backward_step(&loss)?;
-            let l = loss.to_scalar::<f32>()?;
-            sum += l;
-            batches += 1;
-            on_step(batches, per_epoch, l);
-        }
+            .collect()
+    }
+
+    fn fresh_per_epoch(&self) -> usize {
+        let copies = self.opts.jitter.map_or(1, |(n, _)| n + 1);
+        self.opts.randomised * 2 * copies
+    }
+
+    fn loss(
+        &self,
+        net: &Stager,
+        items: &[&HeadSample],
+        rng: &mut ChaCha8Rng,
+    ) -> candle_core::Result<Tensor> {
+        let (x, y) = to_batch(items, self.opts.crop.shape, Some(rng))?;
+        focal_loss(&net.forward_t(&x, true)?, &y, self.opts.gamma, None)
+    }
+
+    fn validate(
+        &self,
+        net: &Stager,
+        epoch: usize,
+        train_loss: f32,
+    ) -> candle_core::Result<Validation<EpochReport>> {
+        let (val, n_classic) = (&self.val, self.n_classic);
         let (mut vloss, mut correct, mut correct_classic) = (0f32, 0usize, 0usize);
         let mut seen = 0usize;
-        for chunk in val.chunks(opts.batch) {
+        for chunk in val.chunks(self.opts.batch) {
             let items: Vec<&HeadSample> = chunk.iter().collect();
-            let (x, y) = to_batch(&items, opts.crop.shape, None)?;
+            let (x, y) = to_batch(&items, self.opts.crop.shape, None)?;
             let logits = net.forward_t(&x, false)?;
-            vloss +=
-                focal_loss(&logits, &y, opts.gamma, None)?.to_scalar::<f32>()? * items.len() as f32;
+            vloss += focal_loss(&logits, &y, self.opts.gamma, None)?.to_scalar::<f32>()?
+                * items.len() as f32;
             let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
             for (p, s) in pred.iter().zip(items.iter()) {
                 if *p == s.class {
@@ -367,39 +324,26 @@ pub fn train_stager(
             }
         }
         let acc = correct as f32 / val.len() as f32;
-        let classic_acc = correct_classic as f32 / n_classic.max(1) as f32;
-        let randomised_acc =
-            (correct - correct_classic) as f32 / (val.len() - n_classic).max(1) as f32;
         let vloss = vloss / val.len() as f32;
-        let is_best = best.is_none_or(|(a, l)| acc > a || (acc == a && vloss < l));
-        if is_best {
-            best = Some((acc, vloss));
-            map.save(opts.out.join("stager.best.safetensors"))?;
-        }
-        map.save(&last)?;
-        let report = EpochReport {
-            epoch,
-            train_loss: sum / batches.max(1) as f32,
-            val_loss: vloss,
-            val_accuracy: acc,
-            val_classic_accuracy: classic_acc,
-            val_randomised_accuracy: randomised_acc,
-            best: is_best,
-        };
-        progress(&report);
-        reports.push(report);
-        Trained {
-            reports: reports.clone(),
-            dataset: dataset.clone(),
-            wall_time: started.elapsed(),
-        }
-        .save(&opts.out, "stager")?;
+        Ok(Validation {
+            score: acc,
+            tie_break: vloss,
+            report: EpochReport {
+                epoch,
+                train_loss,
+                val_loss: vloss,
+                val_accuracy: acc,
+                val_classic_accuracy: correct_classic as f32 / n_classic.max(1) as f32,
+                val_randomised_accuracy: (correct - correct_classic) as f32
+                    / (val.len() - n_classic).max(1) as f32,
+                best: false,
+            },
+        })
     }
-    Ok(Trained {
-        reports,
-        dataset,
-        wall_time: started.elapsed(),
-    })
+
+    fn mark_best(report: &mut EpochReport) {
+        report.best = true;
+    }
 }
 
 /// The manifest of a stager trained with `opts`, keeping `best` (its weights reference is
@@ -410,11 +354,10 @@ pub fn stager_manifest(
     best: &EpochReport,
     name: &str,
     command: &str,
-) -> super::weights::Manifest {
-    use super::weights::{
+) -> crate::model::weights::Manifest {
+    use crate::model::weights::{
         Architecture, INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef,
     };
-    let vseed = opts.seed + VALIDATION_SEED_OFFSET;
     Manifest {
         format: MANIFEST_FORMAT,
         name: name.to_owned(),
@@ -461,18 +404,11 @@ pub fn stager_manifest(
                     None => String::new(),
                 }
             ),
-            seeds: format!(
-                "classic training {}..={}, validation {}..={}; randomised training from {} + \
-                 epoch x {}, validation {}..={}",
+            seeds: seeds_text(
                 opts.seed,
-                (opts.seed + opts.train_studies as u64).saturating_sub(1),
-                vseed,
-                (vseed + opts.val_studies as u64).saturating_sub(1),
-                opts.seed + RANDOMISED_TRAINING_SEEDS,
-                RANDOMISED_EPOCH_STRIDE,
-                opts.seed + RANDOMISED_VALIDATION_SEEDS,
-                (opts.seed + RANDOMISED_VALIDATION_SEEDS + opts.val_randomised as u64)
-                    .saturating_sub(1)
+                opts.train_studies,
+                opts.val_studies,
+                opts.val_randomised,
             ),
             scanner_styles: data::TRAINING_STYLES
                 .iter()
@@ -494,19 +430,5 @@ pub fn stager_manifest(
         },
         metrics: None,
         intended_use: INTENDED_USE.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cosine_lr;
-
-    #[test]
-    fn cosine_schedule_warms_up_then_decays() {
-        let total = 100;
-        assert!(cosine_lr(1.0, 0, total) < 0.3);
-        assert!((cosine_lr(1.0, 4, total) - 1.0).abs() < 1e-9);
-        assert!(cosine_lr(1.0, 50, total) < cosine_lr(1.0, 20, total));
-        assert!((cosine_lr(1.0, 99, total) - 0.02).abs() < 1e-3);
     }
 }

@@ -10,8 +10,8 @@
 //! added: 12 % of samples lose one hip beyond the midline (air or unacquired space, box
 //! removed) and 8 % are replaced by noise without anatomy (no boxes), so that the detector
 //! does not find heads where there are none. AdamW on the
-//! SimOTA/IoU loss of `detector` with the learning rate on a cosine schedule
-//! (`train::cosine_lr`); after every epoch the validation detection rate (both
+//! SimOTA/IoU loss of `model::detector` in the shared loop (`super::fit`, cosine schedule);
+//! after every epoch the validation detection rate (both
 //! heads within half a radius) is measured and the best epoch kept
 //! (`detector.best.safetensors`, f32), the latest too (`detector.last.safetensors`) for
 //! `resume`.
@@ -19,27 +19,23 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use rand::seq::SliceRandom;
+use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::data::{self, DetectorSample};
 use super::dataset::{self, Split};
-use super::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
-use super::train::{
-    RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS, Trained,
-    VALIDATION_SEED_OFFSET,
+use super::{
+    RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS, Run, Task,
+    Trained, VALIDATION_SEED_OFFSET, Validation, fit, normalisation_text, seeds_text,
+    wall_time_text,
 };
+use crate::model::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
 use crate::phantom::HeadTruth;
 use crate::volume::Preprocess;
-use rayon::prelude::*;
 
-/// Scores below this are not detections.
-pub const MIN_SCORE: f32 = 0.05;
-/// Boxes overlapping a better one by more than this are suppressed.
-pub const NMS_IOU: f64 = 0.2;
 /// SimOTA's centre-prior radius, in cells.
 pub const CENTER_RADIUS: f64 = 2.5;
 
@@ -237,7 +233,7 @@ fn to_batch(
 pub fn validate(net: &Detector, samples: &[DetectorSample]) -> candle_core::Result<(f32, f32)> {
     let (mut found, mut err, mut n_err) = (0usize, 0f64, 0usize);
     for s in samples {
-        let dets = net.detect(&s.volume, &Device::Cpu, DType::F32, MIN_SCORE, NMS_IOU, 4)?;
+        let dets = net.candidates(&s.volume, &Device::Cpu, DType::F32)?;
         let j = judge(&dets, &s.heads);
         found += j.both_found as usize;
         for e in j.center_error_mm.iter().flatten() {
@@ -254,8 +250,8 @@ pub fn validate(net: &Detector, samples: &[DetectorSample]) -> candle_core::Resu
 /// Train; `progress` hears each epoch and, with `(batch, batches, loss)`, each step.
 pub fn train_detector(
     opts: &DetectorTrainOptions,
-    mut on_step: impl FnMut(usize, usize, f32),
-    mut progress: impl FnMut(&DetectorEpochReport),
+    on_step: impl FnMut(usize, usize, f32),
+    progress: impl FnMut(&DetectorEpochReport),
 ) -> anyhow::Result<Trained<DetectorEpochReport>> {
     anyhow::ensure!(
         opts.preprocess.shape == opts.config.input,
@@ -314,96 +310,111 @@ pub fn train_detector(
         })
         .collect();
 
-    let mut map = VarMap::new();
-    let net = Detector::new(
-        &opts.config,
-        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
-    )?;
-    let last = opts.out.join("detector.last.safetensors");
-    if opts.resume && last.exists() {
-        map.load(&last)?;
-    } else if let Some(init) = &opts.init {
-        super::weights::init_from(&map, init)?;
+    let task = DetectorTask { opts, val, val_dr };
+    let rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xde7ec7);
+    fit(
+        &task,
+        opts.run(),
+        &train,
+        rng,
+        dataset,
+        started,
+        on_step,
+        progress,
+    )
+}
+
+impl DetectorTrainOptions {
+    /// The schedule and checkpoints of the run.
+    pub fn run(&self) -> Run<'_> {
+        Run {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            out: &self.out,
+            init: self.init.as_deref(),
+            resume: self.resume,
+        }
     }
-    let mut opt = AdamW::new(
-        map.all_vars(),
-        ParamsAdamW {
-            lr: opts.lr,
-            weight_decay: opts.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xde7ec7);
-    let mut best: Option<(f32, f32)> = None;
-    let mut reports = Vec::new();
-    let per_epoch = train.len() + opts.randomised;
-    let batches = per_epoch.div_ceil(opts.batch);
-    for epoch in 1..=opts.epochs {
-        // Fresh randomised studies every epoch: the network never sees one appearance twice.
-        let fresh: Vec<DetectorSample> = (0..opts.randomised as u64)
+}
+
+/// The detector's part of the loop: whole volumes with their boxes, the SimOTA loss, the
+/// detection rate on the classic and the randomised validation studies.
+struct DetectorTask<'a> {
+    opts: &'a DetectorTrainOptions,
+    val: Vec<DetectorSample>,
+    val_dr: Vec<DetectorSample>,
+}
+
+impl Task for DetectorTask<'_> {
+    type Sample = DetectorSample;
+    type Net = Detector;
+    type Report = DetectorEpochReport;
+    const KIND: &'static str = "detector";
+
+    fn build(&self, vb: VarBuilder) -> candle_core::Result<Detector> {
+        Detector::new(&self.opts.config, vb)
+    }
+
+    fn fresh(&self, epoch: usize) -> Vec<DetectorSample> {
+        let o = self.opts;
+        (0..o.randomised as u64)
             .into_par_iter()
             .map(|n| {
-                let seed = opts.seed
+                let seed = o.seed
                     + RANDOMISED_TRAINING_SEEDS
                     + (epoch as u64) * RANDOMISED_EPOCH_STRIDE
                     + n;
-                data::randomised_detector_sample(seed, &opts.preprocess)
+                data::randomised_detector_sample(seed, &o.preprocess)
             })
-            .collect();
-        let pool: Vec<&DetectorSample> = train.iter().chain(fresh.iter()).collect();
-        let mut order: Vec<usize> = (0..pool.len()).collect();
-        order.shuffle(&mut rng);
-        let (mut sum, mut n) = (0f32, 0usize);
-        for (bi, chunk) in order.chunks(opts.batch).enumerate() {
-            opt.set_learning_rate(super::train::cosine_lr(
-                opts.lr,
-                (epoch - 1) * batches + bi,
-                opts.epochs * batches,
-            ));
-            let items: Vec<&DetectorSample> = chunk.iter().map(|&i| pool[i]).collect();
-            let (x, boxes) = to_batch(&items, &mut rng)?;
-            let raw = net.forward_t(&x, true)?;
-            let loss = detection_loss(&raw, &boxes, CENTER_RADIUS)?;
-            opt.backward_step(&loss.total)?;
-            let l = loss.total.to_scalar::<f32>()?;
-            sum += l;
-            n += 1;
-            on_step(bi + 1, batches, l);
-        }
-        let (classic, err_c) = validate(&net, &val)?;
-        let (randomised, err_r) = validate(&net, &val_dr)?;
-        let (nc, nr) = (val.len() as f32, val_dr.len() as f32);
+            .collect()
+    }
+
+    fn fresh_per_epoch(&self) -> usize {
+        self.opts.randomised
+    }
+
+    fn loss(
+        &self,
+        net: &Detector,
+        items: &[&DetectorSample],
+        rng: &mut ChaCha8Rng,
+    ) -> candle_core::Result<Tensor> {
+        let (x, boxes) = to_batch(items, rng)?;
+        let raw = net.forward_t(&x, true)?;
+        Ok(detection_loss(&raw, &boxes, CENTER_RADIUS)?.total)
+    }
+
+    fn validate(
+        &self,
+        net: &Detector,
+        epoch: usize,
+        train_loss: f32,
+    ) -> candle_core::Result<Validation<DetectorEpochReport>> {
+        let (classic, err_c) = validate(net, &self.val)?;
+        let (randomised, err_r) = validate(net, &self.val_dr)?;
+        let (nc, nr) = (self.val.len() as f32, self.val_dr.len() as f32);
         let rate = (classic * nc + randomised * nr) / (nc + nr).max(1.0);
         let err = (err_c * nc + err_r * nr) / (nc + nr).max(1.0);
-        let is_best = best.is_none_or(|(r, e)| rate > r || (rate == r && err < e));
-        if is_best {
-            best = Some((rate, err));
-            map.save(opts.out.join("detector.best.safetensors"))?;
-        }
-        map.save(&last)?;
-        let report = DetectorEpochReport {
-            epoch,
-            train_loss: sum / n.max(1) as f32,
-            val_detection_rate: rate,
-            val_classic_rate: classic,
-            val_randomised_rate: randomised,
-            val_center_error_mm: err,
-            best: is_best,
-        };
-        progress(&report);
-        reports.push(report);
-        Trained {
-            reports: reports.clone(),
-            dataset: dataset.clone(),
-            wall_time: started.elapsed(),
-        }
-        .save(&opts.out, "detector")?;
+        Ok(Validation {
+            score: rate,
+            tie_break: err,
+            report: DetectorEpochReport {
+                epoch,
+                train_loss,
+                val_detection_rate: rate,
+                val_classic_rate: classic,
+                val_randomised_rate: randomised,
+                val_center_error_mm: err,
+                best: false,
+            },
+        })
     }
-    Ok(Trained {
-        reports,
-        dataset,
-        wall_time: started.elapsed(),
-    })
+
+    fn mark_best(report: &mut DetectorEpochReport) {
+        report.best = true;
+    }
 }
 
 /// The manifest of a detector trained with `opts`, keeping `best` (its weights reference
@@ -414,11 +425,10 @@ pub fn detector_manifest(
     best: &DetectorEpochReport,
     name: &str,
     command: &str,
-) -> super::weights::Manifest {
-    use super::weights::{
+) -> crate::model::weights::Manifest {
+    use crate::model::weights::{
         Architecture, INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef,
     };
-    let vseed = opts.seed + VALIDATION_SEED_OFFSET;
     Manifest {
         format: MANIFEST_FORMAT,
         name: name.to_owned(),
@@ -462,18 +472,11 @@ pub fn detector_manifest(
                     None => String::new(),
                 }
             ),
-            seeds: format!(
-                "classic training {}..={}, validation {}..={}; randomised training from {} + \
-                 epoch x {}, validation {}..={}",
+            seeds: seeds_text(
                 opts.seed,
-                (opts.seed + opts.train_studies as u64).saturating_sub(1),
-                vseed,
-                (vseed + opts.val_studies as u64).saturating_sub(1),
-                opts.seed + RANDOMISED_TRAINING_SEEDS,
-                RANDOMISED_EPOCH_STRIDE,
-                opts.seed + RANDOMISED_VALIDATION_SEEDS,
-                (opts.seed + RANDOMISED_VALIDATION_SEEDS + opts.val_randomised as u64)
-                    .saturating_sub(1)
+                opts.train_studies,
+                opts.val_studies,
+                opts.val_randomised,
             ),
             scanner_styles: data::TRAINING_STYLES
                 .iter()
@@ -487,13 +490,11 @@ pub fn detector_manifest(
                 best.val_randomised_rate,
                 best.val_center_error_mm
             ),
-            normalisation: Some(super::train::normalisation_text(
-                &opts.preprocess.normalisation(),
-            )),
+            normalisation: Some(normalisation_text(&opts.preprocess.normalisation())),
             randomisation: (opts.randomised > 0)
                 .then(|| crate::phantom::randomised::DESCRIPTION.to_owned()),
             dataset: trained.dataset.clone(),
-            wall_time: Some(super::train::wall_time_text(trained.wall_time)),
+            wall_time: Some(wall_time_text(trained.wall_time)),
         },
         metrics: None,
         intended_use: INTENDED_USE.to_owned(),
