@@ -94,7 +94,14 @@ fn main() -> anyhow::Result<()> {
     let crops: Vec<f32> = a
         .heads
         .iter()
-        .flat_map(|hd| crop::crop(&study.volume, hd.center_lps_mm, hd.side == "R", &crop_cfg))
+        .flat_map(|hd| {
+            crop::crop(
+                &study.volume,
+                hd.center_lps_mm,
+                hd.side == onfh_edge::result::Side::Right,
+                &crop_cfg,
+            )
+        })
         .collect();
     let crops = Tensor::from_vec(crops, (2, cd, 1, ch, cw), &Device::Cpu)?;
     let inputs = dir.path().join("inputs.safetensors");

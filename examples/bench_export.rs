@@ -26,7 +26,7 @@ use std::time::Instant;
 use onfh_edge::config::Settings;
 use onfh_edge::pacs::{Destination, ExportSettings, Exporter, exports_for};
 use onfh_edge::pipeline;
-use onfh_edge::store::Store;
+use onfh_edge::store::{JobKey, Store};
 use onfh_edge::training::data;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -139,11 +139,11 @@ fn main() -> anyhow::Result<()> {
         );
 
         let t = Instant::now();
-        store.record_job(&format!("plain#{i}"), 0, &a, &[], &[], 0)?;
+        store.record_job(&JobKey::parse(&format!("plain#{i}")), 0, &a, &[], &[], 0)?;
         plain.push(ms(t));
         let t = Instant::now();
         let rows = exports_for(&export, &dicom);
-        store.record_job(&format!("export#{i}"), 0, &a, &[], &rows, 0)?;
+        store.record_job(&JobKey::parse(&format!("export#{i}")), 0, &a, &[], &rows, 0)?;
         queued.push(ms(t));
 
         let t = Instant::now();

@@ -54,7 +54,7 @@ fn main() {
         let left = truth
             .heads
             .iter()
-            .find(|h| h.side == "L")
+            .find(|h| h.side == onfh_edge::result::Side::Left)
             .unwrap()
             .center_lps_mm;
         let (w, h, t1) = slice_through(&load("t1"), left, (700.0, 1600.0));

@@ -52,7 +52,12 @@ fn main() -> anyhow::Result<()> {
         .heads
         .iter()
         .flat_map(|h| {
-            onfh_edge::model::crop::crop(&study.volume, h.center_lps_mm, h.side == "R", crop)
+            onfh_edge::model::crop::crop(
+                &study.volume,
+                h.center_lps_mm,
+                h.side == onfh_edge::result::Side::Right,
+                crop,
+            )
         })
         .collect();
     let [w, h, d] = sample.volume.dims;

@@ -53,7 +53,8 @@ pub async fn serve(
     run(settings, listener, shutdown).await
 }
 
-/// Run the daemon on an already bound listener until `shutdown` is cancelled.
+/// Run the daemon on an already bound listener until `shutdown` is cancelled: open the
+/// state, start the services, wait, shut them down.
 pub async fn run(
     mut settings: Settings,
     listener: TcpListener,
@@ -62,63 +63,84 @@ pub async fn run(
     // What the panel and the logs show: the address actually listened on (an inherited
     // socket's, not the configured one).
     settings.receiver.listen = listener.local_addr()?;
-    let state_dir = settings.storage.state_dir.clone();
+    let state = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || open_state(&settings)).await??
+    };
+    warn_about(&settings);
+    let services = Services::start(&settings, state, listener, &shutdown)?;
+    shutdown.cancelled().await;
+    services.stop().await;
+    Ok(())
+}
+
+/// The daemon's state, opened: the state directory's lock (held for the daemon's life),
+/// the database and the spool.
+struct OpenState {
+    lock: std::fs::File,
+    store: Store,
+    spool: Spool,
+}
+
+/// Lock the state directory, open the database and the spool, repair what a crash left,
+/// and audit the start (and a changed configuration). Blocking: hundreds of mkdir and
+/// fsync calls.
+fn open_state(settings: &Settings) -> anyhow::Result<OpenState> {
+    let state_dir = &settings.storage.state_dir;
     let db_path = settings.storage.database_path();
     let spool_dir = settings.storage.spool_dir();
     let fingerprint = settings.fingerprint.clone();
     let fsync = settings.receiver.fsync;
     let max_instance_bytes = settings.receiver.max_instance_bytes;
     let quiet_ms = settings.series.quiet_period.as_millis() as i64;
-    let (_lock, store, spool) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(std::fs::File, Store, Spool)> {
-            std::fs::create_dir_all(&state_dir).with_context(|| {
-                format!("cannot create state directory {}", state_dir.display())
-            })?;
-            let lock = lock_state_dir(&state_dir)?;
-            let store = Store::open_with(&db_path, fsync)
-                .with_context(|| format!("cannot open database {}", db_path.display()))?;
-            let spool = Spool::open(&spool_dir, fsync, max_instance_bytes)
-                .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;
-            let now = now_ms();
-            let (removed, indexed, deleted) = spool
-                .reconcile(&store, now, now + quiet_ms)
-                .context("cannot reconcile the spool with the database")?;
-            if removed + indexed + deleted > 0 {
-                warn!(
-                    partial_removed = removed,
-                    unindexed_recovered = indexed,
-                    unreadable_deleted = deleted,
-                    "repaired the spool after an unclean stop"
-                );
-            }
-            store
-                .audit(
-                    now,
-                    "daemon_start",
-                    &serde_json::json!({
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "partial_removed": removed,
-                        "unindexed_recovered": indexed,
-                        "unreadable_deleted": deleted,
-                    })
-                    .to_string(),
-                )
-                .context("cannot write the audit log")?;
-            // A configuration different from the one last audited is itself an event.
-            let detail = serde_json::json!({ "fingerprint": fingerprint }).to_string();
-            if store
-                .last_audit("config_changed")
-                .context("cannot read the audit log")?
-                != Some(detail.clone())
-            {
-                store
-                    .audit(now, "config_changed", &detail)
-                    .context("cannot write the audit log")?;
-            }
-            Ok((lock, store, spool))
-        })
-        .await??;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let lock = lock_state_dir(state_dir)?;
+    let store = Store::open_with(&db_path, fsync)
+        .with_context(|| format!("cannot open database {}", db_path.display()))?;
+    let spool = Spool::open(&spool_dir, fsync, max_instance_bytes)
+        .with_context(|| format!("cannot prepare spool {}", spool_dir.display()))?;
+    let now = now_ms();
+    let (removed, indexed, deleted) = spool
+        .reconcile(&store, now, now + quiet_ms)
+        .context("cannot reconcile the spool with the database")?;
+    if removed + indexed + deleted > 0 {
+        warn!(
+            partial_removed = removed,
+            unindexed_recovered = indexed,
+            unreadable_deleted = deleted,
+            "repaired the spool after an unclean stop"
+        );
+    }
+    store
+        .audit(
+            now,
+            "daemon_start",
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "partial_removed": removed,
+                "unindexed_recovered": indexed,
+                "unreadable_deleted": deleted,
+            })
+            .to_string(),
+        )
+        .context("cannot write the audit log")?;
+    // A configuration different from the one last audited is itself an event.
+    let detail = serde_json::json!({ "fingerprint": fingerprint }).to_string();
+    if store
+        .last_audit("config_changed")
+        .context("cannot read the audit log")?
+        != Some(detail.clone())
+    {
+        store
+            .audit(now, "config_changed", &detail)
+            .context("cannot write the audit log")?;
+    }
+    Ok(OpenState { lock, store, spool })
+}
 
+/// Warn at every start about settings that give something up.
+fn warn_about(settings: &Settings) {
     let r = &settings.receiver;
     if r.allowed_calling_ae_titles.is_empty() {
         warn!("receiver.allowed_calling_ae_titles is empty: any calling AE title is accepted");
@@ -132,102 +154,170 @@ pub async fn run(
     for c in settings.notify.plaintext_channels() {
         warn!("notify.allow_plaintext: alerts cross the network unencrypted ({c})");
     }
-    info!(
-        ae_title = %r.ae_title,
-        address = %listener.local_addr()?,
-        state_dir = %settings.storage.state_dir.display(),
-        "onfh-edge {} receiving",
-        env!("CARGO_PKG_VERSION")
-    );
+}
 
-    let tracker = TaskTracker::new();
-    let receiver = Receiver::new(r, &settings.series, spool, store.clone());
-    let commit_lock = receiver.commit_lock();
-    let receiver_task = tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
-    tracker.spawn(completion::run(store.clone(), shutdown.clone()));
-    let days = settings.storage.spool_retention_days;
-    if days > 0 {
-        let dir = settings.storage.spool_dir();
-        let purger = Spool::open(&dir, r.fsync, r.max_instance_bytes)
-            .with_context(|| format!("cannot prepare spool {}", dir.display()))?;
-        tracker.spawn(retention(
-            purger,
+/// What the daemon runs: async tasks under one tracker (receiver, completion, retention,
+/// panel feed, supervision) and threads (worker, alert sender, PACS exporter).
+struct Services {
+    _lock: std::fs::File,
+    store: Store,
+    tracker: TaskTracker,
+    worker: crate::worker::Worker,
+    threads_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<()>,
+    exporter: std::thread::JoinHandle<()>,
+}
+
+impl Services {
+    /// Start everything on `listener`, then say where the daemon listens (the log and
+    /// `daemon.json` in the state directory).
+    fn start(
+        settings: &Settings,
+        state: OpenState,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Services> {
+        let OpenState { lock, store, spool } = state;
+        let r = &settings.receiver;
+        let address = listener.local_addr()?;
+        let tracker = TaskTracker::new();
+        let spool = std::sync::Arc::new(spool);
+        let receiver = Receiver::new(r, &settings.series, spool.clone(), store.clone());
+        let receiver_task =
+            tracker.spawn(receiver.run(listener, shutdown.clone(), tracker.clone()));
+        tracker.spawn(completion::run(store.clone(), shutdown.clone()));
+        let days = settings.storage.spool_retention_days;
+        if days > 0 {
+            tracker.spawn(retention(
+                spool,
+                store.clone(),
+                settings.storage.results_dir(),
+                days,
+                shutdown.clone(),
+            ));
+        }
+
+        // Analysis, alerts and the panel: each on its own thread, all fed from the database.
+        let worker = crate::worker::Worker::spawn(
             store.clone(),
+            settings.clone(),
             settings.storage.results_dir(),
-            commit_lock,
-            days,
+        );
+        let threads_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, cfg) = (store.clone(), settings.notify.clone());
+        let sender = outbox_thread("alerts", &threads_stop, move |stopped| {
+            crate::notify::Sender::new(s, cfg).run(Duration::from_secs(1), stopped)
+        })
+        .context("cannot start the alert sender")?;
+        let (s, cfg) = (store.clone(), settings.export.clone());
+        let exporter = outbox_thread("export", &threads_stop, move |stopped| {
+            crate::pacs::Exporter::new(s, cfg).run(Duration::from_secs(1), stopped)
+        })
+        .context("cannot start the PACS exporter")?;
+        let state_dir = &settings.storage.state_dir;
+        let png = (!settings.panel.png.is_empty()).then(|| state_dir.join(&settings.panel.png));
+        let panel = crate::panel::driver::PanelHandle::spawn(settings.panel.clone(), png);
+        tracker.spawn(panel_feed(
+            store.clone(),
+            worker.status.clone(),
+            settings.clone(),
+            panel,
             shutdown.clone(),
         ));
-    }
+        tracker.spawn(supervise(
+            worker.status.clone(),
+            receiver_task,
+            store.clone(),
+            shutdown.clone(),
+        ));
 
-    // Analysis, alerts and the panel: each on its own thread, all fed from the database.
-    let state_dir = settings.storage.state_dir.clone();
-    let worker = crate::worker::Worker::spawn(
-        store.clone(),
-        settings.clone(),
-        settings.storage.results_dir(),
-    );
-    let sender_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = {
-        let (s, cfg, stop) = (store.clone(), settings.notify.clone(), sender_stop.clone());
-        std::thread::Builder::new()
-            .name("alerts".into())
-            .spawn(move || {
-                crate::notify::Sender::new(s, cfg).run(Duration::from_secs(1), || {
-                    stop.load(std::sync::atomic::Ordering::SeqCst)
-                })
-            })
-            .context("cannot start the alert sender")?
-    };
-    let exporter = {
-        let (s, cfg, stop) = (store.clone(), settings.export.clone(), sender_stop.clone());
-        std::thread::Builder::new()
-            .name("export".into())
-            .spawn(move || {
-                crate::pacs::Exporter::new(s, cfg).run(Duration::from_secs(1), || {
-                    stop.load(std::sync::atomic::Ordering::SeqCst)
-                })
-            })
-            .context("cannot start the PACS exporter")?
-    };
-    let png = (!settings.panel.png.is_empty()).then(|| state_dir.join(&settings.panel.png));
-    let panel = crate::panel::driver::PanelHandle::spawn(settings.panel.clone(), png);
-    tracker.spawn(panel_feed(
-        store.clone(),
-        worker.status.clone(),
-        settings.clone(),
-        panel,
-        shutdown.clone(),
-    ));
-
-    tracker.spawn(supervise(
-        worker.status.clone(),
-        receiver_task,
-        store.clone(),
-        shutdown.clone(),
-    ));
-
-    shutdown.cancelled().await;
-    let _ = crate::sdnotify::notify("STOPPING=1\nSTATUS=stopping: finishing the study in progress");
-    let w = tokio::task::spawn_blocking(move || worker.stop());
-    sender_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = w.await;
-    let _ = tokio::task::spawn_blocking(move || sender.join()).await;
-    let _ = tokio::task::spawn_blocking(move || exporter.join()).await;
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            "associations still open after {:?}; exiting anyway",
-            SHUTDOWN_GRACE
+        info!(
+            ae_title = %r.ae_title,
+            address = %address,
+            state_dir = %state_dir.display(),
+            "onfh-edge {} receiving",
+            env!("CARGO_PKG_VERSION")
         );
+        if let Err(e) = write_daemon_file(state_dir, address, &r.ae_title) {
+            warn!(error = %e, "cannot write daemon.json");
+        }
+        Ok(Services {
+            _lock: lock,
+            store,
+            tracker,
+            worker,
+            threads_stop,
+            sender,
+            exporter,
+        })
     }
-    let s = store.clone();
-    let _ = tokio::task::spawn_blocking(move || s.audit(now_ms(), "daemon_stop", "{}")).await;
-    info!("stopped");
-    Ok(())
+
+    /// Finish the study in progress, stop the threads, give open associations
+    /// [`SHUTDOWN_GRACE`], and audit the stop.
+    async fn stop(self) {
+        let _ =
+            crate::sdnotify::notify("STOPPING=1\nSTATUS=stopping: finishing the study in progress");
+        let Services {
+            _lock,
+            store,
+            tracker,
+            worker,
+            threads_stop,
+            sender,
+            exporter,
+        } = self;
+        let w = tokio::task::spawn_blocking(move || worker.stop());
+        threads_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = w.await;
+        let _ = tokio::task::spawn_blocking(move || sender.join()).await;
+        let _ = tokio::task::spawn_blocking(move || exporter.join()).await;
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "associations still open after {:?}; exiting anyway",
+                SHUTDOWN_GRACE
+            );
+        }
+        let _ =
+            tokio::task::spawn_blocking(move || store.audit(now_ms(), "daemon_stop", "{}")).await;
+        info!("stopped");
+    }
+}
+
+/// A thread named `name` that works off an outbox until `stop` is set; `work` gets the
+/// question "stop now?".
+fn outbox_thread(
+    name: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    work: impl FnOnce(&dyn Fn() -> bool) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || work(&|| stop.load(std::sync::atomic::Ordering::SeqCst)))
+}
+
+/// Where a running daemon listens, for tools and tests: `daemon.json` in the state
+/// directory (`pid`, `address`, `port`, `ae_title`), replaced atomically at every start.
+pub const DAEMON_FILE: &str = "daemon.json";
+
+fn write_daemon_file(
+    state_dir: &std::path::Path,
+    address: std::net::SocketAddr,
+    ae_title: &str,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({
+        "pid": std::process::id(),
+        "address": address.to_string(),
+        "port": address.port(),
+        "ae_title": ae_title,
+    });
+    let tmp = state_dir.join(format!(".{DAEMON_FILE}.tmp"));
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(&tmp, state_dir.join(DAEMON_FILE))
 }
 
 /// systemd: READY once the receiver listens and the worker has tried the models; a STATUS
@@ -315,8 +405,7 @@ async fn panel_feed(
     let panel = std::sync::Arc::new(panel);
     loop {
         let (s, w, cfg) = (store.clone(), worker.clone(), settings.clone());
-        if let Ok(Ok(state)) = tokio::task::spawn_blocking(move || panel_state(&s, &w, &cfg)).await
-        {
+        if let Ok(state) = tokio::task::spawn_blocking(move || panel_state(&s, &w, &cfg)).await {
             panel.show(state);
         }
         tokio::select! {
@@ -328,70 +417,72 @@ async fn panel_feed(
     let _ = tokio::task::spawn_blocking(move || drop(panel)).await;
 }
 
-/// What the panel shows now.
+/// What the panel shows now: the facts gathered here, the state decided by
+/// `panel::status`. A database that cannot be read is itself shown (ERROR), never hidden
+/// behind the last good screen.
 fn panel_state(
     store: &Store,
     worker: &std::sync::Mutex<crate::worker::WorkerStatus>,
     settings: &Settings,
-) -> Result<crate::panel::PanelState, crate::store::StoreError> {
-    use crate::panel::{ApplianceState, LastStudy, PanelHead, PanelState};
+) -> crate::panel::PanelState {
+    use crate::panel::{LastStudy, PanelHead, PanelState, status::Facts};
     let w = worker.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let summary = store.summary()?;
-    let alerts = store.alert_counts()?;
-    let exports = store.export_counts()?;
-    let latest = store.latest_analysis()?;
-    let free = crate::dicom::spool::free_bytes(&settings.storage.state_dir).unwrap_or(0);
     let now = now_ms();
-    let low_disk = free < settings.receiver.min_free_bytes.saturating_mul(2);
-    let (state, detail) = if let Some(e) = &w.models_error {
-        (ApplianceState::Error, Some(format!("models: {e}")))
-    } else if w.analysing.is_some() {
-        (ApplianceState::Analysing, None)
-    } else if summary.jobs_collecting > 0 {
-        (ApplianceState::Receiving, None)
-    } else if alerts.dead > 0 || exports.dead > 0 || low_disk {
-        let why = if low_disk {
-            "disk nearly full".to_string()
-        } else if alerts.dead > 0 {
-            format!(
-                "{} alert(s) undelivered: see `onfh-edge results`",
-                alerts.dead
-            )
-        } else {
-            format!(
-                "{} result object(s) not stored in PACS: see `onfh-edge export list`",
-                exports.dead
-            )
-        };
-        (ApplianceState::Degraded, Some(why))
-    } else if latest
-        .as_ref()
-        .is_some_and(|l| now - l.analysed_ms < 15 * 60_000)
-    {
-        (ApplianceState::Result, None)
-    } else {
-        (ApplianceState::Ready, None)
+    let free = crate::dicom::spool::free_bytes(&settings.storage.state_dir).unwrap_or(0);
+    let read = || -> Result<_, crate::store::StoreError> {
+        Ok((
+            store.summary()?,
+            store.alert_counts()?,
+            store.export_counts()?,
+            store.latest_analysis()?,
+        ))
     };
+    let (facts, alerts, latest) = match read() {
+        Ok((summary, alerts, exports, latest)) => (
+            Facts {
+                series_collecting: summary.jobs_collecting,
+                alerts_dead: alerts.dead,
+                exports_dead: exports.dead,
+                last_result_age_ms: latest.as_ref().map(|l| now - l.analysed_ms),
+                ..Facts::default()
+            },
+            alerts,
+            latest,
+        ),
+        Err(e) => (
+            Facts {
+                database_error: Some(e.to_string()),
+                ..Facts::default()
+            },
+            Default::default(),
+            None,
+        ),
+    };
+    let (state, detail) = Facts {
+        models_error: w.models_error.clone(),
+        analysing: w.analysing.is_some(),
+        disk_free_bytes: free,
+        min_free_bytes: settings.receiver.min_free_bytes,
+        ..facts
+    }
+    .appliance_state();
     let clock = crate::panel::local_clock(now);
     let last_study = latest.map(|l| LastStudy {
         accession: l.analysis.accession_number.clone(),
         time: crate::panel::local_clock(l.analysed_ms).hhmm,
-        status: serde_json::to_value(l.analysis.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        status: l.analysis.status,
         heads: l
             .analysis
             .heads
             .iter()
             .map(|h| PanelHead {
-                side: h.side.clone(),
-                stage: h.stage.clone(),
+                side: h.side,
+                stage: h.stage,
                 early_onfh: h.early_onfh,
             })
             .collect(),
     });
-    Ok(PanelState {
+    PanelState {
         state,
         detail,
         ae_title: settings.receiver.ae_title.clone(),
@@ -409,19 +500,17 @@ fn panel_state(
         clock: format!("{} {} {}", clock.date, clock.hhmm, clock.zone)
             .trim_end()
             .to_string(),
-    })
+    }
 }
 
 /// Purge received files older than `days`, a minute after start and then hourly.
 async fn retention(
-    spool: Spool,
+    spool: std::sync::Arc<Spool>,
     store: Store,
     results_dir: std::path::PathBuf,
-    commit_lock: std::sync::Arc<std::sync::Mutex<()>>,
     days: u32,
     shutdown: CancellationToken,
 ) {
-    let spool = std::sync::Arc::new(spool);
     let mut wait = Duration::from_secs(60);
     loop {
         tokio::select! {
@@ -429,10 +518,10 @@ async fn retention(
             _ = tokio::time::sleep(wait) => {}
         }
         wait = Duration::from_secs(3600);
-        let (sp, st, lock) = (spool.clone(), store.clone(), commit_lock.clone());
+        let (sp, st) = (spool.clone(), store.clone());
         let now = now_ms();
         let before = now - i64::from(days) * 86_400_000;
-        match tokio::task::spawn_blocking(move || sp.purge(&st, before, now, &lock)).await {
+        match tokio::task::spawn_blocking(move || sp.purge(&st, before, now)).await {
             Ok(Ok((0, _))) => {}
             Ok(Ok((n, bytes))) => info!(
                 instances = n,

@@ -190,10 +190,7 @@ async fn play_scanner(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let a = &stored.analysis;
-    println!(
-        "analysis: {}",
-        serde_json::to_value(a.status)?.as_str().unwrap_or("?")
-    );
+    println!("analysis: {}", a.status);
     for v in &a.series {
         println!(
             "  series {:>2} {:<20} {}",

@@ -19,6 +19,133 @@ pub enum Status {
     Error,
 }
 
+impl Status {
+    /// The name the JSON contract and the database use (`ok`, `indeterminate`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Indeterminate => "indeterminate",
+            Status::NoUsableSeries => "no_usable_series",
+            Status::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The patient's side of a femoral head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Side {
+    /// The patient's right (`"R"`).
+    #[serde(rename = "R")]
+    Right,
+    /// The patient's left (`"L"`).
+    #[serde(rename = "L")]
+    Left,
+}
+
+impl Side {
+    /// Both sides, right first (the order results list them in).
+    pub const BOTH: [Side; 2] = [Side::Right, Side::Left];
+
+    /// `"R"` or `"L"`, as in the JSON contract and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Right => "R",
+            Side::Left => "L",
+        }
+    }
+
+    /// `"right"` or `"left"`, for sentences.
+    pub fn word(self) -> &'static str {
+        match self {
+            Side::Right => "right",
+            Side::Left => "left",
+        }
+    }
+
+    /// The side named `"R"` or `"L"`.
+    pub fn parse(s: &str) -> Option<Side> {
+        match s {
+            "R" => Some(Side::Right),
+            "L" => Some(Side::Left),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stage called for one head: a Ficat-Arlet stage, or no confident call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StageCall {
+    /// Ficat-Arlet 0 (`"0"`).
+    #[serde(rename = "0")]
+    Stage0,
+    /// Ficat-Arlet I (`"I"`).
+    #[serde(rename = "I")]
+    StageI,
+    /// Ficat-Arlet II (`"II"`).
+    #[serde(rename = "II")]
+    StageII,
+    /// No confident call (`"indeterminate"`; the head's reason says why).
+    #[serde(rename = "indeterminate")]
+    Indeterminate,
+}
+
+impl StageCall {
+    /// The stage of class index 0, 1 or 2 (the models' class order).
+    pub fn of_class(class: usize) -> StageCall {
+        match class {
+            0 => StageCall::Stage0,
+            1 => StageCall::StageI,
+            2 => StageCall::StageII,
+            _ => StageCall::Indeterminate,
+        }
+    }
+
+    /// `"0"`, `"I"`, `"II"` or `"indeterminate"`, as in the JSON contract and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageCall::Stage0 => "0",
+            StageCall::StageI => "I",
+            StageCall::StageII => "II",
+            StageCall::Indeterminate => "indeterminate",
+        }
+    }
+
+    /// The stage named as [`StageCall::as_str`] writes it.
+    pub fn parse(s: &str) -> Option<StageCall> {
+        [
+            StageCall::Stage0,
+            StageCall::StageI,
+            StageCall::StageII,
+            StageCall::Indeterminate,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    /// Stage I or II: early osteonecrosis.
+    pub fn is_early_onfh(self) -> bool {
+        matches!(self, StageCall::StageI | StageCall::StageII)
+    }
+}
+
+impl std::fmt::Display for StageCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The models behind a result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -62,10 +189,10 @@ pub struct HeatmapFiles {
 /// One femoral head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadFinding {
-    /// Patient side, "L" or "R".
-    pub side: String,
-    /// "0", "I", "II" or "indeterminate".
-    pub stage: String,
+    /// Patient side (`"R"` or `"L"` in JSON).
+    pub side: Side,
+    /// The stage called (`"0"`, `"I"`, `"II"` or `"indeterminate"` in JSON).
+    pub stage: StageCall,
     /// Stage I or II.
     pub early_onfh: bool,
     /// Stage probabilities.

@@ -186,6 +186,9 @@ fn run(
     let spool = settings.storage.spool_dir();
     let mut models: Option<Models> = None;
     let mut next_load = std::time::Instant::now();
+    // Said once, after the first look at the queue with the models loaded: what a restart
+    // found waiting (and a sign for tools and tests that the worker is running).
+    let mut first_look = true;
     let sleep = |d: Duration| {
         let end = std::time::Instant::now() + d;
         while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < end {
@@ -224,6 +227,13 @@ fn run(
             }
         };
         set(&status, |s| s.queued = jobs.len());
+        if first_look && models.is_some() {
+            info!(
+                waiting = jobs.len(),
+                "worker ready: studies waiting for analysis"
+            );
+            first_look = false;
+        }
         let (Some(m), Some(job)) = (models.as_ref(), jobs.into_iter().next()) else {
             sleep(Duration::from_millis(500));
             continue;
@@ -235,11 +245,10 @@ fn run(
         let paths: Vec<PathBuf> = job.files.iter().map(|f| spool.join(f)).collect();
         // One folder per job: a re-analysis never overwrites the heatmaps an earlier
         // result (and its alerts) point at.
-        let job_id = job.job_key.rsplit('#').next().unwrap_or("job");
         let out = results_dir
             .join(folder(&job.study_uid))
-            .join(folder(job_id));
-        let earlier = match store.begin_attempt(&job.job_key, &job.study_uid, now_ms()) {
+            .join(folder(job.job_key.folder_name()));
+        let earlier = match store.begin_attempt(&job.job_key, now_ms()) {
             Ok(n) => n,
             Err(e) => {
                 error!(error = %e, study_uid = %job.study_uid, "cannot mark the analysis attempt; will retry");

@@ -110,6 +110,7 @@ fn analyze(program: &str, args: &[&str], study: &Path) -> (i32, serde_json::Valu
 }
 
 #[test]
+#[ignore = "slow tier: cargo test -- --include-ignored"]
 fn arm64_build_analyses_a_phantom_study_like_the_host_under_qemu() {
     let arm64 = cross_build();
     assert_arm64_elf(&arm64);

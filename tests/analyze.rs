@@ -77,7 +77,11 @@ fn a_bilateral_study_is_found_staged_and_explained() {
     assert_eq!(heads.len(), 2);
     for h in heads {
         let side = h["side"].as_str().unwrap();
-        let t = truth.heads.iter().find(|t| t.side == side).unwrap();
+        let t = truth
+            .heads
+            .iter()
+            .find(|t| t.side.as_str() == side)
+            .unwrap();
         assert_eq!(h["stage"], t.stage.label(), "{side}: {h:#}");
         assert_eq!(h["early_onfh"], t.early_onfh);
         let c: Vec<f64> = serde_json::from_value(h["center_lps_mm"].clone()).unwrap();
@@ -110,7 +114,11 @@ fn a_bilateral_study_is_found_staged_and_explained() {
     // 8 mm of it, the peak near the segment's border. Asserted: most of the mass inside
     // the necrotic segment (the lesion sphere within the head, +4 mm for the double line at
     // its border), the rest on the head, and the centre of mass toward the superior lesion.
-    let left = truth.heads.iter().find(|t| t.side == "L").unwrap();
+    let left = truth
+        .heads
+        .iter()
+        .find(|t| t.side == onfh_edge::result::Side::Left)
+        .unwrap();
     let lesion = left.lesion_sphere.unwrap();
     let (mut in_head, mut in_lesion, mut total) = (0f64, 0f64, 0f64);
     let mut centroid = [0f64; 3];

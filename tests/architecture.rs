@@ -11,8 +11,9 @@ const INFERENCE_PATH: &[&str] = &[
     "pipeline", "redact", "render", "result", "sdnotify", "store", "volume", "worker",
 ];
 
-/// Modules that exist for training and evaluation only.
+/// Modules that exist for training, evaluation, the demo and the command line only.
 const OFF_PATH: &[&str] = &[
+    "cli",
     "eval",
     "evalphantom",
     "phantom",

@@ -64,12 +64,16 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
         hook.accepted().len(),
         d.log()
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(hook.accepted().len() as i64, early, "an alert was repeated");
-    assert_eq!(
-        d.count("SELECT COUNT(*) FROM alerts WHERE state = 'sent'"),
-        early
+    // Once every row is marked sent, nothing is left to deliver: a repeat would have come
+    // before the mark.
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .count("SELECT COUNT(*) FROM alerts WHERE state = 'sent'")
+            == early),
+        "{}",
+        d.log()
     );
+    assert_eq!(hook.accepted().len() as i64, early, "an alert was repeated");
     // The log counts the alerts each analysis queued.
     let analysed = log_lines_with(&d.log_path, "study analysed");
     let queued: i64 = analysed
@@ -136,7 +140,7 @@ fn two_studies_are_analysed_recorded_shown_and_alerted() {
     let on_panel: Vec<(String, String)> = last
         .heads
         .iter()
-        .map(|h| (h.side.clone(), h.stage.clone()))
+        .map(|h| (h.side.to_string(), h.stage.to_string()))
         .collect();
     assert_eq!(on_panel, stored, "heads on the panel");
     let xst = (analysed_ms / 1000 + 5 * 3600 + 30 * 60).rem_euclid(86_400);
@@ -213,8 +217,22 @@ fn sigkill_around_inference_still_gives_one_result_and_one_alert() {
         == 1));
     // A third start changes nothing: the study is not analysed or alerted again.
     d.sigterm();
+    let starts = log_lines_with(&d.log_path, "worker ready").len();
     d.restart();
-    std::thread::sleep(Duration::from_secs(3));
+    // The positive signal: the restarted worker has looked at the queue (models loaded)
+    // and found nothing waiting.
+    assert!(
+        wait_until(Duration::from_secs(30), || log_lines_with(
+            &d.log_path,
+            "worker ready"
+        )
+        .len()
+            > starts),
+        "{}",
+        d.log()
+    );
+    let last = log_lines_with(&d.log_path, "worker ready").pop().unwrap();
+    assert!(last.contains("waiting=0"), "{last}");
     assert_eq!(d.count("SELECT COUNT(*) FROM analyses"), 1);
     assert_eq!(hook.accepted().len(), 1);
     assert_eq!(d.count("SELECT COUNT(*) FROM alerts"), 1);

@@ -27,6 +27,7 @@ fn stager_metrics() -> Value {
 }
 
 #[test]
+#[ignore = "slow tier: cargo test -- --include-ignored"]
 fn eval_on_the_held_out_set_reproduces_the_manifest() {
     let m = stager_metrics();
     let studies = m["test_studies"].as_u64().unwrap();
@@ -39,6 +40,7 @@ fn eval_on_the_held_out_set_reproduces_the_manifest() {
 /// external` writes the same studies `evaluate-models` measured, and `eval` gives the table
 /// the manifest carries under `external`.
 #[test]
+#[ignore = "slow tier: cargo test -- --include-ignored"]
 fn eval_on_the_external_family_reproduces_the_manifest() {
     let m = stager_metrics();
     let e = &m["external"];

@@ -4,6 +4,7 @@
 use std::process::Command;
 
 #[test]
+#[ignore = "slow tier: cargo test -- --include-ignored"]
 fn train_stager_command_runs_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let run = |epochs: &str, extra: &[&str]| {

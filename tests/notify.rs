@@ -47,7 +47,10 @@ fn analysed_study(dir: &Path) -> Analysis {
         Some(&dir.join("results")),
     );
     assert!(
-        a.heads.iter().any(|h| h.side == "L" && h.stage == "II"),
+        a.heads
+            .iter()
+            .any(|h| h.side == onfh_edge::result::Side::Left
+                && h.stage == onfh_edge::result::StageCall::StageII),
         "expected a stage II left head: {a:?}"
     );
     a
@@ -153,12 +156,22 @@ fn alerts_reach_every_channel_exactly_once_through_outages() {
         assert_no_phi(&al.payload, "a queued alert");
     }
     let first = store
-        .record_analysis("series-1#1", &a, &alerts, now)
+        .record_analysis(
+            &onfh_edge::store::JobKey::parse("series-1#1"),
+            &a,
+            &alerts,
+            now,
+        )
         .unwrap();
     assert!(matches!(first, Recorded::New(_, n) if n == alerts.len()));
     // The same job recorded again (inference re-run after a restart): nothing new.
     let again = store
-        .record_analysis("series-1#1", &a, &alerts, now)
+        .record_analysis(
+            &onfh_edge::store::JobKey::parse("series-1#1"),
+            &a,
+            &alerts,
+            now,
+        )
         .unwrap();
     assert_eq!(again, Recorded::Existing(first.id()));
     assert_eq!(store.alert_counts().unwrap().pending, alerts.len() as i64);
@@ -227,13 +240,13 @@ fn alerts_reach_every_channel_exactly_once_through_outages() {
         rows[0]
             .alerts
             .iter()
-            .all(|a| a.state == "sent" && a.attempts >= 2)
+            .all(|a| a.state == onfh_edge::store::DeliveryState::Sent && a.attempts >= 2)
     );
     // A later job (a late series re-opened the study) that finds the same thing is
     // recorded, and queues no alert again.
     let later = store
         .record_analysis(
-            "series-1#2",
+            &onfh_edge::store::JobKey::parse("series-1#2"),
             &a,
             &notify::compose(&cfg, &a, now + 1),
             now + 1,
@@ -256,7 +269,12 @@ fn a_killed_sender_delivers_exactly_once_after_restart() {
     let now = onfh_edge::clock::now_ms();
     let alerts = notify::compose(&cfg, &a, now);
     store
-        .record_analysis("series-7#1", &a, &alerts, now)
+        .record_analysis(
+            &onfh_edge::store::JobKey::parse("series-7#1"),
+            &a,
+            &alerts,
+            now,
+        )
         .unwrap();
     let toml_cfg = format!(
         r#"[storage]

@@ -51,6 +51,7 @@ fn expand(path: &str) -> String {
 }
 
 #[test]
+#[ignore = "slow tier: cargo test -- --include-ignored"]
 fn oelint_adv_finds_nothing_in_the_layer() {
     let layer = root().join("yocto/meta-onfh");
     let out = Command::new("oelint-adv")

@@ -46,8 +46,8 @@ fn same_seed_same_bytes_and_the_cli_writes_truth() {
         )
         .unwrap();
         assert_eq!(truth.heads.len(), 2);
-        assert_eq!(truth.heads[0].side, "R");
-        assert_eq!(truth.heads[1].side, "L");
+        assert_eq!(truth.heads[0].side, onfh_edge::result::Side::Right);
+        assert_eq!(truth.heads[1].side, onfh_edge::result::Side::Left);
         for h in &truth.heads {
             for ax in 0..3 {
                 assert!(

@@ -42,7 +42,9 @@ fn purge_deletes_old_files_and_keeps_results() {
     let mut a: onfh_edge::pipeline::Analysis =
         serde_json::from_str(include_str!("fixtures/analysis_example.json")).unwrap();
     a.study_instance_uid = study.clone();
-    store.record_analysis("job-1", &a, &[], 0).unwrap();
+    store
+        .record_analysis(&onfh_edge::store::JobKey::parse("job-1"), &a, &[], 0)
+        .unwrap();
     // Its results folder, as the worker writes it.
     let job_dir = d.state_dir().join("results").join(&study).join("job-1");
     std::fs::create_dir_all(&job_dir).unwrap();

@@ -51,6 +51,7 @@ fn manifest(path: &Path) -> Value {
 }
 
 #[test]
+#[ignore = "slow tier: cargo test -- --include-ignored"]
 fn a_site_dataset_trains_evaluates_exports_and_loads_in_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let csv = write_dataset(dir.path());

@@ -516,8 +516,16 @@ fn lesion_side_and_direction_survive_assembly_and_preprocessing() {
         let sel = volume::select(&report.series, &Rules::default());
         let v = volume::assemble(&report.series[sel.chosen.unwrap()]).unwrap();
         let pre = volume::preprocess(&v, &volume::Preprocess::default());
-        let l = truth.heads.iter().find(|h| h.side == "L").unwrap();
-        let r = truth.heads.iter().find(|h| h.side == "R").unwrap();
+        let l = truth
+            .heads
+            .iter()
+            .find(|h| h.side == onfh_edge::result::Side::Left)
+            .unwrap();
+        let r = truth
+            .heads
+            .iter()
+            .find(|h| h.side == onfh_edge::result::Side::Right)
+            .unwrap();
         let focus = l.lesion_center_lps_mm.unwrap();
         let off = [0, 1, 2].map(|a| focus[a] - l.center_lps_mm[a]);
         let antipode = [0, 1, 2].map(|a| l.center_lps_mm[a] - off[a]);

@@ -930,17 +930,15 @@ async fn finish_store(
         Sink::Discard { status, comment } => Err((status, comment)),
         Sink::Memory { buf } => blocking(move || {
             let tmp = sh.spool.create_temp(&buf, floor)?;
-            sh.spool
-                .commit(tmp, Some(&buf), &exp, &sh.store, &sh.commit_lock, now, due)
+            sh.spool.commit(tmp, Some(&buf), &exp, &sh.store, now, due)
         })
         .await
         .map_err(|e| refusal(&e)),
-        Sink::File { tmp, .. } => blocking(move || {
-            sh.spool
-                .commit(tmp, None, &exp, &sh.store, &sh.commit_lock, now, due)
-        })
-        .await
-        .map_err(|e| refusal(&e)),
+        Sink::File { tmp, .. } => {
+            blocking(move || sh.spool.commit(tmp, None, &exp, &sh.store, now, due))
+                .await
+                .map_err(|e| refusal(&e))
+        }
     };
     let (status, comment) = match result {
         Ok(InsertOutcome::Inserted) => {

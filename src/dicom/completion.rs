@@ -7,8 +7,8 @@
 //! instance re-opens a completed series (with a new generation), and firing twice is
 //! impossible because the flip is one conditional UPDATE.
 //!
-//! This task does not analyse anything; the analysis pipeline will consume `complete` job rows
-//! from the database.
+//! This task does not analyse anything: the inference worker (`worker`) picks up, from the
+//! database, the studies whose series are all `complete`.
 
 use std::time::Duration;
 

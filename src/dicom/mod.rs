@@ -68,13 +68,10 @@ pub(crate) struct Shared {
     pub settings: ReceiverSettings,
     /// Quiet period used to (re)arm a series' completion job.
     pub quiet_period: Duration,
-    /// The spool.
-    pub spool: spool::Spool,
+    /// The spool (shared with the retention purge, which takes its commit lock).
+    pub spool: Arc<spool::Spool>,
     /// The database.
     pub store: Store,
-    /// Serialises the check-rename-index step so a UID is stored once (see `Spool::commit`),
-    /// and against the retention purge (see `Spool::purge`).
-    pub commit_lock: Arc<std::sync::Mutex<()>>,
     /// The pace of live associations.
     pub pace: Arc<pace::Pace>,
 }
@@ -97,7 +94,7 @@ impl Receiver {
     pub fn new(
         settings: &ReceiverSettings,
         series: &SeriesSettings,
-        spool: spool::Spool,
+        spool: Arc<spool::Spool>,
         store: Store,
     ) -> Receiver {
         Receiver {
@@ -109,15 +106,9 @@ impl Receiver {
                 quiet_period: series.quiet_period,
                 spool,
                 store,
-                commit_lock: Arc::new(std::sync::Mutex::new(())),
                 pace: Arc::new(pace::Pace::default()),
             }),
         }
-    }
-
-    /// The lock the receiver commits under, for the retention purge to share.
-    pub fn commit_lock(&self) -> Arc<std::sync::Mutex<()>> {
-        self.shared.commit_lock.clone()
     }
 
     /// Accept associations on `listener` until `shutdown` is cancelled. In-flight

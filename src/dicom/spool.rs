@@ -10,9 +10,10 @@
 //! File names come from the SHA-256 of the SOP Instance UID, never from the peer's string,
 //! so no UID can escape the folder or collide with another one's name. An instance becomes
 //! durable in this order: written to `tmp/`, fsynced, parsed and checked, renamed into its
-//! final name, the directory fsynced, and only then indexed in SQLite by the caller. A
-//! crash at any point leaves either nothing, a stray `tmp/` file (removed at start-up) or
-//! an un-indexed but complete file (indexed at start-up by [`Spool::reconcile`]).
+//! final name, the directory fsynced, and only then indexed in SQLite ([`Spool::commit`],
+//! under the spool's commit lock, which the retention purge takes too). A crash at any
+//! point leaves either nothing, a stray `tmp/` file (removed at start-up) or an un-indexed
+//! but complete file (indexed at start-up by [`Spool::reconcile`]).
 //!
 //! This module does blocking file I/O; async callers run it in `spawn_blocking`. It does
 //! not speak DICOM networking and does not decide DIMSE statuses beyond classifying why a
@@ -49,6 +50,9 @@ pub struct Spool {
     counter: AtomicU64,
     /// Largest decoded (inflated) data set accepted: the instance size cap.
     max_inflated: u64,
+    /// Serialises the check-rename-index step of [`Spool::commit`] across associations (a
+    /// UID is stored once) and against the batches of [`Spool::purge`].
+    commit_lock: std::sync::Mutex<()>,
 }
 
 /// A file being received.
@@ -197,6 +201,7 @@ impl Spool {
             fsync,
             counter: AtomicU64::new(0),
             max_inflated: max_instance_bytes,
+            commit_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -252,8 +257,8 @@ impl Spool {
 
     /// Finish a received file: fsync it, check it, then make it durable and index it.
     ///
-    /// `commit_lock` serialises the check-rename-index step across associations so that
-    /// two copies of one SOP Instance UID arriving at once are stored exactly once.
+    /// The spool's commit lock serialises the check-rename-index step across associations
+    /// so that two copies of one SOP Instance UID arriving at once are stored exactly once.
     /// The temporary file is gone when this returns, whatever the outcome.
     ///
     /// `content`, when the caller still holds the whole file in memory, is parsed instead
@@ -265,7 +270,6 @@ impl Spool {
         content: Option<&[u8]>,
         expected: &Expected,
         store: &Store,
-        commit_lock: &std::sync::Mutex<()>,
         now_ms: i64,
         due_ms: i64,
     ) -> Result<InsertOutcome, CommitError> {
@@ -273,9 +277,7 @@ impl Spool {
         let synced = if self.fsync { file.sync_all() } else { Ok(()) };
         drop(file);
         let result = match synced {
-            Ok(()) => {
-                self.commit_inner(&path, content, expected, store, commit_lock, now_ms, due_ms)
-            }
+            Ok(()) => self.commit_inner(&path, content, expected, store, now_ms, due_ms),
             Err(e) => Err(e.into()),
         };
         if path.exists() {
@@ -291,7 +293,6 @@ impl Spool {
         content: Option<&[u8]>,
         expected: &Expected,
         store: &Store,
-        commit_lock: &std::sync::Mutex<()>,
         now_ms: i64,
         due_ms: i64,
     ) -> Result<InsertOutcome, CommitError> {
@@ -303,7 +304,7 @@ impl Spool {
         let file_name = file_name_for(&info.row.sop_instance_uid);
         info.row.file_name = file_name.clone();
         info.row.calling_ae_title = expected.calling_ae_title.trim().to_string();
-        let _guard = commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         // Under the lock the retention purge also takes: a duplicate's first copy is
         // either already purged (and this copy is stored) or kept for another period.
         if store.touch_instance(&info.row.sop_instance_uid, now_ms)? {
@@ -334,22 +335,16 @@ impl Spool {
     /// already missing counts as deleted). Results and findings are kept. Returns
     /// (instances, bytes).
     ///
-    /// Each batch (choose, delete, forget) holds `commit_lock`, the receiver's: an instance
+    /// Each batch (choose, delete, forget) holds the commit lock: an instance
     /// sent again meanwhile is either stored anew after its batch or, before it, restarts
     /// its own retention period and is not chosen (see `commit`). Between batches the purge
     /// steps aside, so a waiting commit runs: receiving waits for at most about one batch.
-    pub fn purge(
-        &self,
-        store: &Store,
-        before_ms: i64,
-        now_ms: i64,
-        commit_lock: &std::sync::Mutex<()>,
-    ) -> io::Result<(usize, i64)> {
+    pub fn purge(&self, store: &Store, before_ms: i64, now_ms: i64) -> io::Result<(usize, i64)> {
         let (mut n, mut bytes) = (0, 0);
         // Files that could not be deleted stay indexed; later batches look past them.
         let mut stuck = 0;
         loop {
-            let _guard = commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             let batch = store
                 .spool_older_than(before_ms, stuck + 200)
                 .map_err(io::Error::other)?;

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::phantom::StudyTruth;
 use crate::pipeline::{self, Analysis};
+use crate::result::{Side, StageCall};
 
 /// Class names in index order.
 pub const CLASSES: [&str; 3] = ["0", "I", "II"];
@@ -39,10 +40,10 @@ pub fn class_of(stage: &str) -> Option<usize> {
 }
 
 /// "L" or "R" from a side as people write it (L, R, left, right; any case).
-pub fn side_of(side: &str) -> Option<&'static str> {
+pub fn side_of(side: &str) -> Option<Side> {
     match side.trim().to_ascii_uppercase().as_str() {
-        "L" | "LEFT" => Some("L"),
-        "R" | "RIGHT" => Some("R"),
+        "L" | "LEFT" => Some(Side::Left),
+        "R" | "RIGHT" => Some(Side::Right),
         _ => None,
     }
 }
@@ -52,8 +53,8 @@ pub fn side_of(side: &str) -> Option<&'static str> {
 pub struct TruthRow {
     /// Study Instance UID.
     pub study: String,
-    /// "L" or "R".
-    pub side: String,
+    /// The head's side.
+    pub side: Side,
     /// Class index.
     pub class: usize,
 }
@@ -119,7 +120,7 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRow>> {
             .with_context(|| format!("{}:{}: unknown side {:?}", path.display(), i + 1, f[1]))?;
         rows.push(TruthRow {
             study: f[0].to_owned(),
-            side: side.to_owned(),
+            side,
             class,
         });
     }
@@ -140,7 +141,7 @@ pub fn read_results(path: &Path) -> anyhow::Result<Vec<Analysis>> {
 }
 
 /// Reader diagnoses: (study, side) → reader → class.
-pub type Readers = BTreeMap<String, BTreeMap<(String, String), usize>>;
+pub type Readers = BTreeMap<String, BTreeMap<(String, Side), usize>>;
 
 /// Read a reader CSV `study_instance_uid,side,reader,stage`.
 pub fn read_readers(path: &Path) -> anyhow::Result<Readers> {
@@ -164,7 +165,7 @@ pub fn read_readers(path: &Path) -> anyhow::Result<Readers> {
             .with_context(|| format!("{}:{}: unknown side {:?}", path.display(), i + 1, f[1]))?;
         out.entry(f[2].to_owned())
             .or_default()
-            .insert((f[0].to_owned(), side.to_owned()), class);
+            .insert((f[0].to_owned(), side), class);
     }
     Ok(out)
 }
@@ -211,19 +212,15 @@ pub fn evaluate(truth: &[TruthRow], results: &[Analysis], readers: &Readers) -> 
     let mut by_head = BTreeMap::new();
     let mut status = BTreeMap::new();
     for a in results {
-        let s = serde_json::to_value(a.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        *status.entry(s).or_insert(0) += 1;
+        *status.entry(a.status.to_string()).or_insert(0) += 1;
         for h in &a.heads {
-            by_head.insert((a.study_instance_uid.clone(), h.side.clone()), h);
+            by_head.insert((a.study_instance_uid.clone(), h.side), h);
         }
     }
     let (mut t, mut p, mut probs, mut keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut missing, mut indeterminate) = (0, 0);
     for row in truth {
-        let Some(h) = by_head.get(&(row.study.clone(), row.side.clone())) else {
+        let Some(h) = by_head.get(&(row.study.clone(), row.side)) else {
             missing += 1;
             continue;
         };
@@ -233,11 +230,11 @@ pub fn evaluate(truth: &[TruthRow], results: &[Analysis], readers: &Readers) -> 
             h.probabilities.s2 as f64,
         ];
         let arg = (0..3).max_by(|&a, &b| pr[a].total_cmp(&pr[b])).unwrap_or(0);
-        indeterminate += (h.stage == "indeterminate") as usize;
+        indeterminate += (h.stage == StageCall::Indeterminate) as usize;
         t.push(row.class);
         p.push(arg);
         probs.push(pr.to_vec());
-        keys.push((row.study.clone(), row.side.clone()));
+        keys.push((row.study.clone(), row.side));
     }
     let table = metrics::table(&CLASSES, &t, &p, &probs);
     let roc = (0..3)

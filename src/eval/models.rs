@@ -37,6 +37,7 @@ use crate::model::detector::{Detector, pair_heads};
 use crate::model::stager::Stager;
 use crate::model::weights::{self, Architecture, Manifest};
 use crate::pipeline;
+use crate::result::Side;
 use crate::training::data;
 use crate::training::detector::judge;
 use crate::volume::Preprocess;
@@ -528,13 +529,13 @@ fn evaluate_set(
             }
         }
         // The pipeline's rule for which detections are the heads, and which side.
-        let sided: Vec<(&str, &_)> = match pair_heads(&dets, opts.min_detection_score) {
-            Ok((r, l)) => vec![("R", r), ("L", l)],
+        let sided: Vec<(Side, &_)> = match pair_heads(&dets, opts.min_detection_score) {
+            Ok((r, l)) => vec![(Side::Right, r), (Side::Left, l)],
             Err(_) => Vec::new(),
         };
         for h in &study.truth.heads {
             let truth_class = data::class_of(h.stage);
-            let c = crop::crop(&study.volume, h.center_lps_mm, h.side == "R", crop);
+            let c = crop::crop(&study.volume, h.center_lps_mm, h.side == Side::Right, crop);
             let p = probabilities(stg, &c, crop.shape)?;
             at_truth.push((truth_class, Some(argmax(&p))));
             if let Some(r) = &ctx.ref_stg {
@@ -551,7 +552,7 @@ fn evaluate_set(
             });
             let pred = match called {
                 Some((s, d)) => {
-                    let c = crop::crop(&study.volume, d.center_lps_mm, *s == "R", crop);
+                    let c = crop::crop(&study.volume, d.center_lps_mm, *s == Side::Right, crop);
                     Some(argmax(&probabilities(stg, &c, crop.shape)?))
                 }
                 None => None,

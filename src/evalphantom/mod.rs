@@ -64,6 +64,7 @@ use rayon::prelude::*;
 
 use crate::phantom::anatomy::Stage;
 use crate::phantom::{HeadTruth, PhantomError, SeriesTruth, Sphere, StudyTruth};
+use crate::result::Side;
 use anatomy::Anatomy;
 use dicomio::{SeriesMeta, SliceMeta, StudyMeta};
 use geom::{dot, mix64};
@@ -204,7 +205,7 @@ fn head_truth(anat: &Anatomy, side: usize) -> HeadTruth {
     let r = hip.radius;
     let lesion = anat.lesion_lps(side);
     HeadTruth {
-        side: if side == 0 { "R" } else { "L" }.into(),
+        side: Side::BOTH[side],
         stage: hip.stage,
         early_onfh: hip.stage != Stage::S0,
         variant: hip.variant,
@@ -566,7 +567,7 @@ mod tests {
         let truth = generate_study(dir.path(), seed, &opts).unwrap();
         assert_eq!(truth.scanner, style);
         assert!(truth.note.contains("not patient data"));
-        assert_eq!(truth.heads[0].side, "R");
+        assert_eq!(truth.heads[0].side, Side::Right);
         assert!(truth.heads[0].center_lps_mm[0] < truth.heads[1].center_lps_mm[0]);
         let files = collect_files(&[dir.path().to_owned()]).unwrap();
         let report = scan_files(&files);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::rfc3339;
-use crate::result::{Analysis, HeadFinding};
+use crate::result::{Analysis, HeadFinding, Side, StageCall};
 use crate::store::{AlertRow, NewAlert, Store, StoreError};
 
 pub use channels::{DeliveryError, deliver};
@@ -348,10 +348,10 @@ pub struct AlertMessage {
     pub priority: u8,
     /// ntfy tags.
     pub tags: Vec<String>,
-    /// "R" or "L".
-    pub side: String,
-    /// "0", "I", "II" or "indeterminate".
-    pub stage: String,
+    /// The head's side (`"R"` or `"L"`).
+    pub side: Side,
+    /// The stage called (`"0"`, `"I"`, `"II"` or `"indeterminate"`).
+    pub stage: StageCall,
     /// Accession Number.
     pub accession_number: String,
     /// When the study was analysed, UTC, RFC 3339.
@@ -366,15 +366,11 @@ pub struct AlertMessage {
 
 /// Whether a head alerts under `cfg`.
 pub fn alerts_for(cfg: &NotifySettings, head: &HeadFinding) -> bool {
-    if head.stage == "indeterminate" {
+    if head.stage == StageCall::Indeterminate {
         cfg.indeterminate
     } else {
-        cfg.stages.contains(&head.stage)
+        cfg.stages.iter().any(|s| s == head.stage.as_str())
     }
-}
-
-fn side_word(side: &str) -> &'static str {
-    if side == "R" { "right" } else { "left" }
 }
 
 /// The message for one head of an analysis. `pacs` names where the results are in PACS
@@ -394,11 +390,11 @@ pub fn message(
         head.probabilities.s2,
     ];
     let top = p.iter().cloned().fold(0f32, f32::max);
-    let (title, priority, tags) = if head.stage == "indeterminate" {
+    let (title, priority, tags) = if head.stage == StageCall::Indeterminate {
         (
             format!(
                 "ONFH screen indeterminate: {} femoral head",
-                side_word(&head.side)
+                head.side.word()
             ),
             3,
             vec!["grey_question".to_string(), "onfh".into()],
@@ -407,7 +403,7 @@ pub fn message(
         (
             format!(
                 "Early ONFH suspected: {} femoral head, Ficat-Arlet stage {}",
-                side_word(&head.side),
+                head.side.word(),
                 head.stage
             ),
             4,
@@ -421,7 +417,7 @@ pub fn message(
         (
             format!(
                 "ONFH screen: {} femoral head, stage {}",
-                side_word(&head.side),
+                head.side.word(),
                 head.stage
             ),
             2,
@@ -444,9 +440,9 @@ pub fn message(
     });
     let analysed_at = rfc3339(analysed_ms);
     let mut body = vec![
-        format!("Femoral head: {}", side_word(&head.side)),
-        match head.stage.as_str() {
-            "indeterminate" => format!(
+        format!("Femoral head: {}", head.side.word()),
+        match head.stage {
+            StageCall::Indeterminate => format!(
                 "Stage: indeterminate ({})",
                 head.reason.as_deref().unwrap_or("no confident call")
             ),
@@ -469,8 +465,8 @@ pub fn message(
         body: body.join("\n"),
         priority,
         tags,
-        side: head.side.clone(),
-        stage: head.stage.clone(),
+        side: head.side,
+        stage: head.stage,
         accession_number: a.accession_number.clone(),
         analysed_at,
         heatmap,
@@ -512,7 +508,7 @@ pub fn compose_with(
             let key = hex::encode(&Sha256::digest(finding.as_bytes())[..16]);
             let msg = message(cfg, a, head, &key, analysed_ms, pacs);
             out.push(NewAlert {
-                side: head.side.clone(),
+                side: head.side,
                 channel: ch.name().to_string(),
                 idempotency_key: key,
                 payload: serde_json::to_string(&msg).unwrap_or_default(),
@@ -531,11 +527,11 @@ fn alert_heads(a: &Analysis) -> Vec<HeadFinding> {
     if !matches!(a.status, Status::Indeterminate | Status::Error) || !a.heads.is_empty() {
         return a.heads.clone();
     }
-    ["R", "L"]
+    Side::BOTH
         .into_iter()
         .map(|side| HeadFinding {
-            side: side.to_string(),
-            stage: "indeterminate".into(),
+            side,
+            stage: StageCall::Indeterminate,
             early_onfh: false,
             probabilities: crate::result::Probabilities {
                 s0: 0.0,
@@ -804,7 +800,7 @@ mod tests {
         );
         for x in &alerts {
             let m: AlertMessage = serde_json::from_str(&x.payload).unwrap();
-            assert_eq!(m.stage, "indeterminate");
+            assert_eq!(m.stage, StageCall::Indeterminate);
             assert!(m.body.contains("only one femoral head found"), "{}", m.body);
             assert!(m.title.contains("indeterminate"), "{}", m.title);
         }

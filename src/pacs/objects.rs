@@ -9,7 +9,7 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 
-use crate::result::{Analysis, HeadFinding};
+use crate::result::{Analysis, HeadFinding, Side, StageCall};
 use crate::volume::{SliceSource, Volume};
 
 type Obj = InMemDicomObject;
@@ -41,7 +41,7 @@ pub struct ObjectsInput<'a> {
     /// First Series Number of the new series (SEG, PM, SR, SC take it and the next three).
     pub series_number: i32,
     /// The Secondary Captures, per side: the montage PNG.
-    pub montages: Vec<(String, PathBuf)>,
+    pub montages: Vec<(Side, PathBuf)>,
     /// The SR of the study's previous analysis, which this one's SR replaces.
     pub predecessor: Option<SrRef>,
 }
@@ -108,7 +108,7 @@ pub fn write_objects(dir: &Path, input: &ObjectsInput) -> anyhow::Result<Vec<Pat
     written.push(save(dir, "sr.dcm", obj, SR_CLASS, &uid)?);
     for (i, (side, png)) in input.montages.iter().enumerate() {
         let (obj, uid) = ctx
-            .secondary_capture(side, png, i as i32 + 1)
+            .secondary_capture(*side, png, i as i32 + 1)
             .with_context(|| format!("cannot read {}", png.display()))?;
         written.push(save(dir, &format!("sc-{side}.dcm"), obj, SC_CLASS, &uid)?);
     }
@@ -249,7 +249,7 @@ impl SourceStudy {
 
 /// A head found by the detector: its side, finding and sphere.
 struct Found<'a> {
-    side: &'a str,
+    side: Side,
     finding: &'a HeadFinding,
     segment: u16,
     tracking_uid: String,
@@ -261,21 +261,16 @@ struct Builder<'a> {
     study: SourceStudy,
     found: Vec<Found<'a>>,
     /// Tracking UID per side for heads not found.
-    not_found: Vec<(&'static str, String)>,
+    not_found: Vec<(Side, String)>,
     date: String,
     time: String,
     device_uid: String,
 }
 
-fn side_name(side: &str) -> &'static str {
-    if side == "R" { "right" } else { "left" }
-}
-
-fn laterality(side: &str) -> Obj {
-    if side == "R" {
-        code("24028007", "SCT", "Right")
-    } else {
-        code("7771000", "SCT", "Left")
+fn laterality(side: Side) -> Obj {
+    match side {
+        Side::Right => code("24028007", "SCT", "Right"),
+        Side::Left => code("7771000", "SCT", "Left"),
     }
 }
 
@@ -287,13 +282,13 @@ impl<'a> Builder<'a> {
             .iter()
             .enumerate()
             .map(|(i, h)| Found {
-                side: h.side.as_str(),
+                side: h.side,
                 finding: h,
                 segment: i as u16 + 1,
                 tracking_uid: new_uid(),
             })
             .collect();
-        let not_found = ["R", "L"]
+        let not_found = Side::BOTH
             .into_iter()
             .filter(|s| !found.iter().any(|f| f.side == *s))
             .map(|s| (s, new_uid()))
@@ -598,7 +593,7 @@ impl<'a> Builder<'a> {
                             s,
                             tags::SEGMENT_LABEL,
                             VR::LO,
-                            &format!("{} femoral head", side_name(f.side)),
+                            &format!("{} femoral head", f.side.word()),
                         );
                         put_seq(
                             s,
@@ -939,7 +934,7 @@ impl<'a> Builder<'a> {
         groups.extend(
             self.not_found
                 .iter()
-                .map(|(side, tracking)| self.not_found_group(side, tracking)),
+                .map(|(side, tracking)| self.not_found_group(*side, tracking)),
         );
         // Heads right then left, whichever were found.
         root.push(content_container(
@@ -963,7 +958,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The group items every head shares: tracking, finding, site, algorithm.
-    fn group_head(&self, side: &str, tracking_uid: &str) -> Vec<Obj> {
+    fn group_head(&self, side: Side, tracking_uid: &str) -> Vec<Obj> {
         let mut site = content_code(
             "HAS CONCEPT MOD",
             code("363698007", "SCT", "Finding Site"),
@@ -1038,7 +1033,7 @@ impl<'a> Builder<'a> {
         items.push(content_code(
             "CONTAINS",
             code("FA-STAGE", SCHEME, "Ficat-Arlet stage"),
-            stage_code(&f.finding.stage),
+            stage_code(f.finding.stage),
         ));
         if let Some(seg) = seg_uid {
             let mut img = content_item(
@@ -1064,7 +1059,7 @@ impl<'a> Builder<'a> {
         )
     }
 
-    fn not_found_group(&self, side: &str, tracking: &str) -> Obj {
+    fn not_found_group(&self, side: Side, tracking: &str) -> Obj {
         let mut items = self.group_head(side, tracking);
         items.push(content_code(
             "CONTAINS",
@@ -1092,7 +1087,7 @@ impl<'a> Builder<'a> {
         )
     }
 
-    fn secondary_capture(&self, side: &str, png: &Path, n: i32) -> anyhow::Result<(Obj, String)> {
+    fn secondary_capture(&self, side: Side, png: &Path, n: i32) -> anyhow::Result<(Obj, String)> {
         let (rgb, width, height) = read_png_rgb(png)?;
         let (mut o, uid) = self.common(
             SC_CLASS,
@@ -1135,16 +1130,16 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn tracking_id(side: &str) -> String {
-    format!("ONFH {} femoral head", side_name(side))
+fn tracking_id(side: Side) -> String {
+    format!("ONFH {} femoral head", side.word())
 }
 
-fn stage_code(stage: &str) -> Obj {
+fn stage_code(stage: StageCall) -> Obj {
     match stage {
-        "0" => code("FA-0", SCHEME, "Ficat-Arlet stage 0"),
-        "I" => code("FA-I", SCHEME, "Ficat-Arlet stage I"),
-        "II" => code("FA-II", SCHEME, "Ficat-Arlet stage II"),
-        _ => code("82334004", "SCT", "Indeterminate"),
+        StageCall::Stage0 => code("FA-0", SCHEME, "Ficat-Arlet stage 0"),
+        StageCall::StageI => code("FA-I", SCHEME, "Ficat-Arlet stage I"),
+        StageCall::StageII => code("FA-II", SCHEME, "Ficat-Arlet stage II"),
+        StageCall::Indeterminate => code("82334004", "SCT", "Indeterminate"),
     }
 }
 

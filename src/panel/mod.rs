@@ -9,13 +9,15 @@
 //!
 //! The screen always says how fresh it is (the clock and the snapshot's age), and a serial
 //! panel that stops hearing from the appliance shows "no connection" rather than the last
-//! result. Owns pixels and the wire format; deciding the appliance's state is the daemon's.
+//! result. Owns pixels, the wire format and [`status`], the policy that turns what the
+//! appliance knows into the state it announces; gathering those facts is the daemon's.
 
 pub mod driver;
 pub mod fb;
 pub mod protocol;
 pub mod serial;
 pub mod sim;
+pub mod status;
 
 use std::path::Path;
 
@@ -26,6 +28,8 @@ use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Baseline, Text};
 use serde::{Deserialize, Serialize};
+
+use crate::result::{Side, StageCall, Status};
 
 /// A wall-clock time as the technologist reads it: the system's time zone
 /// (`/etc/localtime`, or `TZ`), with the zone's abbreviation.
@@ -91,16 +95,16 @@ pub const HEIGHT: usize = 240;
 pub enum ApplianceState {
     /// Listening, nothing in progress.
     Ready,
-    /// An association is storing instances.
+    /// Instances are arriving: a series is still within its quiet period.
     Receiving,
-    /// A series is being analysed.
+    /// A study is being analysed.
     Analysing,
     /// Showing the latest result.
     Result,
-    /// Working, but something needs attention (alerts undelivered, disk low, panel or
-    /// channel down).
+    /// Working, but something needs attention: alerts or result objects given up on, or
+    /// the disk nearly full.
     Degraded,
-    /// Not working (models missing, database unwritable).
+    /// Not working: the models could not be loaded, or the database cannot be read.
     Error,
 }
 
@@ -141,10 +145,10 @@ impl ApplianceState {
 /// One head of the last result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PanelHead {
-    /// "R" or "L".
-    pub side: String,
-    /// "0", "I", "II" or "indeterminate".
-    pub stage: String,
+    /// The head's side.
+    pub side: Side,
+    /// The stage called.
+    pub stage: StageCall,
     /// Stage I or II.
     pub early_onfh: bool,
 }
@@ -156,8 +160,8 @@ pub struct LastStudy {
     pub accession: String,
     /// When it was analysed, "HH:MM" in the system's time zone (the clock's).
     pub time: String,
-    /// ok, indeterminate, no_usable_series, error.
-    pub status: String,
+    /// The analysis' outcome.
+    pub status: Status,
     /// Heads (right first).
     pub heads: Vec<PanelHead>,
 }
@@ -398,7 +402,7 @@ pub fn render(s: &PanelState) -> Frame {
                 );
             }
             for (i, h) in ls.heads.iter().take(2).enumerate() {
-                let (c, word) = if h.stage == "indeterminate" {
+                let (c, word) = if h.stage == StageCall::Indeterminate {
                     (colour::INDETERMINATE, "?  indeterminate".to_string())
                 } else if h.early_onfh {
                     (colour::EARLY_ONFH, format!("{}  EARLY ONFH", h.stage))
@@ -407,7 +411,7 @@ pub fn render(s: &PanelState) -> Frame {
                 };
                 let m = layout::head_marker(i);
                 fill(&mut f, m, c);
-                let side = if h.side == "R" { "R" } else { "L" };
+                let side = h.side.as_str();
                 text(
                     &mut f,
                     side,
@@ -537,16 +541,16 @@ pub fn example_state(state: ApplianceState) -> PanelState {
         last_study: result.then(|| LastStudy {
             accession: "PH09000101".into(),
             time: "14:32".into(),
-            status: "ok".into(),
+            status: Status::Ok,
             heads: vec![
                 PanelHead {
-                    side: "R".into(),
-                    stage: "0".into(),
+                    side: Side::Right,
+                    stage: StageCall::Stage0,
                     early_onfh: false,
                 },
                 PanelHead {
-                    side: "L".into(),
-                    stage: "II".into(),
+                    side: Side::Left,
+                    stage: StageCall::StageII,
                     early_onfh: true,
                 },
             ],

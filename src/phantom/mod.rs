@@ -32,6 +32,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::result::Side;
+
 /// UID root of phantom objects (their UIDs add the seed and a position).
 pub const UID_ROOT: &str = "1.2.826.0.1.3680043.10.1382.98";
 
@@ -84,8 +86,8 @@ pub fn style_names() -> impl Iterator<Item = &'static str> {
 /// Ground truth for one head.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadTruth {
-    /// Patient side: "L" or "R".
-    pub side: String,
+    /// Patient side (`"L"` or `"R"` in `truth.json`).
+    pub side: crate::result::Side,
     /// Ficat-Arlet stage.
     pub stage: Stage,
     /// Whether the stage is I or II.
@@ -636,7 +638,11 @@ fn head_truths(anatomy: &Anatomy, pose: &Pose) -> Vec<HeadTruth> {
             };
             HeadTruth {
                 lesion_sphere,
-                side: if h.sign > 0.0 { "L" } else { "R" }.to_string(),
+                side: if h.sign > 0.0 {
+                    Side::Left
+                } else {
+                    Side::Right
+                },
                 stage: h.stage,
                 early_onfh: h.stage != Stage::S0,
                 variant: h.variant,

@@ -12,6 +12,7 @@ use embedded_graphics::prelude::*;
 use embedded_graphics::text::Text;
 
 use crate::render::Canvas;
+use crate::result::{Side, StageCall};
 use crate::volume::{self, Volume};
 
 /// A heatmap in a crop's frame.
@@ -116,10 +117,10 @@ fn colour(t: f32) -> [f32; 3] {
 /// What a montage shows.
 #[derive(Debug, Clone)]
 pub struct MontageLabel {
-    /// "R" or "L".
-    pub side: String,
-    /// "0", "I", "II" or "indeterminate".
-    pub stage: String,
+    /// The head's side.
+    pub side: Side,
+    /// The stage called.
+    pub stage: StageCall,
     /// Top class probability.
     pub probability: f32,
     /// The intended-use line.
@@ -180,7 +181,7 @@ pub fn write_montage(
     }
     let white = MonoTextStyle::new(&FONT_6X10, Rgb888::WHITE);
     let yellow = MonoTextStyle::new(&FONT_6X10, Rgb888::YELLOW);
-    let side = if label.side == "R" { "right" } else { "left" };
+    let side = label.side.word();
     let head = format!(
         "{} femoral head ({}) - stage {} (p = {:.2}) - coronal, anterior to posterior, 4 mm apart",
         side, label.side, label.stage, label.probability

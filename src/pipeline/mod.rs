@@ -35,7 +35,7 @@ use crate::model::weights::{self, Manifest, ModelError, ModelSource};
 use crate::volume::{self, Preprocess};
 
 pub use crate::result::{
-    Analysis, HeadFinding, HeatmapFiles, ModelInfo, Probabilities, Status, Timings,
+    Analysis, HeadFinding, HeatmapFiles, ModelInfo, Probabilities, Side, StageCall, Status, Timings,
 };
 
 /// Pipeline settings (`[analysis]` in the configuration).
@@ -252,9 +252,6 @@ fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
-/// Stage names by class index.
-pub const STAGES: [&str; 3] = ["0", "I", "II"];
-
 /// What the result objects for PACS are made from (kept only when `out` is given).
 struct ExportParts {
     t2: volume::Volume,
@@ -297,7 +294,7 @@ pub fn analyze_replacing(
                 montages: a
                     .heads
                     .iter()
-                    .filter_map(|h| Some((h.side.clone(), PathBuf::from(&h.heatmap.as_ref()?.png))))
+                    .filter_map(|h| Some((h.side, PathBuf::from(&h.heatmap.as_ref()?.png))))
                     .collect(),
                 predecessor,
             };
@@ -409,9 +406,9 @@ fn analyze_study(
     let [d, h, w] = models.crop.shape;
     let mut voxels = Vec::with_capacity(2 * d * h * w);
     let mut grids = Vec::with_capacity(2);
-    for (side, det) in [("R", right), ("L", left)] {
+    for (side, det) in [(Side::Right, right), (Side::Left, left)] {
         let (crop, affine) =
-            crop::crop_with_grid(&t2, det.center_lps_mm, side == "R", &models.crop);
+            crop::crop_with_grid(&t2, det.center_lps_mm, side == Side::Right, &models.crop);
         voxels.extend(crop);
         grids.push((side, det, affine));
     }
@@ -448,7 +445,7 @@ fn analyze_study(
                 values: &s.heatmap,
                 shape: models.crop.shape,
                 affine: *affine,
-                mirrored: *side == "R",
+                mirrored: *side == Side::Right,
             })
             .collect();
         let heat = heatmap::place(&t2, &maps);
@@ -466,14 +463,14 @@ fn analyze_study(
         let confident = top >= settings.min_stage_probability;
         all_confident &= confident;
         let stage = if confident {
-            STAGES[s.class]
+            StageCall::of_class(s.class)
         } else {
-            "indeterminate"
+            StageCall::Indeterminate
         };
         let mut finding = HeadFinding {
-            side: side.to_string(),
-            stage: stage.to_owned(),
-            early_onfh: confident && s.class > 0,
+            side: *side,
+            stage,
+            early_onfh: stage.is_early_onfh(),
             probabilities: Probabilities {
                 s0: s.probabilities[0],
                 s1: s.probabilities[1],
@@ -493,8 +490,8 @@ fn analyze_study(
         if let (Some(dir), Some(((vol_nii, heat_nii), heat))) = (out, files_written.as_ref()) {
             let png = dir.join(format!("heatmap_{}.png", side));
             let label = heatmap::MontageLabel {
-                side: side.to_string(),
-                stage: stage.to_owned(),
+                side: *side,
+                stage,
                 probability: top,
                 intended_use: models.stager_manifest.intended_use.clone(),
             };

@@ -8,7 +8,7 @@
 use rusqlite::params;
 
 use super::results::audit;
-use super::{Store, StoreError};
+use super::{DeliveryState, Store, StoreError};
 
 /// Migration 6: the export outbox.
 pub(super) const MIGRATION: &str = r#"
@@ -66,8 +66,8 @@ pub struct ExportRow {
     pub sop_class_uid: String,
     /// SOP Instance UID.
     pub sop_instance_uid: String,
-    /// `pending`, `sent` or `dead`.
-    pub state: String,
+    /// Delivery state.
+    pub state: DeliveryState,
     /// Attempts so far.
     pub attempts: i64,
     /// When the next attempt is due.
@@ -216,13 +216,20 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let (state, next, status, error, sent, event) = match outcome {
-            ExportOutcome::Sent(s) => ("sent", now_ms, Some(*s), None, Some(now_ms), "export_sent"),
+            ExportOutcome::Sent(s) => (
+                DeliveryState::Sent,
+                now_ms,
+                Some(*s),
+                None,
+                Some(now_ms),
+                "export_sent",
+            ),
             ExportOutcome::Retry {
                 error,
                 status,
                 at_ms,
             } => (
-                "pending",
+                DeliveryState::Pending,
                 *at_ms,
                 *status,
                 Some(error.as_str()),
@@ -230,7 +237,7 @@ impl Store {
                 "export_failed",
             ),
             ExportOutcome::Dead { error, status } => (
-                "dead",
+                DeliveryState::Dead,
                 now_ms,
                 *status,
                 Some(error.as_str()),
@@ -285,13 +292,15 @@ impl Store {
             return Ok(c);
         }
         let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM exports GROUP BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, DeliveryState>(0)?, r.get::<_, i64>(1)?))
+        })?;
         for r in rows {
             let (state, n) = r?;
-            match state.as_str() {
-                "pending" => c.pending = n,
-                "sent" => c.sent = n,
-                _ => c.dead = n,
+            match state {
+                DeliveryState::Pending => c.pending = n,
+                DeliveryState::Sent => c.sent = n,
+                DeliveryState::Dead => c.dead = n,
             }
         }
         Ok(c)

@@ -15,13 +15,116 @@ mod exports;
 mod results;
 
 pub use exports::{ExportCounts, ExportOutcome, ExportRow, NewExport};
-pub use results::{AlertCounts, AlertRow, NewAlert, Recorded, StoredAnalysis, StudyJob};
+pub use results::{AlertCounts, AlertRow, JobKey, NewAlert, Recorded, StoredAnalysis, StudyJob};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
+
+/// Row states of the two outboxes (alerts and PACS exports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Delivered.
+    Sent,
+    /// Given up on (permanent failure or out of attempts); `retry` requeues it.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The name stored in the database and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Sent,
+            DeliveryState::Dead,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+/// A series' completion job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Instances may still arrive (the quiet period has not passed).
+    Collecting,
+    /// The quiet period passed; the series is ready for analysis.
+    Complete,
+}
+
+impl JobState {
+    /// The name stored in the database and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Collecting => "collecting",
+            JobState::Complete => "complete",
+        }
+    }
+
+    /// The state named `s`.
+    pub fn parse(s: &str) -> Option<JobState> {
+        [JobState::Collecting, JobState::Complete]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// Types stored as their text name (`as_str` / `parse`): bound as text, and read back
+/// with an error naming the column's unexpected value.
+macro_rules! text_column {
+    ($($t:ty => $what:literal),* $(,)?) => {$(
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                <$t>::parse(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(format!("{} {s:?}", $what).into())
+                })
+            }
+        }
+    )*};
+}
+
+text_column!(
+    DeliveryState => "delivery state",
+    JobState => "job state",
+    crate::result::Side => "side",
+    crate::result::StageCall => "stage",
+);
+
+impl std::fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -218,8 +321,8 @@ pub struct SeriesRow {
     pub series_description: Option<String>,
     /// Instances indexed.
     pub instance_count: i64,
-    /// Job state: collecting or complete.
-    pub state: String,
+    /// Job state.
+    pub state: JobState,
     /// Job generation.
     pub generation: i64,
 }

@@ -9,15 +9,14 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::{Store, StoreError};
-use crate::result::Analysis;
-use crate::result::Verdict;
+use super::{DeliveryState, Store, StoreError};
+use crate::result::{Analysis, Side, Verdict};
 
 /// An alert to queue with an analysis.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewAlert {
-    /// Which head (`R`/`L`), or empty for a study-level alert.
-    pub side: String,
+    /// Which head.
+    pub side: Side,
     /// The channel's configured name.
     pub channel: String,
     /// Unique per finding and channel; receivers see it (header, Message-ID).
@@ -45,13 +44,88 @@ impl Recorded {
     }
 }
 
+/// Which analysis of a study: the study, and a digest of the series (and their completion
+/// generations) it covers. A new series or a late instance makes a new key, so the study is
+/// analysed again; the same set never twice. Stored as `<study UID>#<digest>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey {
+    study_uid: String,
+    digest: String,
+}
+
+impl JobKey {
+    /// The key of `study_uid` with `series` as (Series Instance UID, generation) pairs.
+    pub fn for_series(study_uid: &str, series: &[(String, i64)]) -> JobKey {
+        use sha2::Digest;
+        let parts: Vec<String> = series.iter().map(|(s, g)| format!("{s}:{g}")).collect();
+        let h = sha2::Sha256::digest(parts.join(",").as_bytes());
+        JobKey {
+            study_uid: study_uid.to_owned(),
+            digest: hex::encode(&h[..8]),
+        }
+    }
+
+    /// A key as stored (`<study>#<digest>`); text without `#` is a study-level key with
+    /// an empty digest (as tools and tests may write).
+    pub fn parse(stored: &str) -> JobKey {
+        let (study, digest) = stored.rsplit_once('#').unwrap_or((stored, ""));
+        JobKey {
+            study_uid: study.to_owned(),
+            digest: digest.to_owned(),
+        }
+    }
+
+    /// The study.
+    pub fn study_uid(&self) -> &str {
+        &self.study_uid
+    }
+
+    /// A name for this job's own results folder under the study's: the digest (`job` when
+    /// there is none).
+    pub fn folder_name(&self) -> &str {
+        if self.digest.is_empty() {
+            "job"
+        } else {
+            &self.digest
+        }
+    }
+}
+
+impl std::fmt::Display for JobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.digest.is_empty() {
+            f.write_str(&self.study_uid)
+        } else {
+            write!(f, "{}#{}", self.study_uid, self.digest)
+        }
+    }
+}
+
+impl Serialize for JobKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl rusqlite::types::ToSql for JobKey {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.to_string().into())
+    }
+}
+
+impl rusqlite::types::FromSql for JobKey {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        Ok(JobKey::parse(v.as_str()?))
+    }
+}
+
 /// A study waiting for analysis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StudyJob {
     /// Study Instance UID.
     pub study_uid: String,
     /// Unique per study and set of series completions.
-    pub job_key: String,
+    pub job_key: JobKey,
     /// The latest series completion the job covers.
     pub completed_ms: i64,
     /// Spool file names (relative to the spool root).
@@ -65,16 +139,16 @@ pub struct AlertRow {
     pub id: i64,
     /// The analysis it reports on.
     pub analysis_id: i64,
-    /// Head side, or empty.
-    pub side: String,
+    /// Which head.
+    pub side: Side,
     /// Channel name.
     pub channel: String,
     /// Idempotency key.
     pub idempotency_key: String,
     /// Rendered message (JSON).
     pub payload: String,
-    /// `pending`, `sent` or `dead`.
-    pub state: String,
+    /// Delivery state.
+    pub state: DeliveryState,
     /// Delivery attempts so far.
     pub attempts: i64,
     /// When the next attempt is due (pending only).
@@ -102,7 +176,7 @@ pub struct StoredAnalysis {
     /// Row id.
     pub id: i64,
     /// The job that produced it.
-    pub job_key: String,
+    pub job_key: JobKey,
     /// When it was recorded.
     pub analysed_ms: i64,
     /// The result, exactly as the pipeline returned it.
@@ -233,7 +307,7 @@ impl Store {
     /// in one transaction. A job key recorded before is left as it was.
     pub fn record_analysis(
         &self,
-        job_key: &str,
+        job_key: &JobKey,
         a: &Analysis,
         alerts: &[NewAlert],
         now_ms: i64,
@@ -246,7 +320,7 @@ impl Store {
     /// the PACS destinations (`exports`) in the same transaction.
     pub fn record_job(
         &self,
-        job_key: &str,
+        job_key: &JobKey,
         job_completed_ms: i64,
         a: &Analysis,
         alerts: &[NewAlert],
@@ -269,7 +343,7 @@ impl Store {
             "DELETE FROM analysis_attempts WHERE job_key = ?1",
             [job_key],
         )?;
-        let status = json(&a.status).trim_matches('"').to_string();
+        let status = a.status.as_str();
         tx.execute(
             "INSERT INTO analyses (job_key, study_uid, series_uid, accession_number, status,
                  reason, model_name, model_version, detector_sha256, stager_sha256,
@@ -438,12 +512,7 @@ impl Store {
     /// Mark the start of an analysis of `job_key`, durably, before it runs; returns how
     /// many earlier attempts started and never recorded a result (the process died during
     /// them). Recording the job's result clears the mark.
-    pub fn begin_attempt(
-        &self,
-        job_key: &str,
-        study_uid: &str,
-        now_ms: i64,
-    ) -> Result<u32, StoreError> {
+    pub fn begin_attempt(&self, job_key: &JobKey, now_ms: i64) -> Result<u32, StoreError> {
         let conn = self.lock();
         let earlier: Option<i64> = conn
             .query_row(
@@ -457,7 +526,7 @@ impl Store {
              VALUES (?1, ?2, 1, ?3)
              ON CONFLICT (job_key) DO UPDATE SET attempts = attempts + 1,
                  last_started_ms = excluded.last_started_ms",
-            params![job_key, study_uid, now_ms],
+            params![job_key, job_key.study_uid(), now_ms],
         )?;
         Ok(earlier.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
     }
@@ -501,20 +570,10 @@ impl Store {
                 "SELECT series_uid, generation FROM series JOIN series_jobs USING (series_uid)
                  WHERE study_uid = ?1 ORDER BY series_uid",
             )?;
-            let parts = gens
-                .query_map([&study_uid], |r| {
-                    Ok(format!(
-                        "{}:{}",
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?
-                    ))
-                })?
+            let series = gens
+                .query_map([&study_uid], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
-            let job_key = {
-                use sha2::Digest;
-                let h = sha2::Sha256::digest(parts.join(",").as_bytes());
-                format!("{study_uid}#{}", hex::encode(&h[..8]))
-            };
+            let job_key = JobKey::for_series(&study_uid, &series);
             let done = conn
                 .prepare_cached("SELECT 1 FROM analyses WHERE job_key = ?1")?
                 .exists([&job_key])?;
@@ -559,7 +618,7 @@ impl Store {
             .query_map([since_ms], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
+                    r.get::<_, JobKey>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
                 ))
@@ -655,8 +714,8 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let (state, next, event) = match retry_at_ms {
-            Some(t) => ("pending", t, "alert_failed"),
-            None => ("dead", now_ms, "alert_dead"),
+            Some(t) => (DeliveryState::Pending, t, "alert_failed"),
+            None => (DeliveryState::Dead, now_ms, "alert_dead"),
         };
         let n = tx.execute(
             "UPDATE alerts SET state = ?2, attempts = attempts + 1, next_attempt_ms = ?3,
@@ -680,13 +739,15 @@ impl Store {
             return Ok(c);
         }
         let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM alerts GROUP BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, DeliveryState>(0)?, r.get::<_, i64>(1)?))
+        })?;
         for row in rows {
             let (state, n) = row?;
-            match state.as_str() {
-                "pending" => c.pending = n,
-                "sent" => c.sent = n,
-                _ => c.dead = n,
+            match state {
+                DeliveryState::Pending => c.pending = n,
+                DeliveryState::Sent => c.sent = n,
+                DeliveryState::Dead => c.dead = n,
             }
         }
         Ok(c)

@@ -20,6 +20,7 @@ use std::path::Path;
 use crate::model::crop::{CropConfig, crop};
 use crate::model::detector::VoxelBox;
 use crate::phantom::{self, StudyTruth, anatomy::Stage, randomised};
+use crate::result::Side;
 use crate::volume::preprocess::normalise;
 use crate::volume::{self, Preprocess, Volume};
 
@@ -58,8 +59,8 @@ pub struct HeadSample {
     pub voxels: Vec<f32>,
     /// Class index: 0, 1, 2 for stage 0, I, II.
     pub class: u32,
-    /// "L" or "R".
-    pub side: String,
+    /// The head's side.
+    pub side: Side,
     /// The phantom seed of the study.
     pub seed: u64,
 }
@@ -149,9 +150,9 @@ pub fn head_samples(
         }
         for c in centers {
             out.push(HeadSample {
-                voxels: crop(&study.volume, c, h.side == "R", cfg),
+                voxels: crop(&study.volume, c, h.side == Side::Right, cfg),
                 class: class_of(h.stage),
-                side: h.side.clone(),
+                side: h.side,
                 seed: study.truth.seed,
             });
         }
@@ -266,7 +267,7 @@ pub fn randomised_head_samples(
             let noise_seed = seed ^ ((n * 64 + copy) as u64).wrapping_mul(0x2545_f491);
             let (mut voxels, inside) = randomised::render(&scene, &acq, &grid, noise_seed);
             normalise(&mut voxels, &inside, &cfg.normalisation());
-            if h.side == "R" {
+            if h.side == Side::Right {
                 for row in voxels.chunks_mut(cfg.shape[2]) {
                     row.reverse();
                 }
@@ -274,7 +275,7 @@ pub fn randomised_head_samples(
             out.push(HeadSample {
                 voxels,
                 class: class_of(h.stage),
-                side: h.side.clone(),
+                side: h.side,
                 seed,
             });
         }

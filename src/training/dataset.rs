@@ -39,6 +39,7 @@ use super::data::PhantomStudy;
 pub use crate::model::weights::DatasetSummary;
 use crate::phantom::anatomy::{Stage, Variant};
 use crate::phantom::{HeadTruth, StudyTruth};
+use crate::result::Side;
 use crate::volume::{self, Volume, nifti};
 
 /// Which part of the dataset a study belongs to.
@@ -88,7 +89,7 @@ pub enum DatasetError {
 #[derive(Debug, Clone)]
 struct HeadRow {
     row: usize,
-    side: String,
+    side: Side,
     stage: Stage,
     center_radius: Option<([f64; 3], f64)>,
     label_map: Option<PathBuf>,
@@ -232,12 +233,12 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
                 .filter(|c| !c.is_empty())
         };
         let study = get("study").ok_or_else(|| row_err(row, "no study folder".into()))?;
-        let side = match get("side").map(|s| s.to_ascii_uppercase()) {
-            Some(s) if s == "R" || s == "L" => s,
-            other => {
+        let side = match get("side").map(|s| Side::parse(&s.to_ascii_uppercase())) {
+            Some(Some(s)) => s,
+            _ => {
                 return Err(row_err(
                     row,
-                    format!("side {:?}: must be R or L", other.unwrap_or_default()),
+                    format!("side {:?}: must be R or L", get("side").unwrap_or_default()),
                 ));
             }
         };
@@ -345,15 +346,15 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
             let (center, radius) = match (&h.center_radius, &h.label_map) {
                 (Some(cr), _) => *cr,
                 (None, Some(map)) => {
-                    let label = if h.side == "R" { 1.0 } else { 2.0 };
+                    let label = if h.side == Side::Right { 1.0 } else { 2.0 };
                     head_from_label_map(map, label, &volume).map_err(|m| row_err(h.row, m))?
                 }
                 (None, None) => unreachable!("checked while parsing"),
             };
-            heads.push(head_truth(&h.side, h.stage, center, radius));
+            heads.push(head_truth(h.side, h.stage, center, radius));
         }
         // Right then left, as the phantom's truth.
-        heads.sort_by_key(|h| if h.side == "R" { 0 } else { 1 });
+        heads.sort_by_key(|h| h.side);
         let truth = StudyTruth {
             note: format!("site dataset {}", csv.display()),
             seed: index as u64,
@@ -397,9 +398,9 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
     Ok(ds)
 }
 
-fn head_truth(side: &str, stage: Stage, c: [f64; 3], r: f64) -> HeadTruth {
+fn head_truth(side: Side, stage: Stage, c: [f64; 3], r: f64) -> HeadTruth {
     HeadTruth {
-        side: side.to_owned(),
+        side,
         stage,
         early_onfh: stage != Stage::S0,
         variant: Variant::None,

@@ -28,9 +28,9 @@ use serde::Serialize;
 use super::data::{self, DetectorSample};
 use super::dataset::{self, Split};
 use super::{
-    RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS, Run, Task,
-    Trained, VALIDATION_SEED_OFFSET, Validation, fit, normalisation_text, seeds_text,
-    wall_time_text,
+    EpochRecord, ManifestSpec, RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS,
+    RANDOMISED_VALIDATION_SEEDS, Run, Task, Trained, VALIDATION_SEED_OFFSET, Validation, fit,
+    manifest, seeds_text,
 };
 use crate::model::detector::{Detection, Detector, DetectorConfig, VoxelBox, detection_loss};
 use crate::phantom::HeadTruth;
@@ -411,9 +411,42 @@ impl Task for DetectorTask<'_> {
             },
         })
     }
+}
 
-    fn mark_best(report: &mut DetectorEpochReport) {
-        report.best = true;
+impl EpochRecord for DetectorEpochReport {
+    fn is_best(&self) -> bool {
+        self.best
+    }
+
+    fn mark_best(&mut self) {
+        self.best = true;
+    }
+
+    fn selected(&self) -> String {
+        format!(
+            "epoch {}: validation detection rate {:.3} (classic {:.3}, randomised {:.3}), centre error {:.2} mm",
+            self.epoch,
+            self.val_detection_rate,
+            self.val_classic_rate,
+            self.val_randomised_rate,
+            self.val_center_error_mm
+        )
+    }
+}
+
+impl std::fmt::Display for DetectorEpochReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "epoch {:>3}  train loss {:.4}  val detection {:.3} (classic {:.3}, randomised {:.3})  val centre error {:.2} mm{}",
+            self.epoch,
+            self.train_loss,
+            self.val_detection_rate,
+            self.val_classic_rate,
+            self.val_randomised_rate,
+            self.val_center_error_mm,
+            if self.best { "  (best)" } else { "" }
+        )
     }
 }
 
@@ -426,77 +459,35 @@ pub fn detector_manifest(
     name: &str,
     command: &str,
 ) -> crate::model::weights::Manifest {
-    use crate::model::weights::{
-        Architecture, INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef,
-    };
-    Manifest {
-        format: MANIFEST_FORMAT,
-        name: name.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        architecture: Architecture::Detector {
+    let spec = ManifestSpec {
+        name,
+        architecture: crate::model::weights::Architecture::Detector {
             config: opts.config.clone(),
             preprocess: opts.preprocess.clone(),
         },
         classes: vec!["femoral head".into()],
-        weights: WeightsRef {
-            file: String::new(),
-            sha256: String::new(),
-            dtype: "f16".into(),
-            parameters: 0,
-        },
-        training: Training {
-            command: command.to_owned(),
-            data: format!(
-                "{}; {} domain-randomised studies drawn afresh per epoch (`phantom::randomised`, \
-                 rendered on the input grid), {} fixed ones for validation; boxes are the \
-                 femoral-head spheres' bounds; augmentation: brightness x0.85-1.15, Gaussian \
-                 noise sigma 0.02, right-left flips; negatives: 12 % one hip blanked beyond the midline, \
-                 8 % noise without anatomy; SimOTA assignment (centre radius {CENTER_RADIUS} \
-                 cells), AdamW lr {} weight decay {}, batch {}, {} epochs{}",
-                match &trained.dataset {
-                    Some(d) => format!("site dataset {} (train and val splits)", d.csv),
-                    None => format!(
-                        "{} + {} whole T2 volumes of classic phantom studies (`onfh-edge phantom`), \
-                         selected, assembled and preprocessed as in the pipeline",
-                        opts.train_studies, opts.val_studies
-                    ),
-                },
-                opts.randomised,
-                opts.val_randomised,
-                opts.lr,
-                opts.weight_decay,
-                opts.batch,
-                opts.epochs,
-                match &opts.init {
-                    Some(p) => format!(", fine-tuned from {}", p.display()),
-                    None => String::new(),
-                }
-            ),
-            seeds: seeds_text(
-                opts.seed,
-                opts.train_studies,
-                opts.val_studies,
-                opts.val_randomised,
-            ),
-            scanner_styles: data::TRAINING_STYLES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            selected: format!(
-                "epoch {}: validation detection rate {:.3} (classic {:.3}, randomised {:.3}), centre error {:.2} mm",
-                best.epoch,
-                best.val_detection_rate,
-                best.val_classic_rate,
-                best.val_randomised_rate,
-                best.val_center_error_mm
-            ),
-            normalisation: Some(normalisation_text(&opts.preprocess.normalisation())),
-            randomisation: (opts.randomised > 0)
-                .then(|| crate::phantom::randomised::DESCRIPTION.to_owned()),
-            dataset: trained.dataset.clone(),
-            wall_time: Some(wall_time_text(trained.wall_time)),
-        },
-        metrics: None,
-        intended_use: INTENDED_USE.to_owned(),
-    }
+        phantom_data: format!(
+            "{} + {} whole T2 volumes of classic phantom studies (`onfh-edge phantom`), \
+             selected, assembled and preprocessed as in the pipeline",
+            opts.train_studies, opts.val_studies
+        ),
+        recipe: format!(
+            "{{data}}; {} domain-randomised studies drawn afresh per epoch \
+             (`phantom::randomised`, rendered on the input grid), {} fixed ones for \
+             validation; boxes are the femoral-head spheres' bounds; augmentation: brightness \
+             x0.85-1.15, Gaussian noise sigma 0.02, right-left flips; negatives: 12 % one hip \
+             blanked beyond the midline, 8 % noise without anatomy; SimOTA assignment (centre \
+             radius {CENTER_RADIUS} cells)",
+            opts.randomised, opts.val_randomised,
+        ),
+        normalisation: opts.preprocess.normalisation(),
+        seeds: seeds_text(
+            opts.seed,
+            opts.train_studies,
+            opts.val_studies,
+            opts.val_randomised,
+        ),
+        randomised: opts.randomised,
+    };
+    manifest(spec, opts.run(), trained, best, command)
 }

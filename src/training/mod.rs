@@ -66,6 +66,103 @@ pub struct Trained<R> {
     pub wall_time: std::time::Duration,
 }
 
+/// One epoch's report, as the loop, the run record and the commands see it: printed as
+/// one line, and marked when it became the best checkpoint.
+pub trait EpochRecord: Clone + Serialize + DeserializeOwned + std::fmt::Display {
+    /// Whether this epoch became the best checkpoint.
+    fn is_best(&self) -> bool;
+    /// Mark it so.
+    fn mark_best(&mut self);
+    /// Why this epoch was selected, as the manifest states it.
+    fn selected(&self) -> String;
+}
+
+impl<R: EpochRecord> Trained<R> {
+    /// The epoch kept as `<kind>.best.safetensors` (the last one marked best).
+    pub fn best(&self) -> Option<&R> {
+        self.reports.iter().rev().find(|r| r.is_best())
+    }
+}
+
+/// What a manifest says of a network beyond the run: its identity, its data and how the
+/// kept epoch was chosen.
+pub struct ManifestSpec<'a> {
+    /// Model name (`3d-muldensenet-small`, …).
+    pub name: &'a str,
+    /// The architecture and its input.
+    pub architecture: crate::model::weights::Architecture,
+    /// Output classes.
+    pub classes: Vec<String>,
+    /// The training data of a phantom run (a site dataset's run names the dataset instead).
+    pub phantom_data: String,
+    /// What the network sees and how it learns (samples, augmentation, loss), with
+    /// `{data}` where the training studies are named; the schedule follows from the run.
+    pub recipe: String,
+    /// The intensity steps before the network.
+    pub normalisation: crate::volume::preprocess::Normalisation,
+    /// The seed plan.
+    pub seeds: String,
+    /// Domain-randomised studies per epoch (0: none).
+    pub randomised: usize,
+}
+
+/// The manifest of a network trained in `run`, keeping `best` (its weights reference is
+/// filled in by `weights::export`); `command` is the command that trains it.
+pub fn manifest<R: EpochRecord>(
+    spec: ManifestSpec<'_>,
+    run: Run<'_>,
+    trained: &Trained<R>,
+    best: &R,
+    command: &str,
+) -> crate::model::weights::Manifest {
+    use crate::model::weights::{INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef};
+    let data = match &trained.dataset {
+        Some(d) => format!("site dataset {} (train and val splits)", d.csv),
+        None => spec.phantom_data,
+    };
+    Manifest {
+        format: MANIFEST_FORMAT,
+        name: spec.name.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        architecture: spec.architecture,
+        classes: spec.classes,
+        weights: WeightsRef {
+            file: String::new(),
+            sha256: String::new(),
+            dtype: "f16".into(),
+            parameters: 0,
+        },
+        training: Training {
+            command: command.to_owned(),
+            data: format!(
+                "{}, AdamW lr {} weight decay {}, batch {}, {} epochs{}",
+                spec.recipe.replace("{data}", &data),
+                run.lr,
+                run.weight_decay,
+                run.batch,
+                run.epochs,
+                match run.init {
+                    Some(p) => format!(", fine-tuned from {}", p.display()),
+                    None => String::new(),
+                }
+            ),
+            seeds: spec.seeds,
+            scanner_styles: data::TRAINING_STYLES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            selected: best.selected(),
+            normalisation: Some(normalisation_text(&spec.normalisation)),
+            randomisation: (spec.randomised > 0)
+                .then(|| crate::phantom::randomised::DESCRIPTION.to_owned()),
+            dataset: trained.dataset.clone(),
+            wall_time: Some(wall_time_text(trained.wall_time)),
+        },
+        metrics: None,
+        intended_use: INTENDED_USE.to_owned(),
+    }
+}
+
 impl<R: Serialize + serde::de::DeserializeOwned> Trained<R> {
     /// Keep the run's record as `<kind>.trained.json` in `out`.
     pub fn save(&self, out: &Path, kind: &str) -> anyhow::Result<()> {
@@ -158,7 +255,7 @@ pub struct Validation<R> {
     pub score: f32,
     /// Tie-break.
     pub tie_break: f32,
-    /// The epoch's report (its `best` flag set by [`Task::mark_best`]).
+    /// The epoch's report (marked by [`EpochRecord::mark_best`] when it is the best).
     pub report: R,
 }
 
@@ -169,7 +266,7 @@ pub trait Task {
     /// The network.
     type Net;
     /// One epoch's figures.
-    type Report: Clone + Serialize + DeserializeOwned;
+    type Report: EpochRecord;
     /// Names the checkpoints (`<KIND>.best.safetensors`, `<KIND>.last.safetensors`) and
     /// the run record (`<KIND>.trained.json`).
     const KIND: &'static str;
@@ -193,8 +290,6 @@ pub trait Task {
         epoch: usize,
         train_loss: f32,
     ) -> candle_core::Result<Validation<Self::Report>>;
-    /// Mark `report` as the best epoch so far.
-    fn mark_best(report: &mut Self::Report);
 }
 
 /// The training loop: AdamW with the learning rate on [`cosine_lr`] over every step of
@@ -256,7 +351,7 @@ pub fn fit<T: Task>(
         let is_best = best.is_none_or(|(s, t)| v.score > s || (v.score == s && v.tie_break < t));
         if is_best {
             best = Some((v.score, v.tie_break));
-            T::mark_best(&mut v.report);
+            v.report.mark_best();
             map.save(run.out.join(format!("{}.best.safetensors", T::KIND)))?;
         }
         map.save(&last)?;

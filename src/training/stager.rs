@@ -21,9 +21,9 @@ use serde::Serialize;
 use super::data::{self, HeadSample};
 use super::dataset::{self, Split};
 use super::{
-    RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS, RANDOMISED_VALIDATION_SEEDS, Run, Task,
-    Trained, VALIDATION_SEED_OFFSET, Validation, fit, normalisation_text, seeds_text,
-    wall_time_text,
+    EpochRecord, ManifestSpec, RANDOMISED_EPOCH_STRIDE, RANDOMISED_TRAINING_SEEDS,
+    RANDOMISED_VALIDATION_SEEDS, Run, Task, Trained, VALIDATION_SEED_OFFSET, Validation, fit,
+    manifest, seeds_text,
 };
 use crate::model::crop::CropConfig;
 use crate::model::stager::{Stager, StagerConfig, focal_loss};
@@ -340,9 +340,42 @@ impl Task for StagerTask<'_> {
             },
         })
     }
+}
 
-    fn mark_best(report: &mut EpochReport) {
-        report.best = true;
+impl EpochRecord for EpochReport {
+    fn is_best(&self) -> bool {
+        self.best
+    }
+
+    fn mark_best(&mut self) {
+        self.best = true;
+    }
+
+    fn selected(&self) -> String {
+        format!(
+            "epoch {}: validation accuracy {:.3} (classic {:.3}, randomised {:.3}), validation loss {:.4}",
+            self.epoch,
+            self.val_accuracy,
+            self.val_classic_accuracy,
+            self.val_randomised_accuracy,
+            self.val_loss
+        )
+    }
+}
+
+impl std::fmt::Display for EpochReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "epoch {:>3}  train loss {:.4}  val loss {:.4}  val accuracy {:.3} (classic {:.3}, randomised {:.3}){}",
+            self.epoch,
+            self.train_loss,
+            self.val_loss,
+            self.val_accuracy,
+            self.val_classic_accuracy,
+            self.val_randomised_accuracy,
+            if self.best { "  (best)" } else { "" }
+        )
     }
 }
 
@@ -355,80 +388,39 @@ pub fn stager_manifest(
     name: &str,
     command: &str,
 ) -> crate::model::weights::Manifest {
-    use crate::model::weights::{
-        Architecture, INTENDED_USE, MANIFEST_FORMAT, Manifest, Training, WeightsRef,
-    };
-    Manifest {
-        format: MANIFEST_FORMAT,
-        name: name.to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        architecture: Architecture::Stager {
+    let spec = ManifestSpec {
+        name,
+        architecture: crate::model::weights::Architecture::Stager {
             config: opts.config.clone(),
             crop: opts.crop.clone(),
         },
         classes: vec!["stage 0".into(), "stage I".into(), "stage II".into()],
-        weights: WeightsRef {
-            file: String::new(),
-            sha256: String::new(),
-            dtype: "f16".into(),
-            parameters: 0,
-        },
-        training: Training {
-            command: command.to_owned(),
-            data: format!(
-                "femoral-head crops, cropped around the true centre (plus {} crops per head \
-                 displaced by N(0, {} mm)), right heads mirrored, each crop normalised on its \
-                 own, from {}; {} domain-randomised studies drawn afresh per epoch \
-                 (`phantom::randomised`, rendered on the crop grid), {} fixed ones for \
-                 validation; augmentation: brightness x0.9-1.1, Gaussian noise sigma 0.02; \
-                 focal loss gamma {}, AdamW lr {} weight decay {}, batch {}, {} epochs{}",
-                opts.jitter.map_or(0, |j| j.0),
-                opts.jitter.map_or(0.0, |j| j.1),
-                match &trained.dataset {
-                    Some(d) => format!("site dataset {} (train and val splits)", d.csv),
-                    None => format!(
-                        "{} + {} classic phantom studies (`onfh-edge phantom`: T2 selected and \
-                         assembled as in the pipeline)",
-                        opts.train_studies, opts.val_studies
-                    ),
-                },
-                opts.randomised,
-                opts.val_randomised,
-                opts.gamma,
-                opts.lr,
-                opts.weight_decay,
-                opts.batch,
-                opts.epochs,
-                match &opts.init {
-                    Some(p) => format!(", fine-tuned from {}", p.display()),
-                    None => String::new(),
-                }
-            ),
-            seeds: seeds_text(
-                opts.seed,
-                opts.train_studies,
-                opts.val_studies,
-                opts.val_randomised,
-            ),
-            scanner_styles: data::TRAINING_STYLES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            selected: format!(
-                "epoch {}: validation accuracy {:.3} (classic {:.3}, randomised {:.3}), validation loss {:.4}",
-                best.epoch,
-                best.val_accuracy,
-                best.val_classic_accuracy,
-                best.val_randomised_accuracy,
-                best.val_loss
-            ),
-            normalisation: Some(normalisation_text(&opts.crop.normalisation())),
-            randomisation: (opts.randomised > 0)
-                .then(|| crate::phantom::randomised::DESCRIPTION.to_owned()),
-            dataset: trained.dataset.clone(),
-            wall_time: Some(wall_time_text(trained.wall_time)),
-        },
-        metrics: None,
-        intended_use: INTENDED_USE.to_owned(),
-    }
+        phantom_data: format!(
+            "{} + {} classic phantom studies (`onfh-edge phantom`: T2 selected and assembled \
+             as in the pipeline)",
+            opts.train_studies, opts.val_studies
+        ),
+        recipe: format!(
+            "femoral-head crops, cropped around the true centre (plus {} crops per head \
+             displaced by N(0, {} mm)), right heads mirrored, each crop normalised on its own, \
+             from {{data}}; {} domain-randomised studies drawn afresh per epoch \
+             (`phantom::randomised`, rendered on the crop grid), {} fixed ones for \
+             validation; augmentation: brightness x0.9-1.1, Gaussian noise sigma 0.02; focal \
+             loss gamma {}",
+            opts.jitter.map_or(0, |j| j.0),
+            opts.jitter.map_or(0.0, |j| j.1),
+            opts.randomised,
+            opts.val_randomised,
+            opts.gamma,
+        ),
+        normalisation: opts.crop.normalisation(),
+        seeds: seeds_text(
+            opts.seed,
+            opts.train_studies,
+            opts.val_studies,
+            opts.val_randomised,
+        ),
+        randomised: opts.randomised,
+    };
+    manifest(spec, opts.run(), trained, best, command)
 }

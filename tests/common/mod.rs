@@ -81,7 +81,7 @@ impl Daemon {
 
     fn start_inner(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let state = tempfile::tempdir().unwrap();
-        // The daemon binds port 0 and logs the port it got; `spawn` reads it from there.
+        // The daemon binds port 0 and writes the port it got to daemon.json; `spawn` reads it.
         let port = 0;
         let config_path = state.path().join("test.toml");
         let config = format!(
@@ -112,9 +112,9 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let log_start = std::fs::metadata(&self.log_path)
-            .map(|m| m.len())
-            .unwrap_or(0) as usize;
+        // Where the daemon listens: `daemon.json` in its state directory, written once it
+        // listens, carrying its pid (a file from an earlier run names another process).
+        let daemon_file = self.state_dir().join("daemon.json");
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -126,20 +126,23 @@ impl Daemon {
             .expect("start onfh-edge");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let pid = self.child.as_ref().unwrap().id();
         self.port = loop {
-            let log = self.log();
-            let fresh = log.get(log_start..).unwrap_or_default();
-            let port = fresh
-                .lines()
-                .filter(|l| l.contains(" receiving "))
-                .find_map(|l| l.split("address=127.0.0.1:").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|p| p.parse::<u16>().ok());
+            let port = std::fs::read(&daemon_file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter(|v| v["pid"] == pid)
+                .and_then(|v| v["port"].as_u64())
+                .map(|p| p as u16);
             if let Some(p) = port {
                 break p;
             }
-            assert!(self.alive(), "daemon exited:\n{log}");
-            assert!(Instant::now() < deadline, "daemon did not listen:\n{log}");
+            assert!(self.alive(), "daemon exited:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
     }
