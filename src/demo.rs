@@ -94,23 +94,7 @@ async fn play_scanner(
     addr: std::net::SocketAddr,
     receiver: &AlertReceiver,
 ) -> anyhow::Result<()> {
-    let study_dir = work.join("study");
-    let (truth, files) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let options = phantom::Options {
-            stages: Some([Stage::S0, Stage::S2]),
-            t2_orientation: Some(phantom::Orientation::Coronal),
-            ..phantom::Options::default()
-        };
-        let truth = phantom::generate_study(&study_dir, DEMO_SEED, &options)?;
-        let files: Vec<std::path::PathBuf> =
-            volume::collect_files(std::slice::from_ref(&study_dir))?
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-                .collect();
-        Ok((truth, files))
-    })
-    .await?
-    .context("cannot write the phantom study")?;
+    let (truth, files) = write_study(work.join("study")).await?;
     let n_series = truth.series.len() as i64;
     println!(
         "scanner: sending a synthetic hip study ({} series, {} files, {}) over C-STORE ...",
@@ -118,7 +102,73 @@ async fn play_scanner(
         files.len(),
         truth.scanner
     );
+    send(settings, addr, files).await?;
+    let db = settings.storage.database_path();
+    wait_for_series(&db, n_series).await?;
 
+    // The daemon's inference worker analyses the study once its series are complete.
+    let stored = poll(&db, 60, "the study was not analysed within 60 s", |store| {
+        store.latest_analysis()
+    })
+    .await?;
+    print_analysis(&stored, &truth, &db);
+
+    // The alerts, as the local receiver got them.
+    let expected = stored.alerts.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.received().len() < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "alerts were not delivered within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if expected == 0 {
+        println!("alerts: none (no head staged I or II)");
+    }
+    for (title, body) in receiver.received() {
+        println!("alert received by the local receiver: {title}");
+        for line in body.lines() {
+            println!("  | {line}");
+        }
+    }
+
+    // The front panel as the daemon drew it (it redraws every 2 s).
+    let png = settings.storage.state_dir.join(&settings.panel.png);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    if png.exists() {
+        println!("front panel: {}", png.display());
+    }
+    Ok(())
+}
+
+/// The demo's phantom study in `dir`: its truth and its DICOM files.
+async fn write_study(
+    dir: std::path::PathBuf,
+) -> anyhow::Result<(phantom::StudyTruth, Vec<std::path::PathBuf>)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let options = phantom::Options {
+            stages: Some([Stage::S0, Stage::S2]),
+            t2_orientation: Some(phantom::Orientation::Coronal),
+            ..phantom::Options::default()
+        };
+        let truth = phantom::generate_study(&dir, DEMO_SEED, &options)?;
+        let files: Vec<std::path::PathBuf> = volume::collect_files(std::slice::from_ref(&dir))?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .collect();
+        Ok((truth, files))
+    })
+    .await?
+    .context("cannot write the phantom study")
+}
+
+/// C-STORE `files` to the daemon at `addr`, as a scanner would; every one must succeed.
+async fn send(
+    settings: &Settings,
+    addr: std::net::SocketAddr,
+    files: Vec<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let called = settings.receiver.ae_title.clone();
     let peer = addr.to_string();
     let sent = tokio::task::spawn_blocking(move || {
@@ -136,25 +186,44 @@ async fn play_scanner(
         "{} instances were refused",
         sent.len() - ok
     );
+    Ok(())
+}
 
-    let db = settings.storage.database_path();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (summary, series) = loop {
-        let db = db.clone();
-        let (summary, series) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let store = Store::open_read_only(&db)?;
-            Ok((store.summary()?, store.series_rows()?))
-        })
-        .await??;
-        if summary.jobs_complete == n_series {
-            break (summary, series);
+/// Look in the database (read-only, off the async threads) every 250 ms until `get` gives
+/// something, for at most `secs`.
+async fn poll<T: Send + 'static>(
+    db: &std::path::Path,
+    secs: u64,
+    timeout: &str,
+    get: impl Fn(&Store) -> Result<Option<T>, crate::store::StoreError> + Send + Clone + 'static,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (db, get) = (db.to_owned(), get.clone());
+        let got = tokio::task::spawn_blocking(move || get(&Store::open_read_only(&db)?)).await??;
+        if let Some(v) = got {
+            return Ok(v);
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "series did not complete within 60 s"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "{timeout}");
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    }
+}
+
+/// Wait until all `n_series` series are complete, then show what the receiver holds.
+async fn wait_for_series(db: &std::path::Path, n_series: i64) -> anyhow::Result<()> {
+    let (summary, series) = poll(
+        db,
+        60,
+        "series did not complete within 60 s",
+        move |store| {
+            let summary = store.summary()?;
+            if summary.jobs_complete != n_series {
+                return Ok(None);
+            }
+            Ok(Some((summary, store.series_rows()?)))
+        },
+    )
+    .await?;
     println!(
         "receiver: {} study, {} series, {} instances ({:.1} MiB), {} series complete",
         summary.studies,
@@ -172,23 +241,15 @@ async fn play_scanner(
             s.state
         );
     }
+    Ok(())
+}
 
-    // The daemon's inference worker analyses the study once its series are complete.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stored = loop {
-        let db = db.clone();
-        let latest =
-            tokio::task::spawn_blocking(move || Store::open_read_only(&db)?.latest_analysis())
-                .await??;
-        if let Some(l) = latest {
-            break l;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the study was not analysed within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+/// The stored analysis, next to the phantom's truth.
+fn print_analysis(
+    stored: &crate::store::StoredAnalysis,
+    truth: &phantom::StudyTruth,
+    db: &std::path::Path,
+) {
     let a = &stored.analysis;
     println!("analysis: {}", a.status);
     for v in &a.series {
@@ -233,34 +294,6 @@ async fn play_scanner(
         stored.id,
         db.display()
     );
-
-    // The alerts, as the local receiver got them.
-    let expected = stored.alerts.len();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver.received().len() < expected {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "alerts were not delivered within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if expected == 0 {
-        println!("alerts: none (no head staged I or II)");
-    }
-    for (title, body) in receiver.received() {
-        println!("alert received by the local receiver: {title}");
-        for line in body.lines() {
-            println!("  | {line}");
-        }
-    }
-
-    // The front panel as the daemon drew it (it redraws every 2 s).
-    let png = settings.storage.state_dir.join(&settings.panel.png);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    if png.exists() {
-        println!("front panel: {}", png.display());
-    }
-    Ok(())
 }
 
 /// A minimal ntfy-style HTTP receiver on loopback: records each POST's Title header and

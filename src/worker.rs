@@ -11,7 +11,7 @@
 //! call, and not analysed again. Models that fail to load are retried every minute while
 //! the jobs wait. The worker neither receives DICOM nor delivers alerts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::notify;
 use crate::pipeline::{self, Models, Status};
-use crate::store::{Recorded, Store};
+use crate::store::{Recorded, Store, StudyJob};
 
 /// Analyses of one job that may die with the process before the job is recorded as an
 /// error instead of being tried again.
@@ -183,7 +183,6 @@ fn run(
     status: Arc<Mutex<WorkerStatus>>,
     stop: Arc<AtomicBool>,
 ) {
-    let spool = settings.storage.spool_dir();
     let mut models: Option<Models> = None;
     let mut next_load = std::time::Instant::now();
     // Said once, after the first look at the queue with the models loaded: what a restart
@@ -198,24 +197,9 @@ fn run(
     while !stop.load(Ordering::SeqCst) {
         set(&status, |s| s.heartbeat_ms = now_ms());
         if models.is_none() && std::time::Instant::now() >= next_load {
-            match Models::load(&settings.analysis, &settings.preprocess) {
-                Ok(m) => {
-                    info!(model = %m.info().name, "models loaded");
-                    set(&status, |s| {
-                        s.models_loaded = true;
-                        s.models_error = None;
-                    });
-                    models = Some(m);
-                }
-                Err(e) => {
-                    let e = crate::errors::chain(&e);
-                    error!(error = %e, "cannot load the models; studies wait, retrying in a minute");
-                    set(&status, |s| {
-                        s.models_loaded = false;
-                        s.models_error = Some(e);
-                    });
-                    next_load = std::time::Instant::now() + Duration::from_secs(60);
-                }
+            models = load_models(&settings, &status);
+            if models.is_none() {
+                next_load = std::time::Instant::now() + Duration::from_secs(60);
             }
         }
         let jobs = match store.ready_studies() {
@@ -242,56 +226,96 @@ fn run(
             s.analysing = Some(job.study_uid.clone());
             s.analysing_since_ms = now_ms();
         });
-        let paths: Vec<PathBuf> = job.files.iter().map(|f| spool.join(f)).collect();
+        let done = Job {
+            store: &store,
+            settings: &settings,
+            results_dir: &results_dir,
+            models: m,
+        }
+        .analyse_and_record(&job);
+        set(&status, |s| {
+            s.analysing = None;
+            s.analysed += u64::from(done);
+        });
+        if !done {
+            sleep(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Load both models, saying so in the log and the status; `None` when they cannot be
+/// loaded (the studies wait).
+fn load_models(settings: &Settings, status: &Mutex<WorkerStatus>) -> Option<Models> {
+    match Models::load(&settings.analysis, &settings.preprocess) {
+        Ok(m) => {
+            info!(model = %m.info().name, "models loaded");
+            set(status, |s| {
+                s.models_loaded = true;
+                s.models_error = None;
+            });
+            Some(m)
+        }
+        Err(e) => {
+            let e = crate::errors::chain(&e);
+            error!(error = %e, "cannot load the models; studies wait, retrying in a minute");
+            set(status, |s| {
+                s.models_loaded = false;
+                s.models_error = Some(e);
+            });
+            None
+        }
+    }
+}
+
+/// What analysing one study needs.
+struct Job<'a> {
+    store: &'a Store,
+    settings: &'a Settings,
+    results_dir: &'a Path,
+    models: &'a Models,
+}
+
+impl Job<'_> {
+    /// Analyse `job` (or record it as an error after [`MAX_ATTEMPTS`] attempts that stopped
+    /// the process) and record the result with its alerts and PACS exports in one
+    /// transaction. `false` when the database failed (the job is tried again).
+    fn analyse_and_record(&self, job: &StudyJob) -> bool {
+        let (store, settings) = (self.store, self.settings);
         // One folder per job: a re-analysis never overwrites the heatmaps an earlier
         // result (and its alerts) point at.
-        let out = results_dir
-            .join(folder(&job.study_uid))
-            .join(folder(job.job_key.folder_name()));
+        let study_dir = self.results_dir.join(folder(&job.study_uid));
+        let out = study_dir.join(folder(job.job_key.folder_name()));
         let earlier = match store.begin_attempt(&job.job_key, now_ms()) {
             Ok(n) => n,
             Err(e) => {
                 error!(error = %e, study_uid = %job.study_uid, "cannot mark the analysis attempt; will retry");
-                set(&status, |s| s.analysing = None);
-                sleep(Duration::from_secs(5));
-                continue;
+                return false;
             }
         };
-        let mut a = if earlier >= MAX_ATTEMPTS {
+        let a = if earlier >= MAX_ATTEMPTS {
             let reason = format!(
                 "the analysis stopped the appliance {earlier} times (out of memory, a crash or \
                  the watchdog) and was not tried again"
             );
             error!(study_uid = %job.study_uid, attempts = earlier, "{reason}");
             let accession = store.accession_of(&job.study_uid).ok().flatten();
-            pipeline::Analysis::not_analysed(m, &job.study_uid, accession, reason)
+            pipeline::Analysis::not_analysed(self.models, &job.study_uid, accession, reason)
         } else {
             if earlier > 0 {
                 warn!(study_uid = %job.study_uid, attempts = earlier, "an earlier analysis of this study did not finish; trying again");
             }
-            let previous = previous_sr(&results_dir.join(folder(&job.study_uid)), &out);
-            pipeline::analyze_replacing(
+            let spool = settings.storage.spool_dir();
+            let paths: Vec<PathBuf> = job.files.iter().map(|f| spool.join(f)).collect();
+            let previous = previous_sr(&study_dir, &out);
+            finite_or_error(pipeline::analyze_replacing(
                 &paths,
-                m,
+                self.models,
                 &settings.analysis,
                 &settings.selection,
                 Some(&out),
                 previous,
-            )
+            ))
         };
-        let finite = a.heads.iter().all(|h| {
-            let p = &h.probabilities;
-            [p.s0, p.s1, p.s2, h.detection_score]
-                .iter()
-                .all(|v| v.is_finite())
-        });
-        if !finite {
-            // Never stored or alerted as a finding; recorded as an error so the study
-            // does not come back forever.
-            a.heads.clear();
-            a.status = Status::Error;
-            a.reason = Some("the networks produced non-finite outputs".into());
-        }
         let now = now_ms();
         // The result objects this analysis wrote, for every PACS destination; none for a
         // study that was not analysed (its folder may hold a crashed attempt's files).
@@ -327,20 +351,35 @@ fn run(
                 if a.status == Status::Error {
                     warn!(study_uid = %a.study_instance_uid, reason = ?a.reason, "study could not be analysed");
                 }
+                true
             }
             Ok(Recorded::Existing(id)) => {
                 info!(analysis = id, study_uid = %job.study_uid, "study was already recorded");
+                true
             }
             Err(e) => {
                 error!(error = %e, study_uid = %job.study_uid, "cannot record the result; will retry");
-                sleep(Duration::from_secs(5));
+                false
             }
         }
-        set(&status, |s| {
-            s.analysing = None;
-            s.analysed += 1;
-        });
     }
+}
+
+/// A result with a non-finite probability or score is never stored or alerted as a
+/// finding: it becomes an error, so the study does not come back forever.
+fn finite_or_error(mut a: pipeline::Analysis) -> pipeline::Analysis {
+    let finite = a.heads.iter().all(|h| {
+        let p = &h.probabilities;
+        [p.s0, p.s1, p.s2, h.detection_score]
+            .iter()
+            .all(|v| v.is_finite())
+    });
+    if !finite {
+        a.heads.clear();
+        a.status = Status::Error;
+        a.reason = Some("the networks produced non-finite outputs".into());
+    }
+    a
 }
 
 #[cfg(test)]

@@ -415,130 +415,10 @@ impl Hip {
             mul(lat, u(rng, -0.2, 0.25)),
         ));
         let fraction = u(rng, 0.15, 0.40);
-        let lesion = match stage {
-            Stage::S0 => Lesion::None,
-            Stage::S1 => {
-                let c = mul(dir, r * u(rng, 0.3, 0.6));
-                let (mut lo, mut hi) = (0.5, 2.0 * r);
-                for _ in 0..30 {
-                    let mid = 0.5 * (lo + hi);
-                    if covered(points, r, c, mid) < fraction {
-                        lo = mid;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                let lobe = rng.random_bool(0.35).then(|| {
-                    (
-                        add(mul(neck_dir, r * u(rng, 0.7, 1.1)), mul(dir, r * 0.2)),
-                        r * u(rng, 0.3, 0.5),
-                        u(rng, 0.4, 0.8),
-                    )
-                });
-                Lesion::Oedema {
-                    c,
-                    rho: 0.5 * (lo + hi),
-                    strength: u(rng, 0.55, 1.0),
-                    lobe,
-                    seed: mix64(seed ^ 0x0ede),
-                }
-            }
-            Stage::S2 => {
-                // Sphere radius first, then its distance from the centre so that the segment
-                // covers the drawn fraction; flatten (larger radius) until the head centre is
-                // clear of the segment.
-                let mut rho = r * u(rng, 0.7, 1.4);
-                let mut d = r;
-                for _ in 0..6 {
-                    let (mut lo, mut hi) = (0.0, rho + r);
-                    for _ in 0..30 {
-                        let mid = 0.5 * (lo + hi);
-                        if covered(points, r, mul(dir, mid), rho) > fraction {
-                            lo = mid;
-                        } else {
-                            hi = mid;
-                        }
-                    }
-                    d = 0.5 * (lo + hi);
-                    if d - rho >= 0.1 * r {
-                        break;
-                    }
-                    rho = (rho * 1.3).min(3.0 * r);
-                }
-                // The largest fractions need an almost flat interface; keep the centre
-                // clear of the segment even if the fraction comes out a little smaller.
-                d = d.max(rho + 0.1 * r);
-                Lesion::Segment {
-                    c: mul(dir, d),
-                    rho,
-                    band_in: u(rng, 2.5, 3.8),
-                    band_out: u(rng, 2.5, 3.8),
-                    bright: u(rng, 0.75, 1.0),
-                    dark: u(rng, 0.8, 1.0),
-                    mixed: if rng.random_bool(0.5) {
-                        u(rng, 0.3, 0.9)
-                    } else {
-                        0.0
-                    },
-                    wobble: u(rng, 0.2, 0.6),
-                    seed: mix64(seed ^ 0x5e9),
-                }
-            }
-        };
-
-        let lesion_centroid = match &lesion {
-            Lesion::None => None,
-            Lesion::Oedema { c, .. } => Some(*c),
-            Lesion::Segment { c, rho, .. } => {
-                let inside: Vec<V3> = points
-                    .iter()
-                    .map(|p| mul(*p, r))
-                    .filter(|p| len(sub(*p, *c)) < *rho)
-                    .collect();
-                let n = inside.len().max(1) as f64;
-                Some(
-                    inside
-                        .iter()
-                        .fold([0.0; 3], |acc, p| add(acc, mul(*p, 1.0 / n))),
-                )
-            }
-        };
-
-        // Benign findings. A physeal scar is common at any stage; pits and islands are drawn
-        // for normal heads, where they must not be read as disease.
-        let scar = rng.random_bool(0.4).then(|| {
-            let tilt = M3::axis_angle([0.0, 1.0, 0.0], s * u(rng, 10.0, 25.0).to_radians());
-            let normal = unit(tilt.apply(neck_dir));
-            let e1 = unit(cross(normal, [0.0, 1.0, 0.0]));
-            let e2 = cross(normal, e1);
-            Scar {
-                normal,
-                e1,
-                e2,
-                offset: r * u(rng, 0.2, 0.42),
-                amp: u(rng, 0.6, 1.4),
-                wavelength: u(rng, 7.0, 13.0),
-                half: u(rng, 0.4, 0.65),
-                // 6.28, not TAU: the evaluation family's draws are fixed by its seeds.
-                #[allow(clippy::approx_constant)]
-                phase: u(rng, 0.0, 6.28),
-            }
-        });
-        let pit = (stage == Stage::S0 && rng.random_bool(0.3)).then(|| {
-            let up_ant = unit(sub(
-                add(sup, ant),
-                mul(neck_dir, dot(add(sup, ant), neck_dir)),
-            ));
-            (
-                add(
-                    mul(neck_dir, r * u(rng, 0.95, 1.25)),
-                    mul(up_ant, neck_r[0] * 0.62),
-                ),
-                u(rng, 2.5, 4.5),
-            )
-        });
-        let islands = (stage == Stage::S0 && rng.random_bool(0.3))
-            .then(|| (u(rng, 0.2, 0.4), mix64(seed ^ 0x151a)));
+        let lesion = draw_lesion(rng, stage, dir, fraction, r, neck_dir, points, seed);
+        let lesion_centroid = lesion_centroid(&lesion, points, r);
+        let (scar, pit, islands) =
+            draw_benign(rng, stage, s, r, neck_dir, neck_r[0], sup, ant, seed);
         let variant = if pit.is_some() {
             Variant::HerniationPit
         } else {
@@ -794,6 +674,165 @@ impl Hip {
         }
         None
     }
+}
+
+/// The lesion of a head of `stage` (drawn from the lesion stream), in the femur frame:
+/// for stage I an oedema focus covering `fraction` of the head, for stage II a necrotic
+/// segment covering it, toward `dir`.
+#[allow(clippy::too_many_arguments)]
+fn draw_lesion(
+    rng: &mut ChaCha8Rng,
+    stage: Stage,
+    dir: V3,
+    fraction: f64,
+    r: f64,
+    neck_dir: V3,
+    points: &[V3],
+    seed: u64,
+) -> Lesion {
+    match stage {
+        Stage::S0 => Lesion::None,
+        Stage::S1 => {
+            let c = mul(dir, r * u(rng, 0.3, 0.6));
+            let (mut lo, mut hi) = (0.5, 2.0 * r);
+            for _ in 0..30 {
+                let mid = 0.5 * (lo + hi);
+                if covered(points, r, c, mid) < fraction {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let lobe = rng.random_bool(0.35).then(|| {
+                (
+                    add(mul(neck_dir, r * u(rng, 0.7, 1.1)), mul(dir, r * 0.2)),
+                    r * u(rng, 0.3, 0.5),
+                    u(rng, 0.4, 0.8),
+                )
+            });
+            Lesion::Oedema {
+                c,
+                rho: 0.5 * (lo + hi),
+                strength: u(rng, 0.55, 1.0),
+                lobe,
+                seed: mix64(seed ^ 0x0ede),
+            }
+        }
+        Stage::S2 => {
+            // Sphere radius first, then its distance from the centre so that the segment
+            // covers the drawn fraction; flatten (larger radius) until the head centre is
+            // clear of the segment.
+            let mut rho = r * u(rng, 0.7, 1.4);
+            let mut d = r;
+            for _ in 0..6 {
+                let (mut lo, mut hi) = (0.0, rho + r);
+                for _ in 0..30 {
+                    let mid = 0.5 * (lo + hi);
+                    if covered(points, r, mul(dir, mid), rho) > fraction {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                d = 0.5 * (lo + hi);
+                if d - rho >= 0.1 * r {
+                    break;
+                }
+                rho = (rho * 1.3).min(3.0 * r);
+            }
+            // The largest fractions need an almost flat interface; keep the centre
+            // clear of the segment even if the fraction comes out a little smaller.
+            d = d.max(rho + 0.1 * r);
+            Lesion::Segment {
+                c: mul(dir, d),
+                rho,
+                band_in: u(rng, 2.5, 3.8),
+                band_out: u(rng, 2.5, 3.8),
+                bright: u(rng, 0.75, 1.0),
+                dark: u(rng, 0.8, 1.0),
+                mixed: if rng.random_bool(0.5) {
+                    u(rng, 0.3, 0.9)
+                } else {
+                    0.0
+                },
+                wobble: u(rng, 0.2, 0.6),
+                seed: mix64(seed ^ 0x5e9),
+            }
+        }
+    }
+}
+
+/// The lesion's location: the focus, or the centroid of the segment's part of the head.
+fn lesion_centroid(lesion: &Lesion, points: &[V3], r: f64) -> Option<V3> {
+    match &lesion {
+        Lesion::None => None,
+        Lesion::Oedema { c, .. } => Some(*c),
+        Lesion::Segment { c, rho, .. } => {
+            let inside: Vec<V3> = points
+                .iter()
+                .map(|p| mul(*p, r))
+                .filter(|p| len(sub(*p, *c)) < *rho)
+                .collect();
+            let n = inside.len().max(1) as f64;
+            Some(
+                inside
+                    .iter()
+                    .fold([0.0; 3], |acc, p| add(acc, mul(*p, 1.0 / n))),
+            )
+        }
+    }
+}
+
+/// Benign findings (after the lesion, from the same stream): a physeal scar, and for
+/// normal heads a herniation pit and bone islands.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn draw_benign(
+    rng: &mut ChaCha8Rng,
+    stage: Stage,
+    s: f64,
+    r: f64,
+    neck_dir: V3,
+    neck_r0: f64,
+    sup: V3,
+    ant: V3,
+    seed: u64,
+) -> (Option<Scar>, Option<(V3, f64)>, Option<(f64, u64)>) {
+    // Benign findings. A physeal scar is common at any stage; pits and islands are drawn
+    // for normal heads, where they must not be read as disease.
+    let scar = rng.random_bool(0.4).then(|| {
+        let tilt = M3::axis_angle([0.0, 1.0, 0.0], s * u(rng, 10.0, 25.0).to_radians());
+        let normal = unit(tilt.apply(neck_dir));
+        let e1 = unit(cross(normal, [0.0, 1.0, 0.0]));
+        let e2 = cross(normal, e1);
+        Scar {
+            normal,
+            e1,
+            e2,
+            offset: r * u(rng, 0.2, 0.42),
+            amp: u(rng, 0.6, 1.4),
+            wavelength: u(rng, 7.0, 13.0),
+            half: u(rng, 0.4, 0.65),
+            // 6.28, not TAU: the evaluation family's draws are fixed by its seeds.
+            #[allow(clippy::approx_constant)]
+            phase: u(rng, 0.0, 6.28),
+        }
+    });
+    let pit = (stage == Stage::S0 && rng.random_bool(0.3)).then(|| {
+        let up_ant = unit(sub(
+            add(sup, ant),
+            mul(neck_dir, dot(add(sup, ant), neck_dir)),
+        ));
+        (
+            add(
+                mul(neck_dir, r * u(rng, 0.95, 1.25)),
+                mul(up_ant, neck_r0 * 0.62),
+            ),
+            u(rng, 2.5, 4.5),
+        )
+    });
+    let islands = (stage == Stage::S0 && rng.random_bool(0.3))
+        .then(|| (u(rng, 0.2, 0.4), mix64(seed ^ 0x151a)));
+    (scar, pit, islands)
 }
 
 /// A pelvic bone primitive.
@@ -1363,38 +1402,10 @@ impl Anatomy {
             r: 22.0,
             half_h: 5.0,
         });
+        // Fillets reach a little beyond each primitive.
         let boxed = |p: Prim| {
-            let b = match &p {
-                Prim::Capsule { a, b, r } => Aabb::capsule(*a, *b, *r),
-                Prim::Ellipsoid { c, ax } => Aabb::around(*c, *ax),
-                Prim::Cup { c, r_in, wall, .. } => Aabb::around(*c, [r_in + wall; 3]),
-                Prim::Bowl {
-                    c,
-                    ax,
-                    half,
-                    z,
-                    y,
-                    side,
-                    ..
-                } => {
-                    let x_hi = ax[0] + half + 4.5;
-                    Aabb {
-                        lo: [if *side > 0.0 { 0.0 } else { c[0] - x_hi }, y[0], z[0]],
-                        hi: [if *side > 0.0 { c[0] + x_hi } else { 0.0 }, y[1], z[1]],
-                    }
-                }
-                Prim::Wedge {
-                    o,
-                    u,
-                    length,
-                    half_w,
-                    half_t,
-                    ..
-                } => Aabb::capsule(*o, add(*o, mul(*u, *length)), half_w[0].max(half_t[0])),
-                Prim::Cyl { c, r, half_h } => Aabb::around(*c, [*r, *r, *half_h]),
-            };
-            // Fillets reach a little beyond each primitive.
-            (p, b.grow(3.0))
+            let b = prim_bounds(&p).grow(3.0);
+            (p, b)
         };
         let prims: Vec<(Prim, Aabb)> = prims.into_iter().map(boxed).collect();
         let discs: Vec<(Prim, Aabb)> = discs.into_iter().map(boxed).collect();
@@ -1714,6 +1725,39 @@ impl Anatomy {
     /// A pelvis-frame point a fraction `t` of the way between the head centres.
     pub(crate) fn between_heads(&self, t: f64) -> V3 {
         lerp3(self.hips[0].center, self.hips[1].center, t)
+    }
+}
+
+/// The box a primitive fits in.
+fn prim_bounds(p: &Prim) -> Aabb {
+    match p {
+        Prim::Capsule { a, b, r } => Aabb::capsule(*a, *b, *r),
+        Prim::Ellipsoid { c, ax } => Aabb::around(*c, *ax),
+        Prim::Cup { c, r_in, wall, .. } => Aabb::around(*c, [r_in + wall; 3]),
+        Prim::Bowl {
+            c,
+            ax,
+            half,
+            z,
+            y,
+            side,
+            ..
+        } => {
+            let x_hi = ax[0] + half + 4.5;
+            Aabb {
+                lo: [if *side > 0.0 { 0.0 } else { c[0] - x_hi }, y[0], z[0]],
+                hi: [if *side > 0.0 { c[0] + x_hi } else { 0.0 }, y[1], z[1]],
+            }
+        }
+        Prim::Wedge {
+            o,
+            u,
+            length,
+            half_w,
+            half_t,
+            ..
+        } => Aabb::capsule(*o, add(*o, mul(*u, *length)), half_w[0].max(half_t[0])),
+        Prim::Cyl { c, r, half_h } => Aabb::around(*c, [*r, *r, *half_h]),
     }
 }
 

@@ -289,6 +289,156 @@ fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::US, dicom_value!(U16, [v]))
 }
 
+fn put_text(o: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
+    o.put(text(tag, vr, v));
+}
+
+/// Patient, study, series and equipment attributes.
+fn identity(o: &mut InMemDicomObject, study: &StudyMeta, series: &SeriesMeta, slice: &SliceMeta) {
+    put_text(o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
+    put_text(o, tags::IMAGE_TYPE, VR::CS, &series.image_type);
+    put_text(o, tags::SOP_CLASS_UID, VR::UI, MR_IMAGE_STORAGE);
+    put_text(o, tags::SOP_INSTANCE_UID, VR::UI, &slice.sop_uid);
+    for tag in [
+        tags::STUDY_DATE,
+        tags::SERIES_DATE,
+        tags::ACQUISITION_DATE,
+        tags::CONTENT_DATE,
+    ] {
+        put_text(o, tag, VR::DA, &study.date);
+    }
+    put_text(o, tags::STUDY_TIME, VR::TM, &study.time);
+    for tag in [
+        tags::SERIES_TIME,
+        tags::ACQUISITION_TIME,
+        tags::CONTENT_TIME,
+    ] {
+        put_text(o, tag, VR::TM, &series.time);
+    }
+    put_text(o, tags::ACCESSION_NUMBER, VR::SH, &study.accession);
+    put_text(o, tags::MODALITY, VR::CS, "MR");
+    put_text(o, tags::MANUFACTURER, VR::LO, study.manufacturer);
+    put_text(o, tags::INSTITUTION_NAME, VR::LO, study.institution);
+    put_text(o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
+    put_text(o, tags::STATION_NAME, VR::SH, study.station);
+    put_text(o, tags::STUDY_DESCRIPTION, VR::LO, series.study_description);
+    put_text(o, tags::SERIES_DESCRIPTION, VR::LO, &series.description);
+    put_text(o, tags::MANUFACTURER_MODEL_NAME, VR::LO, study.model);
+    put_text(o, tags::PATIENT_NAME, VR::PN, "EXTERNAL^PHANTOM");
+    put_text(o, tags::PATIENT_ID, VR::LO, &study.patient_id);
+    put_text(o, tags::PATIENT_BIRTH_DATE, VR::DA, "");
+    put_text(o, tags::PATIENT_SEX, VR::CS, study.sex);
+    put_text(o, tags::PATIENT_AGE, VR::AS, &study.age);
+    put_text(o, tags::PATIENT_WEIGHT, VR::DS, &ds(study.weight));
+    put_text(o, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
+    put_text(o, tags::BODY_PART_EXAMINED, VR::CS, "HIP");
+}
+
+/// How the series was acquired (MR Image and its sequence parameters).
+fn acquisition(o: &mut InMemDicomObject, study: &StudyMeta, series: &SeriesMeta) {
+    put_text(o, tags::SCANNING_SEQUENCE, VR::CS, series.scanning_sequence);
+    put_text(o, tags::SEQUENCE_VARIANT, VR::CS, series.sequence_variant);
+    put_text(o, tags::SCAN_OPTIONS, VR::CS, series.scan_options);
+    put_text(o, tags::MR_ACQUISITION_TYPE, VR::CS, "2D");
+    put_text(o, tags::SEQUENCE_NAME, VR::SH, &series.sequence_name);
+    put_text(o, tags::SLICE_THICKNESS, VR::DS, &ds(series.thickness));
+    put_text(o, tags::REPETITION_TIME, VR::DS, &ds(series.tr));
+    put_text(o, tags::ECHO_TIME, VR::DS, &ds(series.te));
+    if let Some(ti) = series.ti {
+        put_text(o, tags::INVERSION_TIME, VR::DS, &ds(ti));
+    }
+    put_text(o, tags::NUMBER_OF_AVERAGES, VR::DS, &ds(series.averages));
+    put_text(
+        o,
+        tags::IMAGING_FREQUENCY,
+        VR::DS,
+        &ds(42.577_478 * study.b0),
+    );
+    put_text(o, tags::IMAGED_NUCLEUS, VR::SH, "1H");
+    put_text(o, tags::ECHO_NUMBERS, VR::IS, "1");
+    put_text(o, tags::MAGNETIC_FIELD_STRENGTH, VR::DS, &ds(study.b0));
+    put_text(o, tags::SPACING_BETWEEN_SLICES, VR::DS, &ds(series.spacing));
+    put_text(o, tags::ECHO_TRAIN_LENGTH, VR::IS, &series.etl.to_string());
+    put_text(
+        o,
+        tags::PERCENT_PHASE_FIELD_OF_VIEW,
+        VR::DS,
+        &ds(series.percent_phase_fov),
+    );
+    put_text(o, tags::PIXEL_BANDWIDTH, VR::DS, &ds(series.bandwidth));
+    put_text(o, tags::DEVICE_SERIAL_NUMBER, VR::LO, &study.serial);
+    put_text(o, tags::SOFTWARE_VERSIONS, VR::LO, study.software);
+    put_text(o, tags::PROTOCOL_NAME, VR::LO, &series.protocol);
+    put_text(o, tags::RECEIVE_COIL_NAME, VR::SH, series.coil);
+    put_text(o, tags::TRANSMIT_COIL_NAME, VR::SH, "BODY");
+    o.put(DataElement::new(
+        tags::ACQUISITION_MATRIX,
+        VR::US,
+        PrimitiveValue::U16(series.acq_matrix.to_vec().into()),
+    ));
+    put_text(
+        o,
+        tags::IN_PLANE_PHASE_ENCODING_DIRECTION,
+        VR::CS,
+        series.phase_dir,
+    );
+    put_text(o, tags::FLIP_ANGLE, VR::DS, &ds(series.flip));
+    put_text(o, tags::PATIENT_POSITION, VR::CS, study.patient_position);
+}
+
+/// Where the slice is and what its pixels are (Image Plane, Image Pixel, VOI, rescale).
+fn image(o: &mut InMemDicomObject, study: &StudyMeta, series: &SeriesMeta, slice: &SliceMeta) {
+    put_text(o, tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid);
+    put_text(o, tags::SERIES_INSTANCE_UID, VR::UI, &series.uid);
+    put_text(o, tags::STUDY_ID, VR::SH, &study.study_id);
+    put_text(o, tags::SERIES_NUMBER, VR::IS, &series.number.to_string());
+    put_text(o, tags::ACQUISITION_NUMBER, VR::IS, "1");
+    put_text(
+        o,
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        &slice.instance_number.to_string(),
+    );
+    put_text(
+        o,
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        &ds_multi(&slice.position),
+    );
+    let orient = [slice.row, slice.col].concat();
+    put_text(
+        o,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        &ds_multi(&orient),
+    );
+    put_text(o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &study.frame_uid);
+    put_text(o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+    put_text(o, tags::SLICE_LOCATION, VR::DS, &ds(slice.location));
+    put_text(o, tags::IMAGE_COMMENTS, VR::LT, series.comments);
+    o.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    put_text(o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    o.put(us(tags::ROWS, slice.rows as u16));
+    o.put(us(tags::COLUMNS, slice.cols as u16));
+    put_text(
+        o,
+        tags::PIXEL_SPACING,
+        VR::DS,
+        &ds_multi(&[slice.pixel, slice.pixel]),
+    );
+    o.put(us(tags::BITS_ALLOCATED, 16));
+    o.put(us(tags::BITS_STORED, series.bits_stored));
+    o.put(us(tags::HIGH_BIT, series.bits_stored - 1));
+    o.put(us(tags::PIXEL_REPRESENTATION, 0));
+    put_text(o, tags::WINDOW_CENTER, VR::DS, &ds(series.window.0));
+    put_text(o, tags::WINDOW_WIDTH, VR::DS, &ds(series.window.1));
+    if let Some((slope, intercept)) = series.rescale {
+        put_text(o, tags::RESCALE_INTERCEPT, VR::DS, &ds(intercept));
+        put_text(o, tags::RESCALE_SLOPE, VR::DS, &ds(slope));
+        put_text(o, tags::RESCALE_TYPE, VR::LO, "US");
+    }
+}
+
 /// Build and write one instance.
 pub(crate) fn write_instance(
     path: &Path,
@@ -298,198 +448,9 @@ pub(crate) fn write_instance(
     encoding: Encoding,
 ) -> Result<(), String> {
     let mut o = InMemDicomObject::new_empty();
-    let put_text = |o: &mut InMemDicomObject, tag, vr, v: &str| {
-        o.put(text(tag, vr, v));
-    };
-    put_text(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
-    put_text(&mut o, tags::IMAGE_TYPE, VR::CS, &series.image_type);
-    put_text(&mut o, tags::SOP_CLASS_UID, VR::UI, MR_IMAGE_STORAGE);
-    put_text(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &slice.sop_uid);
-    for tag in [
-        tags::STUDY_DATE,
-        tags::SERIES_DATE,
-        tags::ACQUISITION_DATE,
-        tags::CONTENT_DATE,
-    ] {
-        put_text(&mut o, tag, VR::DA, &study.date);
-    }
-    put_text(&mut o, tags::STUDY_TIME, VR::TM, &study.time);
-    for tag in [
-        tags::SERIES_TIME,
-        tags::ACQUISITION_TIME,
-        tags::CONTENT_TIME,
-    ] {
-        put_text(&mut o, tag, VR::TM, &series.time);
-    }
-    put_text(&mut o, tags::ACCESSION_NUMBER, VR::SH, &study.accession);
-    put_text(&mut o, tags::MODALITY, VR::CS, "MR");
-    put_text(&mut o, tags::MANUFACTURER, VR::LO, study.manufacturer);
-    put_text(&mut o, tags::INSTITUTION_NAME, VR::LO, study.institution);
-    put_text(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
-    put_text(&mut o, tags::STATION_NAME, VR::SH, study.station);
-    put_text(
-        &mut o,
-        tags::STUDY_DESCRIPTION,
-        VR::LO,
-        series.study_description,
-    );
-    put_text(
-        &mut o,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        &series.description,
-    );
-    put_text(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, study.model);
-    put_text(&mut o, tags::PATIENT_NAME, VR::PN, "EXTERNAL^PHANTOM");
-    put_text(&mut o, tags::PATIENT_ID, VR::LO, &study.patient_id);
-    put_text(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, "");
-    put_text(&mut o, tags::PATIENT_SEX, VR::CS, study.sex);
-    put_text(&mut o, tags::PATIENT_AGE, VR::AS, &study.age);
-    put_text(&mut o, tags::PATIENT_WEIGHT, VR::DS, &ds(study.weight));
-    put_text(&mut o, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
-    put_text(&mut o, tags::BODY_PART_EXAMINED, VR::CS, "HIP");
-    put_text(
-        &mut o,
-        tags::SCANNING_SEQUENCE,
-        VR::CS,
-        series.scanning_sequence,
-    );
-    put_text(
-        &mut o,
-        tags::SEQUENCE_VARIANT,
-        VR::CS,
-        series.sequence_variant,
-    );
-    put_text(&mut o, tags::SCAN_OPTIONS, VR::CS, series.scan_options);
-    put_text(&mut o, tags::MR_ACQUISITION_TYPE, VR::CS, "2D");
-    put_text(&mut o, tags::SEQUENCE_NAME, VR::SH, &series.sequence_name);
-    put_text(&mut o, tags::SLICE_THICKNESS, VR::DS, &ds(series.thickness));
-    put_text(&mut o, tags::REPETITION_TIME, VR::DS, &ds(series.tr));
-    put_text(&mut o, tags::ECHO_TIME, VR::DS, &ds(series.te));
-    if let Some(ti) = series.ti {
-        put_text(&mut o, tags::INVERSION_TIME, VR::DS, &ds(ti));
-    }
-    put_text(
-        &mut o,
-        tags::NUMBER_OF_AVERAGES,
-        VR::DS,
-        &ds(series.averages),
-    );
-    put_text(
-        &mut o,
-        tags::IMAGING_FREQUENCY,
-        VR::DS,
-        &ds(42.577_478 * study.b0),
-    );
-    put_text(&mut o, tags::IMAGED_NUCLEUS, VR::SH, "1H");
-    put_text(&mut o, tags::ECHO_NUMBERS, VR::IS, "1");
-    put_text(&mut o, tags::MAGNETIC_FIELD_STRENGTH, VR::DS, &ds(study.b0));
-    put_text(
-        &mut o,
-        tags::SPACING_BETWEEN_SLICES,
-        VR::DS,
-        &ds(series.spacing),
-    );
-    put_text(
-        &mut o,
-        tags::ECHO_TRAIN_LENGTH,
-        VR::IS,
-        &series.etl.to_string(),
-    );
-    put_text(
-        &mut o,
-        tags::PERCENT_PHASE_FIELD_OF_VIEW,
-        VR::DS,
-        &ds(series.percent_phase_fov),
-    );
-    put_text(&mut o, tags::PIXEL_BANDWIDTH, VR::DS, &ds(series.bandwidth));
-    put_text(&mut o, tags::DEVICE_SERIAL_NUMBER, VR::LO, &study.serial);
-    put_text(&mut o, tags::SOFTWARE_VERSIONS, VR::LO, study.software);
-    put_text(&mut o, tags::PROTOCOL_NAME, VR::LO, &series.protocol);
-    put_text(&mut o, tags::RECEIVE_COIL_NAME, VR::SH, series.coil);
-    put_text(&mut o, tags::TRANSMIT_COIL_NAME, VR::SH, "BODY");
-    o.put(DataElement::new(
-        tags::ACQUISITION_MATRIX,
-        VR::US,
-        PrimitiveValue::U16(series.acq_matrix.to_vec().into()),
-    ));
-    put_text(
-        &mut o,
-        tags::IN_PLANE_PHASE_ENCODING_DIRECTION,
-        VR::CS,
-        series.phase_dir,
-    );
-    put_text(&mut o, tags::FLIP_ANGLE, VR::DS, &ds(series.flip));
-    put_text(
-        &mut o,
-        tags::PATIENT_POSITION,
-        VR::CS,
-        study.patient_position,
-    );
-    put_text(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid);
-    put_text(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series.uid);
-    put_text(&mut o, tags::STUDY_ID, VR::SH, &study.study_id);
-    put_text(
-        &mut o,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &series.number.to_string(),
-    );
-    put_text(&mut o, tags::ACQUISITION_NUMBER, VR::IS, "1");
-    put_text(
-        &mut o,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        &slice.instance_number.to_string(),
-    );
-    put_text(
-        &mut o,
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        &ds_multi(&slice.position),
-    );
-    let orient = [slice.row, slice.col].concat();
-    put_text(
-        &mut o,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        &ds_multi(&orient),
-    );
-    put_text(
-        &mut o,
-        tags::FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        &study.frame_uid,
-    );
-    put_text(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
-    put_text(&mut o, tags::SLICE_LOCATION, VR::DS, &ds(slice.location));
-    put_text(&mut o, tags::IMAGE_COMMENTS, VR::LT, series.comments);
-    o.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    put_text(
-        &mut o,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    o.put(us(tags::ROWS, slice.rows as u16));
-    o.put(us(tags::COLUMNS, slice.cols as u16));
-    put_text(
-        &mut o,
-        tags::PIXEL_SPACING,
-        VR::DS,
-        &ds_multi(&[slice.pixel, slice.pixel]),
-    );
-    o.put(us(tags::BITS_ALLOCATED, 16));
-    o.put(us(tags::BITS_STORED, series.bits_stored));
-    o.put(us(tags::HIGH_BIT, series.bits_stored - 1));
-    o.put(us(tags::PIXEL_REPRESENTATION, 0));
-    put_text(&mut o, tags::WINDOW_CENTER, VR::DS, &ds(series.window.0));
-    put_text(&mut o, tags::WINDOW_WIDTH, VR::DS, &ds(series.window.1));
-    if let Some((slope, intercept)) = series.rescale {
-        put_text(&mut o, tags::RESCALE_INTERCEPT, VR::DS, &ds(intercept));
-        put_text(&mut o, tags::RESCALE_SLOPE, VR::DS, &ds(slope));
-        put_text(&mut o, tags::RESCALE_TYPE, VR::LO, "US");
-    }
+    identity(&mut o, study, series, slice);
+    acquisition(&mut o, study, series);
+    image(&mut o, study, series, slice);
     match encoding {
         Encoding::Explicit | Encoding::Implicit => {
             o.put(DataElement::new(

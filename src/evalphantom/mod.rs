@@ -272,6 +272,78 @@ fn seq_render(plan: &Plan, s: &SeriesPlan, anat: &Anatomy, seed: u64, index: usi
     }
 }
 
+/// The series-level attributes of `s`: identity, sequence and acquisition, time (the
+/// study's plus the series' minute), and its display window.
+fn series_meta(
+    seed: u64,
+    plan: &Plan,
+    study: &StudyMeta,
+    s: &SeriesPlan,
+    window: (f64, f64),
+) -> SeriesMeta {
+    let phase_along_col = s.stacks[0].phase_along_col;
+    let st0 = &s.stacks[0];
+    let (freq_n, phase_n) = if phase_along_col {
+        (st0.acq[0], st0.acq[1])
+    } else {
+        (st0.acq[1], st0.acq[0])
+    };
+    let (tr, te, ti) = match s.weighting {
+        Weighting::SpinEcho { tr, te } => (tr, te, None),
+        Weighting::Stir { tr, te, ti } => (tr, te, Some(ti)),
+        Weighting::Gre { tr, te, .. } => (tr, te, None),
+    };
+    let secs = study
+        .time
+        .parse::<u64>()
+        .map(|t| t / 10000 * 3600 + t / 100 % 100 * 60 + t % 100)
+        .unwrap_or(0)
+        + s.minute as u64 * 60;
+    SeriesMeta {
+        uid: dicomio::uid(seed, &[2, s.number as u64]),
+        number: s.number,
+        description: s.description.clone(),
+        protocol: s.protocol.clone(),
+        image_type: s.image_type.clone(),
+        scanning_sequence: s.scanning_sequence,
+        sequence_variant: s.sequence_variant,
+        scan_options: s.scan_options,
+        sequence_name: s.sequence_name.clone(),
+        tr,
+        te,
+        ti,
+        etl: s.etl,
+        flip: s.flip,
+        averages: s.averages,
+        bandwidth: s.bandwidth,
+        coil: plan.vendor.coil,
+        acq_matrix: if phase_along_col {
+            [0, freq_n as u16, phase_n as u16, 0]
+        } else {
+            [freq_n as u16, 0, 0, phase_n as u16]
+        },
+        phase_dir: if phase_along_col { "COL" } else { "ROW" },
+        percent_phase_fov: if phase_along_col {
+            100.0 * st0.rows as f64 / st0.cols as f64
+        } else {
+            100.0
+        },
+        bits_stored: plan.vendor.bits_stored,
+        rescale: s.rescale,
+        window,
+        time: format!(
+            "{:02}{:02}{:02}",
+            secs / 3600 % 24,
+            secs / 60 % 60,
+            secs % 60
+        ),
+        thickness: st0.thickness,
+        spacing: st0.spacing,
+        comments: DISCLAIMER,
+        study_description: STUDY_DESCRIPTION,
+    }
+}
+
 fn write_series(
     dir: &Path,
     seed: u64,
@@ -310,67 +382,7 @@ fn write_series(
     };
     let sdir = dir.join(&folder);
     std::fs::create_dir_all(&sdir).map_err(|e| werr(&sdir, e))?;
-    let phase_along_col = s.stacks[0].phase_along_col;
-    let st0 = &s.stacks[0];
-    let (freq_n, phase_n) = if phase_along_col {
-        (st0.acq[0], st0.acq[1])
-    } else {
-        (st0.acq[1], st0.acq[0])
-    };
-    let (tr, te, ti) = match s.weighting {
-        Weighting::SpinEcho { tr, te } => (tr, te, None),
-        Weighting::Stir { tr, te, ti } => (tr, te, Some(ti)),
-        Weighting::Gre { tr, te, .. } => (tr, te, None),
-    };
-    let secs = study
-        .time
-        .parse::<u64>()
-        .map(|t| t / 10000 * 3600 + t / 100 % 100 * 60 + t % 100)
-        .unwrap_or(0)
-        + s.minute as u64 * 60;
-    let meta = SeriesMeta {
-        uid: dicomio::uid(seed, &[2, s.number as u64]),
-        number: s.number,
-        description: s.description.clone(),
-        protocol: s.protocol.clone(),
-        image_type: s.image_type.clone(),
-        scanning_sequence: s.scanning_sequence,
-        sequence_variant: s.sequence_variant,
-        scan_options: s.scan_options,
-        sequence_name: s.sequence_name.clone(),
-        tr,
-        te,
-        ti,
-        etl: s.etl,
-        flip: s.flip,
-        averages: s.averages,
-        bandwidth: s.bandwidth,
-        coil: plan.vendor.coil,
-        acq_matrix: if phase_along_col {
-            [0, freq_n as u16, phase_n as u16, 0]
-        } else {
-            [freq_n as u16, 0, 0, phase_n as u16]
-        },
-        phase_dir: if phase_along_col { "COL" } else { "ROW" },
-        percent_phase_fov: if phase_along_col {
-            100.0 * st0.rows as f64 / st0.cols as f64
-        } else {
-            100.0
-        },
-        bits_stored: plan.vendor.bits_stored,
-        rescale: s.rescale,
-        window: (window_c.round(), window_w),
-        time: format!(
-            "{:02}{:02}{:02}",
-            secs / 3600 % 24,
-            secs / 60 % 60,
-            secs % 60
-        ),
-        thickness: st0.thickness,
-        spacing: st0.spacing,
-        comments: DISCLAIMER,
-        study_description: STUDY_DESCRIPTION,
-    };
+    let meta = series_meta(seed, plan, study, s, (window_c.round(), window_w));
 
     // Instances in slice order across the stacks, then numbered (maybe backwards).
     let mut items: Vec<(&Stack, usize, &[f32])> = Vec::new();

@@ -351,54 +351,74 @@ fn render_slice(
             m[idx] = v * tex[idx];
             pulse[idx] = acc_p[si * na + idx].abs();
         }
-        // Ghosts along the phase-encode axis (wrapping, as they do).
-        let (n_pe, stride, n_ro) = if stack.phase_along_col {
-            (nr, nc, nc)
-        } else {
-            (nc, 1, nr)
-        };
-        let shift = ((seq.ghost.shift * n_pe as f64).round() as usize).clamp(1, n_pe - 1);
-        let mut g = m.clone();
-        for ro in 0..n_ro {
-            let line = |pe: usize| {
-                if stack.phase_along_col {
-                    pe * stride + ro
-                } else {
-                    ro * nc + pe
-                }
-            };
-            for pe in 0..n_pe {
-                let up = (pe + shift) % n_pe;
-                let dn = (pe + n_pe - shift) % n_pe;
-                let up2 = (pe + 2 * shift) % n_pe;
-                let dn2 = (pe + 2 * n_pe - 2 * shift) % n_pe;
-                let idx = line(pe);
-                g[idx] += seq.ghost.resp * (m[line(up)] + m[line(dn)])
-                    + seq.ghost.pulse * (pulse[line(up)] + pulse[line(dn)])
-                    + 0.5 * seq.ghost.pulse * (pulse[line(up2)] + pulse[line(dn2)]);
-            }
-        }
-        // Root sum of squares of N coils with complex noise: by rotational symmetry the 2N
-        // real noise channels are one Gaussian along the sensitivity vector plus a
-        // chi-square with 2N-1 degrees of freedom (Wilson-Hilferty), so two draws per
-        // pixel give the exact non-central chi magnitude.
-        let mut rng = FastRng::new(mix64(seq.noise_seed ^ (k as u64).wrapping_mul(0x9E37)));
-        let dof = (2 * seq.channels - 1) as f32;
-        let c1 = 1.0 - 2.0 / (9.0 * dof);
-        let c2 = (2.0 / (9.0 * dof)).sqrt();
-        let sigma = seq.sigma as f32;
-        let kappa = seq.kappa as f32;
-        for idx in 0..na {
-            let s = sens[idx];
-            let a = s * g[idx] + sigma * rng.gauss();
-            let cube = (c1 + c2 * rng.gauss()).max(0.0);
-            let chi2 = dof * cube * cube * cube;
-            let mag = (a * a + sigma * sigma * chi2).sqrt();
-            g[idx] = mag / s.max(1e-3).powf(kappa);
-        }
+        let mut g = ghosts(&m, &pulse, seq, stack.phase_along_col, nc, nr);
+        coil_magnitude(&mut g, &sens, seq, k);
         out.push(resample(&g, nc, nr, stack.cols, stack.rows));
     }
     out
+}
+
+/// `m` with its ghosts along the phase-encode axis (respiratory from `m`, pulsatile from
+/// `pulse`), wrapping as they do.
+fn ghosts(
+    m: &[f32],
+    pulse: &[f32],
+    seq: &SeqRender,
+    phase_along_col: bool,
+    nc: usize,
+    nr: usize,
+) -> Vec<f32> {
+    let (n_pe, stride, n_ro) = if phase_along_col {
+        (nr, nc, nc)
+    } else {
+        (nc, 1, nr)
+    };
+    let shift = ((seq.ghost.shift * n_pe as f64).round() as usize).clamp(1, n_pe - 1);
+    let mut g = m.to_vec();
+    for ro in 0..n_ro {
+        let line = |pe: usize| {
+            if phase_along_col {
+                pe * stride + ro
+            } else {
+                ro * nc + pe
+            }
+        };
+        for pe in 0..n_pe {
+            let up = (pe + shift) % n_pe;
+            let dn = (pe + n_pe - shift) % n_pe;
+            let up2 = (pe + 2 * shift) % n_pe;
+            let dn2 = (pe + 2 * n_pe - 2 * shift) % n_pe;
+            let idx = line(pe);
+            g[idx] += seq.ghost.resp * (m[line(up)] + m[line(dn)])
+                + seq.ghost.pulse * (pulse[line(up)] + pulse[line(dn)])
+                + 0.5 * seq.ghost.pulse * (pulse[line(up2)] + pulse[line(dn2)]);
+        }
+    }
+    g
+}
+
+/// The magnitude a root-sum-of-squares coil array reports for the true signal `g` (in
+/// place), with the coil sensitivities `sens` and slice `k`'s noise.
+fn coil_magnitude(g: &mut [f32], sens: &[f32], seq: &SeqRender, k: usize) {
+    let na = g.len();
+    // Root sum of squares of N coils with complex noise: by rotational symmetry the 2N
+    // real noise channels are one Gaussian along the sensitivity vector plus a
+    // chi-square with 2N-1 degrees of freedom (Wilson-Hilferty), so two draws per
+    // pixel give the exact non-central chi magnitude.
+    let mut rng = FastRng::new(mix64(seq.noise_seed ^ (k as u64).wrapping_mul(0x9E37)));
+    let dof = (2 * seq.channels - 1) as f32;
+    let c1 = 1.0 - 2.0 / (9.0 * dof);
+    let c2 = (2.0 / (9.0 * dof)).sqrt();
+    let sigma = seq.sigma as f32;
+    let kappa = seq.kappa as f32;
+    for idx in 0..na {
+        let s = sens[idx];
+        let a = s * g[idx] + sigma * rng.gauss();
+        let cube = (c1 + c2 * rng.gauss()).max(0.0);
+        let chi2 = dof * cube * cube * cube;
+        let mag = (a * a + sigma * sigma * chi2).sqrt();
+        g[idx] = mag / s.max(1e-3).powf(kappa);
+    }
 }
 
 /// Signal of muscle (|water + fat|) for `seq` at the isocentre: the reference for SNR.

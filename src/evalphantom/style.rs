@@ -388,6 +388,52 @@ fn finish(
     series
 }
 
+/// An extra fat-suppressed fast spin echo series; [`FatSatFse::draw`] draws, in this
+/// order, TR, TE, the fat suppression, the series' common draws and the echo train.
+struct FatSatFse {
+    kind: &'static str,
+    /// Series description and protocol name.
+    name: &'static str,
+    orientation: Orientation,
+    image_type: &'static str,
+    tr: (f64, f64),
+    te: (f64, f64),
+    snr: (f64, f64),
+    etl: std::ops::Range<u32>,
+    sequence_name: &'static str,
+}
+
+impl FatSatFse {
+    fn draw(
+        self,
+        rng: &mut ChaCha8Rng,
+        stack: Stack,
+        fat_sat: impl FnOnce(&mut ChaCha8Rng) -> FatSup,
+    ) -> SeriesPlan {
+        let (tr, te) = (
+            u(rng, self.tr.0, self.tr.1).round(),
+            u(rng, self.te.0, self.te.1).round(),
+        );
+        let f = fat_sat(rng);
+        let mut s = series(
+            rng,
+            self.kind,
+            self.name,
+            self.name,
+            self.orientation,
+            self.image_type,
+            Weighting::SpinEcho { tr, te },
+            f,
+            vec![stack],
+            self.snr,
+        );
+        s.etl = rng.random_range(self.etl);
+        s.scan_options = "FS";
+        s.sequence_name = self.sequence_name.into();
+        s
+    }
+}
+
 fn vantage(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
     let b0 = 3.0;
     let cor = Geo {
@@ -483,61 +529,7 @@ fn vantage(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
         list.push(t1);
     }
     if rng.random_bool(0.45) {
-        let (tr, te) = (u(rng, 3500.0, 5000.0).round(), u(rng, 75.0, 95.0).round());
-        let fs = FatSup::Chemical {
-            base: u(rng, 0.03, 0.07),
-            drift: u(rng, 0.01, 0.035),
-            patch: u(rng, 0.005, 0.02),
-        };
-        let extra = if t2_axial {
-            let side = rng.random_range(0..2);
-            let sag = Geo {
-                slices: (18, 24),
-                thick: (3.0, 4.0),
-                fov: (270.0, 300.0),
-                cols: &[448],
-                ..cor
-            };
-            let st = draw_stack(
-                rng,
-                anat,
-                Orientation::Sagittal,
-                sag,
-                anat.head_center_lps(side),
-                false,
-            );
-            series(
-                rng,
-                "t2_alt",
-                "T2W FatSat SAG",
-                "HIP T2FS SAG",
-                Orientation::Sagittal,
-                it,
-                Weighting::SpinEcho { tr, te },
-                fs,
-                vec![st],
-                (15.0, 25.0),
-            )
-        } else {
-            let st = draw_stack(rng, anat, Orientation::Axial, ax, mid, true);
-            series(
-                rng,
-                "t2_alt",
-                "T2W FatSat AX",
-                "HIP T2FS AX",
-                Orientation::Axial,
-                it,
-                Weighting::SpinEcho { tr, te },
-                fs,
-                vec![st],
-                (15.0, 25.0),
-            )
-        };
-        let mut extra = extra;
-        extra.etl = rng.random_range(11..18);
-        extra.scan_options = "FS";
-        extra.sequence_name = "FSE2D".into();
-        list.push(extra);
+        list.push(vantage_fat_sat(rng, anat, t2_axial, (cor, ax), mid, it));
     }
     let series = finish(rng, list, (1800.0, 3500.0));
     Plan {
@@ -567,6 +559,73 @@ fn vantage(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
         series,
         coils: coils(anat, &[-1.2, -0.4, 0.4, 1.2], &[0.0], 130.0, true),
     }
+}
+
+/// Vantage's optional fat-saturated T2: sagittal over one hip when the T2 is axial, else
+/// axial.
+fn vantage_fat_sat(
+    rng: &mut ChaCha8Rng,
+    anat: &Anatomy,
+    t2_axial: bool,
+    (cor, ax): (Geo, Geo),
+    mid: V3,
+    it: &'static str,
+) -> SeriesPlan {
+    let (tr, te) = (u(rng, 3500.0, 5000.0).round(), u(rng, 75.0, 95.0).round());
+    let fs = FatSup::Chemical {
+        base: u(rng, 0.03, 0.07),
+        drift: u(rng, 0.01, 0.035),
+        patch: u(rng, 0.005, 0.02),
+    };
+    let extra = if t2_axial {
+        let side = rng.random_range(0..2);
+        let sag = Geo {
+            slices: (18, 24),
+            thick: (3.0, 4.0),
+            fov: (270.0, 300.0),
+            cols: &[448],
+            ..cor
+        };
+        let st = draw_stack(
+            rng,
+            anat,
+            Orientation::Sagittal,
+            sag,
+            anat.head_center_lps(side),
+            false,
+        );
+        series(
+            rng,
+            "t2_alt",
+            "T2W FatSat SAG",
+            "HIP T2FS SAG",
+            Orientation::Sagittal,
+            it,
+            Weighting::SpinEcho { tr, te },
+            fs,
+            vec![st],
+            (15.0, 25.0),
+        )
+    } else {
+        let st = draw_stack(rng, anat, Orientation::Axial, ax, mid, true);
+        series(
+            rng,
+            "t2_alt",
+            "T2W FatSat AX",
+            "HIP T2FS AX",
+            Orientation::Axial,
+            it,
+            Weighting::SpinEcho { tr, te },
+            fs,
+            vec![st],
+            (15.0, 25.0),
+        )
+    };
+    let mut extra = extra;
+    extra.etl = rng.random_range(11..18);
+    extra.scan_options = "FS";
+    extra.sequence_name = "FSE2D".into();
+    extra
 }
 
 fn oasis(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
@@ -700,8 +759,22 @@ fn oasis(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
     }
 }
 
+/// The uMR site's scanner.
+const UMR_VENDOR: Vendor = Vendor {
+    manufacturer: "UIH",
+    model: "uMR 780",
+    software: "R004",
+    station: "UMR780-C",
+    institution: "EXTERNAL SITE C (SYNTHETIC)",
+    b0: 3.0,
+    coil: "Body_Array_12",
+    bits_stored: 16,
+    kappa: 0.8,
+    patient_position: "FFS",
+    naming: Naming::ProtocolAndUid,
+};
+
 fn umr(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
-    let b0 = 3.0;
     let cor = Geo {
         fov: (400.0, 440.0),
         cols: &[512],
@@ -758,28 +831,23 @@ fn umr(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
         drift: u(rng, 0.01, 0.03),
         patch: u(rng, 0.005, 0.02),
     };
-    let (tr, te) = (u(rng, 3000.0, 4500.0).round(), u(rng, 70.0, 95.0).round());
     let (d2, o2) = if t2_axial {
         ("t2_fse_fs_tra", Orientation::Axial)
     } else {
         ("t2_fse_fs_cor", Orientation::Coronal)
     };
-    let f2 = fs(rng);
-    let mut t2 = series(
-        rng,
-        "t2",
-        d2,
-        d2,
-        o2,
-        it,
-        Weighting::SpinEcho { tr, te },
-        f2,
-        vec![t2_stack],
-        (15.0, 26.0),
-    );
-    t2.etl = rng.random_range(12..20);
-    t2.scan_options = "FS";
-    t2.sequence_name = "fse_fs".into();
+    let t2 = FatSatFse {
+        kind: "t2",
+        name: d2,
+        orientation: o2,
+        image_type: it,
+        tr: (3000.0, 4500.0),
+        te: (70.0, 95.0),
+        snr: (15.0, 26.0),
+        etl: 12..20,
+        sequence_name: "fse_fs",
+    }
+    .draw(rng, t2_stack, fs);
     let (tr1, te1) = (u(rng, 500.0, 700.0).round(), u(rng, 8.0, 12.0).round());
     let mut t1 = series(
         rng,
@@ -799,44 +867,32 @@ fn umr(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
     let extra = rng.random::<f64>();
     if extra < 0.5 {
         let st = draw_stack(rng, anat, Orientation::Axial, ax, mid, true);
-        let (tr, te) = (u(rng, 2500.0, 3200.0).round(), u(rng, 28.0, 38.0).round());
-        let f = fs(rng);
-        let mut pd = series(
-            rng,
-            "pd",
-            "pd_fse_fs_tra",
-            "pd_fse_fs_tra",
-            Orientation::Axial,
-            it,
-            Weighting::SpinEcho { tr, te },
-            f,
-            vec![st],
-            (20.0, 30.0),
-        );
-        pd.etl = rng.random_range(8..14);
-        pd.scan_options = "FS";
-        pd.sequence_name = "fse_fs".into();
-        list.push(pd);
+        let fse = FatSatFse {
+            kind: "pd",
+            name: "pd_fse_fs_tra",
+            orientation: Orientation::Axial,
+            image_type: it,
+            tr: (2500.0, 3200.0),
+            te: (28.0, 38.0),
+            snr: (20.0, 30.0),
+            etl: 8..14,
+            sequence_name: "fse_fs",
+        };
+        list.push(fse.draw(rng, st, fs));
     } else if extra < 0.75 && !t2_axial {
         let st = draw_stack(rng, anat, Orientation::Axial, ax, mid, true);
-        let (tr, te) = (u(rng, 3000.0, 4500.0).round(), u(rng, 70.0, 95.0).round());
-        let f = fs(rng);
-        let mut t2b = series(
-            rng,
-            "t2_alt",
-            "t2_fse_fs_tra",
-            "t2_fse_fs_tra",
-            Orientation::Axial,
-            it,
-            Weighting::SpinEcho { tr, te },
-            f,
-            vec![st],
-            (15.0, 26.0),
-        );
-        t2b.etl = rng.random_range(12..20);
-        t2b.scan_options = "FS";
-        t2b.sequence_name = "fse_fs".into();
-        list.push(t2b);
+        let fse = FatSatFse {
+            kind: "t2_alt",
+            name: "t2_fse_fs_tra",
+            orientation: Orientation::Axial,
+            image_type: it,
+            tr: (3000.0, 4500.0),
+            te: (70.0, 95.0),
+            snr: (15.0, 26.0),
+            etl: 12..20,
+            sequence_name: "fse_fs",
+        };
+        list.push(fse.draw(rng, st, fs));
     }
     let mut series = finish(rng, list, (800.0, 2500.0));
     let slope = (u(rng, 0.08, 0.3) * 1000.0).round() / 1000.0;
@@ -845,19 +901,7 @@ fn umr(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
     }
     Plan {
         style: "umr3t",
-        vendor: Vendor {
-            manufacturer: "UIH",
-            model: "uMR 780",
-            software: "R004",
-            station: "UMR780-C",
-            institution: "EXTERNAL SITE C (SYNTHETIC)",
-            b0,
-            coil: "Body_Array_12",
-            bits_stored: 16,
-            kappa: 0.8,
-            patient_position: "FFS",
-            naming: Naming::ProtocolAndUid,
-        },
+        vendor: UMR_VENDOR,
         encoding: weighted(
             rng,
             &[

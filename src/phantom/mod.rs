@@ -317,6 +317,139 @@ pub fn generate_study(
     options: &Options,
 ) -> Result<StudyTruth, PhantomError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let d = draw_study(&mut rng, options);
+    let style = &d.style;
+
+    // UIDs derive from the seed, so a study is the same byte for byte each time.
+    let uid = |parts: &[usize]| {
+        let tail: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        format!("{UID_ROOT}.{seed}.{}", tail.join("."))
+    };
+    let study_uid = uid(&[0, 1]);
+    let frame_uid = uid(&[0, 2]);
+    let accession = format!("PH{seed:08}");
+
+    std::fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
+    let mut written = Vec::new();
+    for (n, (kind, orientation, desc, g)) in d.series().into_iter().enumerate() {
+        let series_uid = uid(&[n + 1]);
+        let folder = format!(
+            "{:02}_{}_{}",
+            n + 1,
+            kind,
+            format!("{orientation:?}").to_lowercase()
+        );
+        let sdir = dir.join(&folder);
+        std::fs::create_dir_all(&sdir).map_err(|e| werr(&sdir, e))?;
+        // The localizer is three single planes, one of each orientation.
+        let planes: Vec<(Orientation, Geometry)> = if kind == "localizer" {
+            [
+                Orientation::Coronal,
+                Orientation::Axial,
+                Orientation::Sagittal,
+            ]
+            .into_iter()
+            .map(|o| {
+                let g = d.geometry(o, 1, g.pixel_mm, g.row_spacing_mm, g.rows, g.cols);
+                (o, g)
+            })
+            .collect()
+        } else {
+            vec![(orientation, g.clone())]
+        };
+        let mut count = 0;
+        for (plane, (o, g)) in planes.iter().enumerate() {
+            let t2 = kind == "t2";
+            let slices = render(
+                &d.anatomy,
+                &d.pose,
+                g,
+                t2,
+                d.bias,
+                style.noise,
+                d.noise_seed ^ (n as u64) ^ (*o as u64) << 8,
+            );
+            let ctx = SliceCtx {
+                style,
+                study_uid: &study_uid,
+                series_uid: &series_uid,
+                frame_uid: &frame_uid,
+                accession: &accession,
+                seed,
+                series_number: (n + 1) as i32,
+                description: desc,
+                kind,
+            };
+            if t2 && n == 2 && d.enhanced {
+                let mut order: Vec<usize> = (0..g.slices).collect();
+                if d.reverse {
+                    order.reverse();
+                }
+                let sop = uid(&[n + 1, 1, 0]);
+                write_enhanced(&sdir.join("IM0001.dcm"), &ctx, &sop, g, &slices, &order)?;
+                count += g.slices;
+                continue;
+            }
+            for (k, pixels) in slices.iter().enumerate() {
+                count += 1;
+                let number = if d.reverse && kind != "localizer" {
+                    g.slices - k
+                } else {
+                    count
+                };
+                let path = sdir.join(format!("IM{number:04}.dcm"));
+                let sop = uid(&[n + 1, plane + 1, k + 1]);
+                write_slice(&path, &ctx, &sop, g, k, number, pixels)?;
+            }
+        }
+        written.push(SeriesTruth {
+            series_uid,
+            description: desc.to_string(),
+            kind: kind.to_string(),
+            orientation,
+            instances: count,
+            folder,
+        });
+    }
+
+    let heads = head_truths(&d.anatomy, &d.pose);
+    let truth = StudyTruth {
+        note: DISCLAIMER.to_string(),
+        seed,
+        study_uid,
+        accession_number: accession,
+        scanner: style.name.to_string(),
+        heads,
+        series: written,
+    };
+    let path = dir.join("truth.json");
+    let text = serde_json::to_string_pretty(&truth).map_err(|e| werr(&path, e))?;
+    std::fs::write(&path, text).map_err(|e| werr(&path, e))?;
+    Ok(truth)
+}
+
+/// Everything a study draws from its seed, in the order it draws it (the order is part of
+/// the phantom: changing it changes every study).
+struct Drawn {
+    style: Style,
+    pose: Pose,
+    anatomy: Anatomy,
+    t2_orientation: Orientation,
+    extra_axial: bool,
+    enhanced: bool,
+    reverse: bool,
+    bias: [f64; 3],
+    tilt: M3,
+    pixel_mm: f64,
+    cols: usize,
+    row_mm: f64,
+    rows: usize,
+    thickness: f64,
+    gap: f64,
+    noise_seed: u64,
+}
+
+fn draw_study(rng: &mut ChaCha8Rng, options: &Options) -> Drawn {
     let drawn = rng.random_range(0..STYLES.len());
     let style = match options.style {
         Some(name) => STYLES
@@ -423,27 +556,42 @@ pub fn generate_study(
     let thickness: f64 = rng.random_range(3.0..4.0);
     let gap: f64 = rng.random_range(0.0..0.6);
     let noise_seed: u64 = rng.random();
+    Drawn {
+        style,
+        pose,
+        anatomy,
+        t2_orientation,
+        extra_axial,
+        enhanced,
+        reverse,
+        bias,
+        tilt,
+        pixel_mm,
+        cols,
+        row_mm,
+        rows,
+        thickness,
+        gap,
+        noise_seed,
+    }
+}
 
-    // UIDs derive from the seed, so a study is the same byte for byte each time.
-    let uid = |parts: &[usize]| {
-        let tail: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
-        format!("{UID_ROOT}.{seed}.{}", tail.join("."))
-    };
-    let study_uid = uid(&[0, 1]);
-    let frame_uid = uid(&[0, 2]);
-    let accession = format!("PH{seed:08}");
-    let heads_center = pose.to_patient([0.0, 0.0, 0.0]);
-
-    let geom = |o: Orientation,
-                slices: usize,
-                pixel: f64,
-                row_mm: f64,
-                rows: usize,
-                cols: usize|
-     -> Geometry {
+impl Drawn {
+    /// A series' geometry in orientation `o` around the heads, under the study's tilt.
+    #[allow(clippy::too_many_arguments)]
+    fn geometry(
+        &self,
+        o: Orientation,
+        slices: usize,
+        pixel: f64,
+        row_mm: f64,
+        rows: usize,
+        cols: usize,
+    ) -> Geometry {
+        let heads_center = self.pose.to_patient([0.0, 0.0, 0.0]);
         let (r, c) = o.axes();
-        let row = apply(&tilt, r);
-        let col = apply(&tilt, c);
+        let row = apply(&self.tilt, r);
+        let col = apply(&self.tilt, c);
         Geometry {
             row,
             col,
@@ -454,155 +602,68 @@ pub fn generate_study(
             pixel_mm: pixel,
             row_spacing_mm: row_mm,
             slices,
-            spacing_mm: thickness + gap,
-            thickness_mm: thickness,
+            spacing_mm: self.thickness + self.gap,
+            thickness_mm: self.thickness,
         }
-    };
-    let mut series = vec![
-        (
-            "localizer",
-            Orientation::Coronal,
-            style.loc_desc,
-            geom(
+    }
+
+    /// The series of the study: kind, orientation, description and geometry (localizer,
+    /// T1, T2, and sometimes an extra axial T2).
+    fn series(&self) -> Vec<(&'static str, Orientation, &'static str, Geometry)> {
+        let (style, t2_orientation) = (&self.style, self.t2_orientation);
+        let (pixel_mm, row_mm, rows, cols) = (self.pixel_mm, self.row_mm, self.rows, self.cols);
+        let mut series = vec![
+            (
+                "localizer",
                 Orientation::Coronal,
-                1,
-                360.0 / 128.0,
-                360.0 / 128.0,
-                128,
-                128,
+                style.loc_desc,
+                self.geometry(
+                    Orientation::Coronal,
+                    1,
+                    360.0 / 128.0,
+                    360.0 / 128.0,
+                    128,
+                    128,
+                ),
             ),
-        ),
-        (
-            "t1",
-            Orientation::Coronal,
-            style.t1_desc,
-            geom(Orientation::Coronal, 20, pixel_mm, row_mm, rows, cols),
-        ),
-        (
-            "t2",
-            t2_orientation,
-            if t2_orientation == Orientation::Coronal {
-                style.t2_desc
-            } else {
-                style.t2_ax_desc
-            },
-            geom(
+            (
+                "t1",
+                Orientation::Coronal,
+                style.t1_desc,
+                self.geometry(Orientation::Coronal, 20, pixel_mm, row_mm, rows, cols),
+            ),
+            (
+                "t2",
                 t2_orientation,
                 if t2_orientation == Orientation::Coronal {
-                    24
+                    style.t2_desc
                 } else {
-                    30
+                    style.t2_ax_desc
                 },
-                pixel_mm,
-                row_mm,
-                rows,
-                cols,
+                self.geometry(
+                    t2_orientation,
+                    if t2_orientation == Orientation::Coronal {
+                        24
+                    } else {
+                        30
+                    },
+                    pixel_mm,
+                    row_mm,
+                    rows,
+                    cols,
+                ),
             ),
-        ),
-    ];
-    if extra_axial {
-        series.push((
-            "t2",
-            Orientation::Axial,
-            style.t2_ax_desc,
-            geom(Orientation::Axial, 30, pixel_mm, row_mm, rows, cols),
-        ));
-    }
-
-    std::fs::create_dir_all(dir).map_err(|e| werr(dir, e))?;
-    let mut written = Vec::new();
-    for (n, (kind, orientation, desc, g)) in series.into_iter().enumerate() {
-        let series_uid = uid(&[n + 1]);
-        let folder = format!(
-            "{:02}_{}_{}",
-            n + 1,
-            kind,
-            format!("{orientation:?}").to_lowercase()
-        );
-        let sdir = dir.join(&folder);
-        std::fs::create_dir_all(&sdir).map_err(|e| werr(&sdir, e))?;
-        // The localizer is three single planes, one of each orientation.
-        let planes: Vec<(Orientation, Geometry)> = if kind == "localizer" {
-            [
-                Orientation::Coronal,
+        ];
+        if self.extra_axial {
+            series.push((
+                "t2",
                 Orientation::Axial,
-                Orientation::Sagittal,
-            ]
-            .into_iter()
-            .map(|o| (o, geom(o, 1, g.pixel_mm, g.row_spacing_mm, g.rows, g.cols)))
-            .collect()
-        } else {
-            vec![(orientation, g.clone())]
-        };
-        let mut count = 0;
-        for (plane, (o, g)) in planes.iter().enumerate() {
-            let t2 = kind == "t2";
-            let slices = render(
-                &anatomy,
-                &pose,
-                g,
-                t2,
-                bias,
-                style.noise,
-                noise_seed ^ (n as u64) ^ (*o as u64) << 8,
-            );
-            let ctx = SliceCtx {
-                style: &style,
-                study_uid: &study_uid,
-                series_uid: &series_uid,
-                frame_uid: &frame_uid,
-                accession: &accession,
-                seed,
-                series_number: (n + 1) as i32,
-                description: desc,
-                kind,
-            };
-            if t2 && n == 2 && enhanced {
-                let mut order: Vec<usize> = (0..g.slices).collect();
-                if reverse {
-                    order.reverse();
-                }
-                let sop = uid(&[n + 1, 1, 0]);
-                write_enhanced(&sdir.join("IM0001.dcm"), &ctx, &sop, g, &slices, &order)?;
-                count += g.slices;
-                continue;
-            }
-            for (k, pixels) in slices.iter().enumerate() {
-                count += 1;
-                let number = if reverse && kind != "localizer" {
-                    g.slices - k
-                } else {
-                    count
-                };
-                let path = sdir.join(format!("IM{number:04}.dcm"));
-                let sop = uid(&[n + 1, plane + 1, k + 1]);
-                write_slice(&path, &ctx, &sop, g, k, number, pixels)?;
-            }
+                style.t2_ax_desc,
+                self.geometry(Orientation::Axial, 30, pixel_mm, row_mm, rows, cols),
+            ));
         }
-        written.push(SeriesTruth {
-            series_uid,
-            description: desc.to_string(),
-            kind: kind.to_string(),
-            orientation,
-            instances: count,
-            folder,
-        });
+        series
     }
-
-    let heads = head_truths(&anatomy, &pose);
-    let truth = StudyTruth {
-        note: DISCLAIMER.to_string(),
-        seed,
-        study_uid,
-        accession_number: accession,
-        scanner: style.name.to_string(),
-        heads,
-        series: written,
-    };
-    let path = dir.join("truth.json");
-    let text = serde_json::to_string_pretty(&truth).map_err(|e| werr(&path, e))?;
-    std::fs::write(&path, text).map_err(|e| werr(&path, e))?;
-    Ok(truth)
 }
 
 /// Each head's ground truth (right, then left) in patient space.

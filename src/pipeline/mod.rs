@@ -319,70 +319,18 @@ fn analyze_study(
 ) -> Analysis {
     let start = Instant::now();
     let mut a = Analysis::empty(models);
-    let files = match volume::collect_files(paths) {
-        Ok(f) => f,
-        Err(e) => return a.fail(Status::Error, format!("cannot read the input: {e}"), start),
-    };
-    let report = volume::scan_files(&files);
-    a.skipped_files = report.skipped;
-    if report.series.is_empty() {
-        return a.fail(
-            Status::Error,
-            format!(
-                "no DICOM images found ({} file(s), {} not DICOM)",
-                files.len(),
-                report.skipped
-            ),
-            start,
-        );
-    }
-    let mut studies: Vec<&str> = report.series.iter().map(|s| s.study_uid.as_str()).collect();
-    studies.sort();
-    studies.dedup();
-    if studies.len() > 1 {
-        return a.fail(
-            Status::Error,
-            format!(
-                "the files hold {} studies; analyse one study at a time",
-                studies.len()
-            ),
-            start,
-        );
-    }
-    a.study_instance_uid = studies[0].to_owned();
-    a.accession_number = report.series[0]
-        .accession_number
-        .clone()
-        .unwrap_or_default();
-    let sel = volume::select(&report.series, rules);
-    a.series = sel.verdicts.clone();
-    let Some(chosen) = sel.chosen else {
-        return a.fail(
-            Status::NoUsableSeries,
-            "no usable T2-weighted series",
-            start,
-        );
-    };
-    let series = &report.series[chosen];
-    a.series_instance_uid = series.series_uid.clone();
-    let t2 = match volume::assemble_with_sources(series) {
-        Ok((v, sources)) => {
+    let t2 = match read_t2(paths, rules, &mut a) {
+        Ok((t2, sources)) => {
             if out.is_some() {
                 *parts = Some(ExportParts {
-                    t2: v.clone(),
+                    t2: t2.clone(),
                     sources,
                     heat: None,
                 });
             }
-            v
+            t2
         }
-        Err(e) => {
-            return a.fail(
-                Status::Error,
-                format!("series could not be assembled: {e}"),
-                start,
-            );
-        }
+        Err((status, reason)) => return a.fail(status, reason, start),
     };
     let input = volume::preprocess(&t2, &models.preprocess);
     a.timings_ms.volume = ms(start);
@@ -402,36 +350,13 @@ fn analyze_study(
     };
 
     let t = Instant::now();
-    // Both heads in one pass: right (mirrored) then left.
-    let [d, h, w] = models.crop.shape;
-    let mut voxels = Vec::with_capacity(2 * d * h * w);
-    let mut grids = Vec::with_capacity(2);
-    for (side, det) in [(Side::Right, right), (Side::Left, left)] {
-        let (crop, affine) =
-            crop::crop_with_grid(&t2, det.center_lps_mm, side == Side::Right, &models.crop);
-        voxels.extend(crop);
-        grids.push((side, det, affine));
-    }
-    let s = Tensor::from_vec(voxels, (2, d, 1, h, w), &Device::Cpu)
-        .and_then(|x| x.to_device(&models.device))
-        .and_then(|x| x.to_dtype(models.dtype))
-        .and_then(|x| gradcam::stage_and_explain_batch(&models.stager, &x, settings.heatmap));
-    let floor = settings.heatmap_floor;
-    let s = s.map(|mut v| {
-        for st in &mut v {
-            st.heatmap
-                .iter_mut()
-                .filter(|x| **x < floor)
-                .for_each(|x| *x = 0.0);
-        }
-        v
-    });
-    let staged: Vec<_> = match s {
-        Ok(s) => grids
-            .into_iter()
-            .zip(s)
-            .map(|((side, det, affine), s)| (side, det, s, affine))
-            .collect(),
+    let staged = match stage_heads(
+        models,
+        settings,
+        &t2,
+        [(Side::Right, right), (Side::Left, left)],
+    ) {
+        Ok(s) => s,
         Err(e) => return a.fail(Status::Error, format!("stager failed: {e}"), start),
     };
     a.timings_ms.stage = ms(t);
@@ -441,11 +366,11 @@ fn analyze_study(
     if let Some(dir) = out {
         let maps: Vec<heatmap::CropHeatmap> = staged
             .iter()
-            .map(|(side, _, s, affine)| heatmap::CropHeatmap {
-                values: &s.heatmap,
+            .map(|h| heatmap::CropHeatmap {
+                values: &h.staged.heatmap,
                 shape: models.crop.shape,
-                affine: *affine,
-                mirrored: *side == Side::Right,
+                affine: h.affine,
+                mirrored: h.side == Side::Right,
             })
             .collect();
         let heat = heatmap::place(&t2, &maps);
@@ -457,45 +382,17 @@ fn analyze_study(
             Err(e) => return a.fail(Status::Error, format!("cannot write heatmaps: {e}"), start),
         }
     }
-    let mut all_confident = true;
-    for (side, det, s, _) in &staged {
-        let top = s.probabilities[s.class];
-        let confident = top >= settings.min_stage_probability;
-        all_confident &= confident;
-        let stage = if confident {
-            StageCall::of_class(s.class)
-        } else {
-            StageCall::Indeterminate
-        };
-        let mut finding = HeadFinding {
-            side: *side,
-            stage,
-            early_onfh: stage.is_early_onfh(),
-            probabilities: Probabilities {
-                s0: s.probabilities[0],
-                s1: s.probabilities[1],
-                s2: s.probabilities[2],
-            },
-            detection_score: det.score,
-            center_lps_mm: det.center_lps_mm,
-            bbox_lps_mm: det.bbox_lps_mm,
-            heatmap: None,
-            reason: (!confident).then(|| {
-                format!(
-                    "top stage probability {top:.2} is below {:.2}",
-                    settings.min_stage_probability
-                )
-            }),
-        };
+    for h in &staged {
+        let mut finding = h.finding(settings.min_stage_probability);
         if let (Some(dir), Some(((vol_nii, heat_nii), heat))) = (out, files_written.as_ref()) {
-            let png = dir.join(format!("heatmap_{}.png", side));
+            let png = dir.join(format!("heatmap_{}.png", h.side));
             let label = heatmap::MontageLabel {
-                side: *side,
-                stage,
-                probability: top,
+                side: h.side,
+                stage: finding.stage,
+                probability: h.staged.probabilities[h.staged.class],
                 intended_use: models.stager_manifest.intended_use.clone(),
             };
-            if let Err(e) = heatmap::write_montage(&t2, heat, det.center_lps_mm, &label, &png) {
+            if let Err(e) = heatmap::write_montage(&t2, heat, h.det.center_lps_mm, &label, &png) {
                 return a.fail(
                     Status::Error,
                     format!("cannot write {}: {e}", png.display()),
@@ -511,7 +408,7 @@ fn analyze_study(
         a.heads.push(finding);
     }
     a.timings_ms.gradcam = ms(t);
-    if all_confident {
+    if a.heads.iter().all(|h| h.stage != StageCall::Indeterminate) {
         a.status = Status::Ok;
     } else {
         a.status = Status::Indeterminate;
@@ -519,6 +416,139 @@ fn analyze_study(
     }
     a.timings_ms.total = ms(start);
     a
+}
+
+/// Collect and scan the files, check they hold one study, select its T2 and assemble it
+/// (with each slice's source instance); fills the study's identity and the series
+/// verdicts into `a`. The error is the status and reason the analysis ends with.
+fn read_t2(
+    paths: &[PathBuf],
+    rules: &volume::Rules,
+    a: &mut Analysis,
+) -> Result<(volume::Volume, Vec<volume::SliceSource>), (Status, String)> {
+    let files = volume::collect_files(paths)
+        .map_err(|e| (Status::Error, format!("cannot read the input: {e}")))?;
+    let report = volume::scan_files(&files);
+    a.skipped_files = report.skipped;
+    if report.series.is_empty() {
+        return Err((
+            Status::Error,
+            format!(
+                "no DICOM images found ({} file(s), {} not DICOM)",
+                files.len(),
+                report.skipped
+            ),
+        ));
+    }
+    let mut studies: Vec<&str> = report.series.iter().map(|s| s.study_uid.as_str()).collect();
+    studies.sort();
+    studies.dedup();
+    if studies.len() > 1 {
+        return Err((
+            Status::Error,
+            format!(
+                "the files hold {} studies; analyse one study at a time",
+                studies.len()
+            ),
+        ));
+    }
+    a.study_instance_uid = studies[0].to_owned();
+    a.accession_number = report.series[0]
+        .accession_number
+        .clone()
+        .unwrap_or_default();
+    let sel = volume::select(&report.series, rules);
+    a.series = sel.verdicts.clone();
+    let Some(chosen) = sel.chosen else {
+        return Err((
+            Status::NoUsableSeries,
+            "no usable T2-weighted series".into(),
+        ));
+    };
+    let series = &report.series[chosen];
+    a.series_instance_uid = series.series_uid.clone();
+    volume::assemble_with_sources(series)
+        .map_err(|e| (Status::Error, format!("series could not be assembled: {e}")))
+}
+
+/// One head as the stager saw it.
+struct StagedHead<'a> {
+    side: Side,
+    det: &'a detector::Detection,
+    staged: gradcam::Staged,
+    /// The crop's voxel-to-patient affine.
+    affine: [[f64; 4]; 4],
+}
+
+impl StagedHead<'_> {
+    /// The head's finding: its stage when the top probability reaches `min_probability`,
+    /// else indeterminate with the reason.
+    fn finding(&self, min_probability: f32) -> HeadFinding {
+        let s = &self.staged;
+        let top = s.probabilities[s.class];
+        let confident = top >= min_probability;
+        let stage = if confident {
+            StageCall::of_class(s.class)
+        } else {
+            StageCall::Indeterminate
+        };
+        HeadFinding {
+            side: self.side,
+            stage,
+            early_onfh: stage.is_early_onfh(),
+            probabilities: Probabilities {
+                s0: s.probabilities[0],
+                s1: s.probabilities[1],
+                s2: s.probabilities[2],
+            },
+            detection_score: self.det.score,
+            center_lps_mm: self.det.center_lps_mm,
+            bbox_lps_mm: self.det.bbox_lps_mm,
+            heatmap: None,
+            reason: (!confident)
+                .then(|| format!("top stage probability {top:.2} is below {min_probability:.2}")),
+        }
+    }
+}
+
+/// Crop both heads through the T2's affine (the right one mirrored) and stage them in one
+/// batch with Grad-CAM; heatmap values under `heatmap_floor` become 0.
+fn stage_heads<'a>(
+    models: &Models,
+    settings: &AnalysisSettings,
+    t2: &volume::Volume,
+    heads: [(Side, &'a detector::Detection); 2],
+) -> candle_core::Result<Vec<StagedHead<'a>>> {
+    let [d, h, w] = models.crop.shape;
+    let mut voxels = Vec::with_capacity(2 * d * h * w);
+    let mut grids = Vec::with_capacity(2);
+    for (side, det) in heads {
+        let (crop, affine) =
+            crop::crop_with_grid(t2, det.center_lps_mm, side == Side::Right, &models.crop);
+        voxels.extend(crop);
+        grids.push((side, det, affine));
+    }
+    let x = Tensor::from_vec(voxels, (2, d, 1, h, w), &Device::Cpu)?
+        .to_device(&models.device)?
+        .to_dtype(models.dtype)?;
+    let staged = gradcam::stage_and_explain_batch(&models.stager, &x, settings.heatmap)?;
+    Ok(grids
+        .into_iter()
+        .zip(staged)
+        .map(|((side, det, affine), mut staged)| {
+            staged
+                .heatmap
+                .iter_mut()
+                .filter(|x| **x < settings.heatmap_floor)
+                .for_each(|x| *x = 0.0);
+            StagedHead {
+                side,
+                det,
+                staged,
+                affine,
+            }
+        })
+        .collect())
 }
 
 fn write_outputs(

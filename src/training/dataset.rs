@@ -176,199 +176,9 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8_lossy(&bytes);
     let base = csv.parent().unwrap_or(Path::new(".")).to_owned();
-    let row_err = |row: usize, message: String| DatasetError::Row {
-        path: csv.to_owned(),
-        row,
-        message,
-    };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
-    let (hrow, header) = lines.next().ok_or_else(|| DatasetError::Dataset {
-        path: csv.to_owned(),
-        message: "empty: a header and one row per head are needed".into(),
-    })?;
-    let names: Vec<String> = header.split(',').map(|c| c.trim().to_lowercase()).collect();
-    let col = |name: &str| names.iter().position(|n| n == name);
-    let required = ["study", "side", "stage"];
-    for r in required {
-        if col(r).is_none() {
-            return Err(row_err(hrow, format!("the header has no column {r:?}")));
-        }
-    }
-    for n in &names {
-        if ![
-            "study",
-            "side",
-            "stage",
-            "center_x_mm",
-            "center_y_mm",
-            "center_z_mm",
-            "radius_mm",
-            "label_map",
-            "split",
-        ]
-        .contains(&n.as_str())
-        {
-            return Err(row_err(hrow, format!("unknown column {n:?}")));
-        }
-    }
-    // Study folder → (split, its head rows), in order of first appearance.
-    let mut order: Vec<String> = Vec::new();
-    let mut by_study: BTreeMap<String, (Option<Split>, usize, Vec<HeadRow>)> = BTreeMap::new();
-    for (row, line) in lines {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        if cells.len() > names.len() {
-            return Err(row_err(
-                row,
-                format!("{} cells, the header has {}", cells.len(), names.len()),
-            ));
-        }
-        let get = |name: &str| {
-            col(name)
-                .and_then(|i| cells.get(i))
-                .copied()
-                .filter(|c| !c.is_empty())
-        };
-        let study = get("study").ok_or_else(|| row_err(row, "no study folder".into()))?;
-        let side = match get("side").map(|s| Side::parse(&s.to_ascii_uppercase())) {
-            Some(Some(s)) => s,
-            _ => {
-                return Err(row_err(
-                    row,
-                    format!("side {:?}: must be R or L", get("side").unwrap_or_default()),
-                ));
-            }
-        };
-        let stage = match get("stage") {
-            Some("0") => Stage::S0,
-            Some("I") | Some("1") => Stage::S1,
-            Some("II") | Some("2") => Stage::S2,
-            other => {
-                return Err(row_err(
-                    row,
-                    format!(
-                        "stage {:?}: must be 0, I or II (Ficat-Arlet)",
-                        other.unwrap_or_default()
-                    ),
-                ));
-            }
-        };
-        let num = |name: &str| -> Result<Option<f64>, DatasetError> {
-            match get(name) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .map(Some)
-                    .ok_or_else(|| row_err(row, format!("{name} {v:?} is not a number"))),
-            }
-        };
-        let coords = [
-            num("center_x_mm")?,
-            num("center_y_mm")?,
-            num("center_z_mm")?,
-        ];
-        let radius = num("radius_mm")?;
-        let label_map = get("label_map").map(|p| base.join(p));
-        let center_radius = match (coords, radius) {
-            ([Some(x), Some(y), Some(z)], Some(r)) if r > 0.0 => Some(([x, y, z], r)),
-            ([None, None, None], None) => None,
-            _ => {
-                return Err(row_err(
-                    row,
-                    "give all of center_x_mm, center_y_mm, center_z_mm and a positive radius_mm, or none".into(),
-                ));
-            }
-        };
-        if center_radius.is_none() && label_map.is_none() {
-            return Err(row_err(
-                row,
-                "no head location: give the centre and radius, or a label_map".into(),
-            ));
-        }
-        let split = match get("split").map(str::to_lowercase).as_deref() {
-            None => None,
-            Some("train") => Some(Split::Train),
-            Some("val") => Some(Split::Val),
-            Some("test") => Some(Split::Test),
-            Some(other) => {
-                return Err(row_err(
-                    row,
-                    format!("split {other:?}: must be train, val or test"),
-                ));
-            }
-        };
-        let entry = by_study.entry(study.to_owned()).or_insert_with(|| {
-            order.push(study.to_owned());
-            (split, row, Vec::new())
-        });
-        if split.is_some() && entry.0.is_some() && split != entry.0 {
-            return Err(row_err(
-                row,
-                format!("study {study} is in another split on row {}", entry.1),
-            ));
-        }
-        entry.0 = entry.0.or(split);
-        if let Some(other) = entry.2.iter().find(|h| h.side == side) {
-            return Err(row_err(
-                row,
-                format!(
-                    "the {side} head of {study} is already given on row {}",
-                    other.row
-                ),
-            ));
-        }
-        entry.2.push(HeadRow {
-            row,
-            side,
-            stage,
-            center_radius,
-            label_map,
-        });
-    }
     let mut studies = Vec::new();
-    for (index, name) in order.iter().enumerate() {
-        let (split, first_row, rows) = by_study.remove(name).expect("recorded above");
-        let dir = base.join(name);
-        if !dir.is_dir() {
-            return Err(row_err(
-                first_row,
-                format!("study folder {} does not exist", dir.display()),
-            ));
-        }
-        let volume = assemble_t2(&dir).map_err(|m| row_err(first_row, m))?;
-        let mut heads = Vec::new();
-        for h in &rows {
-            let (center, radius) = match (&h.center_radius, &h.label_map) {
-                (Some(cr), _) => *cr,
-                (None, Some(map)) => {
-                    let label = if h.side == Side::Right { 1.0 } else { 2.0 };
-                    head_from_label_map(map, label, &volume).map_err(|m| row_err(h.row, m))?
-                }
-                (None, None) => unreachable!("checked while parsing"),
-            };
-            heads.push(head_truth(h.side, h.stage, center, radius));
-        }
-        // Right then left, as the phantom's truth.
-        heads.sort_by_key(|h| h.side);
-        let truth = StudyTruth {
-            note: format!("site dataset {}", csv.display()),
-            seed: index as u64,
-            study_uid: volume.study_uid.clone(),
-            accession_number: String::new(),
-            scanner: "site dataset".into(),
-            heads,
-            series: Vec::new(),
-        };
-        studies.push(DatasetStudy {
-            split: split.unwrap_or_else(|| hashed_split(name)),
-            dir,
-            study: PhantomStudy { truth, volume },
-        });
+    for (index, rows) in parse(csv, &text, &base)?.into_iter().enumerate() {
+        studies.push(load_study(csv, &base, index, rows)?);
     }
     let ds = Dataset {
         path: csv.to_owned(),
@@ -396,6 +206,224 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
         }
     }
     Ok(ds)
+}
+
+/// The error for row `row` (1-based line number) of `csv`.
+fn row_err(csv: &Path, row: usize, message: String) -> DatasetError {
+    DatasetError::Row {
+        path: csv.to_owned(),
+        row,
+        message,
+    }
+}
+
+/// The columns a dataset may have.
+const COLUMNS: [&str; 9] = [
+    "study",
+    "side",
+    "stage",
+    "center_x_mm",
+    "center_y_mm",
+    "center_z_mm",
+    "radius_mm",
+    "label_map",
+    "split",
+];
+
+/// One study's rows: its folder, its split if given, the row it first appears on, and its
+/// heads.
+struct StudyRows {
+    name: String,
+    split: Option<Split>,
+    first_row: usize,
+    heads: Vec<HeadRow>,
+}
+
+/// The CSV's studies in order of first appearance, each head checked on its own and
+/// against the study's other rows (one split per study, one row per side).
+fn parse(csv: &Path, text: &str, base: &Path) -> Result<Vec<StudyRows>, DatasetError> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let (hrow, header) = lines.next().ok_or_else(|| DatasetError::Dataset {
+        path: csv.to_owned(),
+        message: "empty: a header and one row per head are needed".into(),
+    })?;
+    let names: Vec<String> = header.split(',').map(|c| c.trim().to_lowercase()).collect();
+    for r in ["study", "side", "stage"] {
+        if !names.iter().any(|n| n == r) {
+            return Err(row_err(
+                csv,
+                hrow,
+                format!("the header has no column {r:?}"),
+            ));
+        }
+    }
+    if let Some(n) = names.iter().find(|n| !COLUMNS.contains(&n.as_str())) {
+        return Err(row_err(csv, hrow, format!("unknown column {n:?}")));
+    }
+    let mut studies: Vec<StudyRows> = Vec::new();
+    for (row, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (study, split, head) =
+            parse_row(&names, &cells, row, base).map_err(|m| row_err(csv, row, m))?;
+        let entry = match studies.iter_mut().position(|s| s.name == study) {
+            Some(i) => &mut studies[i],
+            None => {
+                studies.push(StudyRows {
+                    name: study.clone(),
+                    split,
+                    first_row: row,
+                    heads: Vec::new(),
+                });
+                studies.last_mut().expect("just pushed")
+            }
+        };
+        if split.is_some() && entry.split.is_some() && split != entry.split {
+            let m = format!(
+                "study {study} is in another split on row {}",
+                entry.first_row
+            );
+            return Err(row_err(csv, row, m));
+        }
+        entry.split = entry.split.or(split);
+        if let Some(other) = entry.heads.iter().find(|h| h.side == head.side) {
+            let m = format!(
+                "the {} head of {study} is already given on row {}",
+                head.side, other.row
+            );
+            return Err(row_err(csv, row, m));
+        }
+        entry.heads.push(head);
+    }
+    Ok(studies)
+}
+
+/// One CSV row: its study folder, split (if given) and head.
+fn parse_row(
+    names: &[String],
+    cells: &[&str],
+    row: usize,
+    base: &Path,
+) -> Result<(String, Option<Split>, HeadRow), String> {
+    if cells.len() > names.len() {
+        return Err(format!(
+            "{} cells, the header has {}",
+            cells.len(),
+            names.len()
+        ));
+    }
+    let get = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| cells.get(i))
+            .copied()
+            .filter(|c| !c.is_empty())
+    };
+    let study = get("study").ok_or("no study folder")?;
+    let side = get("side")
+        .and_then(|s| Side::parse(&s.to_ascii_uppercase()))
+        .ok_or_else(|| format!("side {:?}: must be R or L", get("side").unwrap_or_default()))?;
+    let stage = match get("stage") {
+        Some("0") => Stage::S0,
+        Some("I") | Some("1") => Stage::S1,
+        Some("II") | Some("2") => Stage::S2,
+        other => {
+            return Err(format!(
+                "stage {:?}: must be 0, I or II (Ficat-Arlet)",
+                other.unwrap_or_default()
+            ));
+        }
+    };
+    let num = |name: &str| -> Result<Option<f64>, String> {
+        match get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| format!("{name} {v:?} is not a number")),
+        }
+    };
+    let coords = [
+        num("center_x_mm")?,
+        num("center_y_mm")?,
+        num("center_z_mm")?,
+    ];
+    let label_map = get("label_map").map(|p| base.join(p));
+    let center_radius = match (coords, num("radius_mm")?) {
+        ([Some(x), Some(y), Some(z)], Some(r)) if r > 0.0 => Some(([x, y, z], r)),
+        ([None, None, None], None) => None,
+        _ => {
+            return Err("give all of center_x_mm, center_y_mm, center_z_mm and a positive radius_mm, or none".into());
+        }
+    };
+    if center_radius.is_none() && label_map.is_none() {
+        return Err("no head location: give the centre and radius, or a label_map".into());
+    }
+    let split = match get("split").map(str::to_lowercase).as_deref() {
+        None => None,
+        Some("train") => Some(Split::Train),
+        Some("val") => Some(Split::Val),
+        Some("test") => Some(Split::Test),
+        Some(other) => return Err(format!("split {other:?}: must be train, val or test")),
+    };
+    let head = HeadRow {
+        row,
+        side,
+        stage,
+        center_radius,
+        label_map,
+    };
+    Ok((study.to_owned(), split, head))
+}
+
+/// One study of the dataset: its T2 assembled, each head located (given, or from the
+/// label map), right head first.
+fn load_study(
+    csv: &Path,
+    base: &Path,
+    index: usize,
+    rows: StudyRows,
+) -> Result<DatasetStudy, DatasetError> {
+    let dir = base.join(&rows.name);
+    if !dir.is_dir() {
+        let m = format!("study folder {} does not exist", dir.display());
+        return Err(row_err(csv, rows.first_row, m));
+    }
+    let volume = assemble_t2(&dir).map_err(|m| row_err(csv, rows.first_row, m))?;
+    let mut heads = Vec::new();
+    for h in &rows.heads {
+        let (center, radius) = match (&h.center_radius, &h.label_map) {
+            (Some(cr), _) => *cr,
+            (None, Some(map)) => {
+                let label = if h.side == Side::Right { 1.0 } else { 2.0 };
+                head_from_label_map(map, label, &volume).map_err(|m| row_err(csv, h.row, m))?
+            }
+            (None, None) => unreachable!("checked while parsing"),
+        };
+        heads.push(head_truth(h.side, h.stage, center, radius));
+    }
+    // Right then left, as the phantom's truth.
+    heads.sort_by_key(|h| h.side);
+    let truth = StudyTruth {
+        note: format!("site dataset {}", csv.display()),
+        seed: index as u64,
+        study_uid: volume.study_uid.clone(),
+        accession_number: String::new(),
+        scanner: "site dataset".into(),
+        heads,
+        series: Vec::new(),
+    };
+    Ok(DatasetStudy {
+        split: rows.split.unwrap_or_else(|| hashed_split(&rows.name)),
+        dir,
+        study: PhantomStudy { truth, volume },
+    })
 }
 
 fn head_truth(side: Side, stage: Stage, c: [f64; 3], r: f64) -> HeadTruth {

@@ -221,37 +221,14 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
     } else {
         raw
     };
-    if bytes.len() < 348 {
-        return Err(bad(format!("{} bytes, shorter than a header", bytes.len())));
-    }
-    let little = i32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) == 348;
-    let big = i32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes")) == 348;
-    if !little && !big {
-        return Err(bad("sizeof_hdr is not 348".into()));
-    }
-    let i16_at = |o: usize| {
-        let b: [u8; 2] = bytes[o..o + 2].try_into().expect("2 bytes");
-        if little {
-            i16::from_le_bytes(b)
-        } else {
-            i16::from_be_bytes(b)
-        }
-    };
-    let f32_at = |o: usize| {
-        let b: [u8; 4] = bytes[o..o + 4].try_into().expect("4 bytes");
-        if little {
-            f32::from_le_bytes(b)
-        } else {
-            f32::from_be_bytes(b)
-        }
-    };
-    let ndim = i16_at(40);
+    let h = Header::new(&bytes).map_err(bad)?;
+    let ndim = h.i16_at(40);
     if !(1..=7).contains(&ndim) {
         return Err(bad(format!("dim[0] = {ndim}")));
     }
     let dim = |i: usize| {
         if i as i16 <= ndim {
-            i16_at(40 + 2 * i).max(1) as usize
+            h.i16_at(40 + 2 * i).max(1) as usize
         } else {
             1
         }
@@ -264,61 +241,10 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
     if n > MAX_VOXELS {
         return Err(bad(format!("{n} voxels is more than this reader accepts")));
     }
-    let datatype = i16_at(70);
-    let (size, read_one): (usize, fn(&[u8], bool) -> f64) = match datatype {
-        2 => (1, |b, _| b[0] as f64),
-        256 => (1, |b, _| b[0] as i8 as f64),
-        4 => (2, |b, le| {
-            let a = [b[0], b[1]];
-            (if le {
-                i16::from_le_bytes(a)
-            } else {
-                i16::from_be_bytes(a)
-            }) as f64
-        }),
-        512 => (2, |b, le| {
-            let a = [b[0], b[1]];
-            (if le {
-                u16::from_le_bytes(a)
-            } else {
-                u16::from_be_bytes(a)
-            }) as f64
-        }),
-        8 => (4, |b, le| {
-            let a = [b[0], b[1], b[2], b[3]];
-            (if le {
-                i32::from_le_bytes(a)
-            } else {
-                i32::from_be_bytes(a)
-            }) as f64
-        }),
-        768 => (4, |b, le| {
-            let a = [b[0], b[1], b[2], b[3]];
-            (if le {
-                u32::from_le_bytes(a)
-            } else {
-                u32::from_be_bytes(a)
-            }) as f64
-        }),
-        16 => (4, |b, le| {
-            let a = [b[0], b[1], b[2], b[3]];
-            (if le {
-                f32::from_le_bytes(a)
-            } else {
-                f32::from_be_bytes(a)
-            }) as f64
-        }),
-        64 => (8, |b, le| {
-            let a: [u8; 8] = b[..8].try_into().expect("8 bytes");
-            if le {
-                f64::from_le_bytes(a)
-            } else {
-                f64::from_be_bytes(a)
-            }
-        }),
-        other => return Err(bad(format!("datatype {other} is not supported"))),
-    };
-    let offset = f32_at(108).max(348.0) as usize;
+    let datatype = h.i16_at(70);
+    let (size, read_one) = voxel_reader(datatype)
+        .ok_or_else(|| bad(format!("datatype {datatype} is not supported")))?;
+    let offset = h.f32_at(108).max(348.0) as usize;
     if bytes.len() < offset + n * size {
         return Err(bad(format!(
             "{} bytes, the header promises {}",
@@ -326,7 +252,7 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
             offset + n * size
         )));
     }
-    let (slope, inter) = (f32_at(112) as f64, f32_at(116) as f64);
+    let (slope, inter) = (h.f32_at(112) as f64, h.f32_at(116) as f64);
     let scale = |v: f64| {
         if slope != 0.0 && slope.is_finite() {
             v * slope + inter
@@ -336,42 +262,10 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
     };
     let data = bytes[offset..offset + n * size]
         .chunks_exact(size)
-        .map(|b| scale(read_one(b, little)) as f32)
+        .map(|b| scale(read_one(b, h.little)) as f32)
         .collect();
-    let pixdim = [f32_at(80) as f64, f32_at(84) as f64, f32_at(88) as f64];
-    let ras: [[f64; 4]; 3] = if i16_at(254) > 0 {
-        [0, 1, 2].map(|r| [0, 1, 2, 3].map(|c| f32_at(280 + 16 * r + 4 * c) as f64))
-    } else if i16_at(252) > 0 {
-        let (b, c, d) = (f32_at(256) as f64, f32_at(260) as f64, f32_at(264) as f64);
-        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
-        let qfac = if f32_at(76) < 0.0 { -1.0 } else { 1.0 };
-        let rot = [
-            [
-                a * a + b * b - c * c - d * d,
-                2.0 * (b * c - a * d),
-                2.0 * (b * d + a * c),
-            ],
-            [
-                2.0 * (b * c + a * d),
-                a * a + c * c - b * b - d * d,
-                2.0 * (c * d - a * b),
-            ],
-            [
-                2.0 * (b * d - a * c),
-                2.0 * (c * d + a * b),
-                a * a + d * d - c * c - b * b,
-            ],
-        ];
-        let s = [pixdim[0], pixdim[1], pixdim[2] * qfac];
-        let off = [f32_at(268) as f64, f32_at(272) as f64, f32_at(276) as f64];
-        [0, 1, 2].map(|r| [rot[r][0] * s[0], rot[r][1] * s[1], rot[r][2] * s[2], off[r]])
-    } else {
-        [
-            [pixdim[0], 0.0, 0.0, 0.0],
-            [0.0, pixdim[1], 0.0, 0.0],
-            [0.0, 0.0, pixdim[2], 0.0],
-        ]
-    };
+    // NIfTI's world is RAS; ours is LPS.
+    let ras = h.ras_affine();
     let affine = [
         [-ras[0][0], -ras[0][1], -ras[0][2], -ras[0][3]],
         [-ras[1][0], -ras[1][1], -ras[1][2], -ras[1][3]],
@@ -379,6 +273,151 @@ pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
         [0.0, 0.0, 0.0, 1.0],
     ];
     Ok(NiftiImage { dims, data, affine })
+}
+
+/// A NIfTI-1 header, in either byte order.
+struct Header<'a> {
+    bytes: &'a [u8],
+    little: bool,
+}
+
+impl<'a> Header<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Header<'a>, String> {
+        if bytes.len() < 348 {
+            return Err(format!("{} bytes, shorter than a header", bytes.len()));
+        }
+        let first: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
+        let little = i32::from_le_bytes(first) == 348;
+        if !little && i32::from_be_bytes(first) != 348 {
+            return Err("sizeof_hdr is not 348".into());
+        }
+        Ok(Header { bytes, little })
+    }
+
+    fn i16_at(&self, o: usize) -> i16 {
+        let b: [u8; 2] = self.bytes[o..o + 2].try_into().expect("2 bytes");
+        if self.little {
+            i16::from_le_bytes(b)
+        } else {
+            i16::from_be_bytes(b)
+        }
+    }
+
+    fn f32_at(&self, o: usize) -> f32 {
+        let b: [u8; 4] = self.bytes[o..o + 4].try_into().expect("4 bytes");
+        if self.little {
+            f32::from_le_bytes(b)
+        } else {
+            f32::from_be_bytes(b)
+        }
+    }
+
+    /// Voxel to RAS mm (three rows): the sform when set, else the qform, else the voxel
+    /// sizes.
+    fn ras_affine(&self) -> [[f64; 4]; 3] {
+        let f = |o: usize| self.f32_at(o) as f64;
+        let pixdim = [f(80), f(84), f(88)];
+        if self.i16_at(254) > 0 {
+            [0, 1, 2].map(|r| [0, 1, 2, 3].map(|c| f(280 + 16 * r + 4 * c)))
+        } else if self.i16_at(252) > 0 {
+            let (b, c, d) = (f(256), f(260), f(264));
+            let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+            let qfac = if f(76) < 0.0 { -1.0 } else { 1.0 };
+            let rot = [
+                [
+                    a * a + b * b - c * c - d * d,
+                    2.0 * (b * c - a * d),
+                    2.0 * (b * d + a * c),
+                ],
+                [
+                    2.0 * (b * c + a * d),
+                    a * a + c * c - b * b - d * d,
+                    2.0 * (c * d - a * b),
+                ],
+                [
+                    2.0 * (b * d - a * c),
+                    2.0 * (c * d + a * b),
+                    a * a + d * d - c * c - b * b,
+                ],
+            ];
+            let s = [pixdim[0], pixdim[1], pixdim[2] * qfac];
+            let off = [f(268), f(272), f(276)];
+            [0, 1, 2].map(|r| [rot[r][0] * s[0], rot[r][1] * s[1], rot[r][2] * s[2], off[r]])
+        } else {
+            [
+                [pixdim[0], 0.0, 0.0, 0.0],
+                [0.0, pixdim[1], 0.0, 0.0],
+                [0.0, 0.0, pixdim[2], 0.0],
+            ]
+        }
+    }
+}
+
+/// How a voxel of NIfTI `datatype` is read: its size in bytes and a reader (bytes,
+/// little-endian) → value; `None` for a type this reader does not take.
+fn voxel_reader(datatype: i16) -> Option<(usize, fn(&[u8], bool) -> f64)> {
+    fn int<const N: usize>(b: &[u8], le: bool, from: fn([u8; N], bool) -> f64) -> f64 {
+        from(b[..N].try_into().expect("sized chunk"), le)
+    }
+    Some(match datatype {
+        2 => (1, |b, _| b[0] as f64),
+        256 => (1, |b, _| b[0] as i8 as f64),
+        4 => (2, |b, le| {
+            int::<2>(b, le, |a, le| {
+                (if le {
+                    i16::from_le_bytes(a)
+                } else {
+                    i16::from_be_bytes(a)
+                }) as f64
+            })
+        }),
+        512 => (2, |b, le| {
+            int::<2>(b, le, |a, le| {
+                (if le {
+                    u16::from_le_bytes(a)
+                } else {
+                    u16::from_be_bytes(a)
+                }) as f64
+            })
+        }),
+        8 => (4, |b, le| {
+            int::<4>(b, le, |a, le| {
+                (if le {
+                    i32::from_le_bytes(a)
+                } else {
+                    i32::from_be_bytes(a)
+                }) as f64
+            })
+        }),
+        768 => (4, |b, le| {
+            int::<4>(b, le, |a, le| {
+                (if le {
+                    u32::from_le_bytes(a)
+                } else {
+                    u32::from_be_bytes(a)
+                }) as f64
+            })
+        }),
+        16 => (4, |b, le| {
+            int::<4>(b, le, |a, le| {
+                (if le {
+                    f32::from_le_bytes(a)
+                } else {
+                    f32::from_be_bytes(a)
+                }) as f64
+            })
+        }),
+        64 => (8, |b, le| {
+            int::<8>(b, le, |a, le| {
+                if le {
+                    f64::from_le_bytes(a)
+                } else {
+                    f64::from_be_bytes(a)
+                }
+            })
+        }),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
