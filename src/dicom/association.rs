@@ -143,7 +143,7 @@ async fn serve_inner(
             return Ok(());
         }
     };
-    let mut assoc = match established {
+    let assoc = match established {
         Ok(Ok(a)) => a,
         Err(_) => {
             warn!("no A-ASSOCIATE-RQ within {limit:?}; sending A-ABORT");
@@ -198,7 +198,6 @@ async fn serve_inner(
         warn!(calling_ae = %calling, "no presentation context acceptable; waiting for release");
     }
 
-    let mut tally = Tally::default();
     let limits = Limits {
         deadline,
         per_pdu: (PDU_FLOOR
@@ -208,7 +207,19 @@ async fn serve_inner(
         .min(settings.read_timeout),
         pace,
     };
-    let end = message_loop(&mut assoc, shared, &calling, shutdown, &limits, &mut tally).await;
+    let mut handler = Handler {
+        assoc,
+        shared,
+        calling,
+        tally: Tally::default(),
+    };
+    let end = handler.message_loop(shutdown, &limits).await;
+    let Handler {
+        mut assoc,
+        calling,
+        tally,
+        ..
+    } = handler;
     let summary = format!(
         "stored {}, duplicates {}, failed {}, echoes {}",
         tally.stored, tally.duplicates, tally.failed, tally.echoes
@@ -401,105 +412,455 @@ struct Limits<'a> {
     pace: &'a Registration,
 }
 
-async fn message_loop(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
-    shared: &Arc<Shared>,
-    calling: &str,
-    shutdown: &CancellationToken,
-    limits: &Limits<'_>,
-    tally: &mut Tally,
-) -> End {
-    let mut state = State::idle();
-    let end = loop {
-        let idle = matches!(&state, State::Command { pc: None, .. });
-        let pdu_due = if idle {
-            limits.deadline
-        } else {
-            (tokio::time::Instant::now() + limits.per_pdu).min(limits.deadline)
-        };
-        // Shutdown waits for the message in hand; the limits do not (an instance not yet
-        // answered is not acknowledged, so aborting it loses nothing).
-        let pdu = tokio::select! {
-            r = assoc.receive() => r,
-            _ = shutdown.cancelled(), if idle => {
-                break End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, "shutting down".into());
-            }
-            _ = limits.pace.shed.cancelled() => {
-                break End::Abort(
-                    AbortRQServiceProviderReason::ReasonNotSpecified,
-                    "slower than receiver.min_transfer_rate while every slot is taken".into(),
-                );
-            }
-            _ = tokio::time::sleep_until(pdu_due) => {
-                break End::Abort(
-                    AbortRQServiceProviderReason::ReasonNotSpecified,
-                    if pdu_due >= limits.deadline {
-                        "past receiver.association_deadline_secs".into()
-                    } else {
-                        "a PDU slower than receiver.min_transfer_rate allows".into()
-                    },
-                );
-            }
-        };
-        if let Ok(p) = &pdu {
-            limits.pace.received(pdu_size(p));
-        }
-        let pdu = match pdu {
-            Ok(p) => p,
-            Err(e) => {
-                use dicom_ul::association::Error as E;
-                break match e {
-                    E::ConnectionClosed { .. } => End::Closed,
-                    E::Timeout { .. } => End::Abort(
+/// One established association: the connection, what all associations share, the
+/// peer's AE title, and what it has done so far.
+struct Handler<'a> {
+    assoc: AsyncServerAssociation<TcpStream>,
+    shared: &'a Arc<Shared>,
+    /// The calling AE title, control characters escaped.
+    calling: String,
+    tally: Tally,
+}
+
+impl Handler<'_> {
+    /// Receive and answer messages until the association ends, however it ends; nothing
+    /// partial stays behind.
+    async fn message_loop(&mut self, shutdown: &CancellationToken, limits: &Limits<'_>) -> End {
+        let mut state = State::idle();
+        let end = loop {
+            let idle = matches!(&state, State::Command { pc: None, .. });
+            let pdu_due = if idle {
+                limits.deadline
+            } else {
+                (tokio::time::Instant::now() + limits.per_pdu).min(limits.deadline)
+            };
+            // Shutdown waits for the message in hand; the limits do not (an instance not yet
+            // answered is not acknowledged, so aborting it loses nothing).
+            let pdu = tokio::select! {
+                r = self.assoc.receive() => r,
+                _ = shutdown.cancelled(), if idle => {
+                    break End::Abort(AbortRQServiceProviderReason::ReasonNotSpecified, "shutting down".into());
+                }
+                _ = limits.pace.shed.cancelled() => {
+                    break End::Abort(
                         AbortRQServiceProviderReason::ReasonNotSpecified,
-                        "peer idle past the read timeout".into(),
-                    ),
-                    E::WireRead { .. } => End::Closed,
-                    other => End::Abort(
-                        AbortRQServiceProviderReason::UnrecognizedPdu,
-                        format!("unreadable PDU: {}", brief(&other)),
-                    ),
-                };
+                        "slower than receiver.min_transfer_rate while every slot is taken".into(),
+                    );
+                }
+                _ = tokio::time::sleep_until(pdu_due) => {
+                    break End::Abort(
+                        AbortRQServiceProviderReason::ReasonNotSpecified,
+                        if pdu_due >= limits.deadline {
+                            "past receiver.association_deadline_secs".into()
+                        } else {
+                            "a PDU slower than receiver.min_transfer_rate allows".into()
+                        },
+                    );
+                }
+            };
+            if let Ok(p) = &pdu {
+                limits.pace.received(pdu_size(p));
             }
-        };
-        match pdu {
-            Pdu::PData { data } => {
-                let mut outcome = None;
-                for pdv in data {
-                    if let Err(end) = on_pdv(assoc, shared, calling, &mut state, pdv, tally).await {
-                        outcome = Some(end);
-                        break;
+            let pdu = match pdu {
+                Ok(p) => p,
+                Err(e) => {
+                    use dicom_ul::association::Error as E;
+                    break match e {
+                        E::ConnectionClosed { .. } => End::Closed,
+                        E::Timeout { .. } => End::Abort(
+                            AbortRQServiceProviderReason::ReasonNotSpecified,
+                            "peer idle past the read timeout".into(),
+                        ),
+                        E::WireRead { .. } => End::Closed,
+                        other => End::Abort(
+                            AbortRQServiceProviderReason::UnrecognizedPdu,
+                            format!("unreadable PDU: {}", brief(&other)),
+                        ),
+                    };
+                }
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    let mut outcome = None;
+                    for pdv in data {
+                        if let Err(end) = self.on_pdv(&mut state, pdv).await {
+                            outcome = Some(end);
+                            break;
+                        }
+                    }
+                    if let Some(end) = outcome {
+                        break end;
                     }
                 }
-                if let Some(end) = outcome {
-                    break end;
+                Pdu::ReleaseRQ => {
+                    let _ = self.assoc.send(&Pdu::ReleaseRP).await;
+                    break End::Released;
+                }
+                Pdu::AbortRQ { .. } => break End::PeerAborted,
+                other => {
+                    break End::Abort(
+                        AbortRQServiceProviderReason::UnexpectedPdu,
+                        format!("unexpected PDU {}", pdu_name(&other)),
+                    );
                 }
             }
-            Pdu::ReleaseRQ => {
-                let _ = assoc.send(&Pdu::ReleaseRP).await;
-                break End::Released;
+        };
+        // Whatever ended the association, nothing partial stays behind.
+        if let State::Data {
+            op:
+                DataOp::Store {
+                    sink: Sink::File { tmp, .. },
+                    ..
+                },
+            ..
+        } = state
+        {
+            discard_temp(tmp).await;
+        }
+        end
+    }
+
+    /// Handle one presentation data value.
+    async fn on_pdv(&mut self, state: &mut State, pdv: PDataValue) -> Result<(), End> {
+        let accepted_pc = self
+            .assoc
+            .presentation_contexts()
+            .iter()
+            .find(|pc| pc.id == pdv.presentation_context_id)
+            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+            .map(|pc| (pc.abstract_syntax.clone(), pc.transfer_syntax.clone()));
+        let Some((abstract_syntax, transfer_syntax)) = accepted_pc else {
+            return Err(abort(
+                AbortRQServiceProviderReason::UnexpectedPduParameter,
+                format!(
+                    "data on presentation context {} which was not accepted",
+                    pdv.presentation_context_id
+                ),
+            ));
+        };
+        match state {
+            State::Command { pc, buf } => {
+                if pdv.value_type != PDataValueType::Command {
+                    return Err(abort(
+                        AbortRQServiceProviderReason::UnexpectedPduParameter,
+                        "data set fragment without a command",
+                    ));
+                }
+                if pc.is_some_and(|p| p != pdv.presentation_context_id) {
+                    return Err(abort(
+                        AbortRQServiceProviderReason::UnexpectedPduParameter,
+                        "command fragments on two presentation contexts",
+                    ));
+                }
+                *pc = Some(pdv.presentation_context_id);
+                if buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
+                    return Err(abort(
+                        AbortRQServiceProviderReason::UnexpectedPduParameter,
+                        "command set larger than 64 KiB",
+                    ));
+                }
+                buf.extend_from_slice(&pdv.data);
+                if !pdv.is_last {
+                    return Ok(());
+                }
+                let pc_id = pdv.presentation_context_id;
+                let command = dimse::decode(buf).map_err(|e| {
+                    abort(
+                        AbortRQServiceProviderReason::UnrecognizedPduParameter,
+                        e.to_string(),
+                    )
+                })?;
+                *state = State::idle();
+                self.on_command(state, pc_id, &abstract_syntax, &transfer_syntax, command)
+                    .await
             }
-            Pdu::AbortRQ { .. } => break End::PeerAborted,
-            other => {
-                break End::Abort(
-                    AbortRQServiceProviderReason::UnexpectedPdu,
-                    format!("unexpected PDU {}", pdu_name(&other)),
-                );
+            State::Data { pc, op } => {
+                if pdv.value_type != PDataValueType::Data || pdv.presentation_context_id != *pc {
+                    return Err(abort(
+                        AbortRQServiceProviderReason::UnexpectedPduParameter,
+                        "command fragment inside a data set",
+                    ));
+                }
+                if let DataOp::Store { sink, .. } = op {
+                    self.write_fragment(sink, pdv.data).await;
+                }
+                if !pdv.is_last {
+                    return Ok(());
+                }
+                let pc_id = *pc;
+                let State::Data { op, .. } = std::mem::replace(state, State::idle()) else {
+                    unreachable!("state was Data")
+                };
+                match op {
+                    DataOp::Store {
+                        message_id,
+                        expected,
+                        sink,
+                    } => self.finish_store(pc_id, message_id, expected, sink).await,
+                    DataOp::Unserved {
+                        command_field,
+                        message_id,
+                    } => {
+                        let rsp = dimse::store_response(
+                            command_field | 0x8000,
+                            message_id,
+                            &abstract_syntax,
+                            "",
+                            0x0211,
+                            Some("operation not supported by this SCP"),
+                        );
+                        self.send_command(pc_id, rsp).await
+                    }
+                }
             }
         }
-    };
-    // Whatever ended the association, nothing partial stays behind.
-    if let State::Data {
-        op: DataOp::Store {
-            sink: Sink::File { tmp, .. },
-            ..
-        },
-        ..
-    } = state
-    {
-        discard_temp(tmp).await;
     }
-    end
+
+    /// Send one command set (a response) on presentation context `pc`.
+    async fn send_command(&mut self, pc: u8, data: Vec<u8>) -> Result<(), End> {
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data,
+            }],
+        };
+        self.assoc.send(&pdu).await.map_err(|e| {
+            abort(
+                AbortRQServiceProviderReason::ReasonNotSpecified,
+                format!("cannot send response: {e}"),
+            )
+        })
+    }
+
+    /// Act on a complete command set received on presentation context `pc`.
+    async fn on_command(
+        &mut self,
+        state: &mut State,
+        pc: u8,
+        abstract_syntax: &str,
+        transfer_syntax: &str,
+        command: Command,
+    ) -> Result<(), End> {
+        match command {
+            Command::Echo { message_id } => {
+                self.tally.echoes += 1;
+                debug!(message_id, "C-ECHO");
+                self.send_command(pc, dimse::echo_response(message_id))
+                    .await
+            }
+            Command::Store {
+                message_id,
+                sop_class_uid,
+                sop_instance_uid,
+                has_data_set,
+            } => {
+                if !has_data_set {
+                    self.tally.failed += 1;
+                    let rsp = dimse::store_response(
+                        dimse::C_STORE_RSP,
+                        message_id,
+                        &sop_class_uid,
+                        &sop_instance_uid,
+                        status::CANNOT_UNDERSTAND,
+                        Some("C-STORE request without a data set"),
+                    );
+                    return self.send_command(pc, rsp).await;
+                }
+                let expected = Expected {
+                    sop_class_uid: sop_class_uid.clone(),
+                    sop_instance_uid: sop_instance_uid.clone(),
+                    calling_ae_title: self.calling.clone(),
+                };
+                let sink = open_sink(abstract_syntax, transfer_syntax, &expected);
+                *state = State::Data {
+                    pc,
+                    op: DataOp::Store {
+                        message_id,
+                        expected,
+                        sink,
+                    },
+                };
+                Ok(())
+            }
+            Command::Cancel {
+                message_id_being_responded_to,
+            } => {
+                // Nothing of ours can be cancelled mid-way (a C-STORE is answered as soon as it
+                // is complete); C-CANCEL has no response.
+                debug!(message_id_being_responded_to, "C-CANCEL ignored");
+                Ok(())
+            }
+            Command::Other {
+                command_field,
+                message_id,
+                has_data_set,
+            } => {
+                if command_field & 0x8000 != 0 {
+                    return Err(abort(
+                        AbortRQServiceProviderReason::UnexpectedPduParameter,
+                        format!("unexpected response {command_field:#06x} from the requestor"),
+                    ));
+                }
+                warn!(
+                    command_field = format!("{command_field:#06x}"),
+                    "unsupported DIMSE command"
+                );
+                if has_data_set {
+                    *state = State::Data {
+                        pc,
+                        op: DataOp::Unserved {
+                            command_field,
+                            message_id,
+                        },
+                    };
+                    Ok(())
+                } else {
+                    let rsp = dimse::store_response(
+                        command_field | 0x8000,
+                        message_id,
+                        abstract_syntax,
+                        "",
+                        0x0211,
+                        Some("operation not supported by this SCP"),
+                    );
+                    self.send_command(pc, rsp).await
+                }
+            }
+        }
+    }
+
+    /// Append a fragment to the sink. Small data sets stay in memory; a data set that
+    /// outgrows `MEMORY_LIMIT` moves to a spool temporary file. The sink turns into Discard
+    /// (and any partial file is removed) when the instance outgrows its cap, the disk its
+    /// floor, or a write fails.
+    async fn write_fragment(&self, sink: &mut Sink, data: Vec<u8>) {
+        let cap = self.shared.settings.max_instance_bytes;
+        let floor = self.shared.settings.min_free_bytes;
+        let held = match sink {
+            Sink::Discard { .. } => return,
+            Sink::Memory { buf } => buf.len() as u64,
+            Sink::File { tmp, .. } => tmp.written,
+        };
+        let failed: Option<(u16, String)> = if held + data.len() as u64 > cap {
+            warn!(
+                cap_bytes = cap,
+                "C-STORE refused: instance larger than the configured cap"
+            );
+            Some((
+                status::OUT_OF_RESOURCES,
+                format!("instance larger than {cap} bytes"),
+            ))
+        } else {
+            match sink {
+                Sink::Memory { buf } if buf.len() + data.len() <= MEMORY_LIMIT => {
+                    buf.extend_from_slice(&data);
+                    None
+                }
+                Sink::Memory { buf } => {
+                    let mut bytes = std::mem::take(buf);
+                    bytes.extend_from_slice(&data);
+                    let sh = self.shared.clone();
+                    match blocking(move || sh.spool.create_temp(&bytes, floor)).await {
+                        Ok(tmp) => {
+                            let written = tmp.written;
+                            *sink = Sink::File {
+                                tmp,
+                                checked_at: written,
+                            };
+                            None
+                        }
+                        Err(e) => Some(refusal(&e)),
+                    }
+                }
+                Sink::File { tmp, checked_at } => {
+                    let check =
+                        (tmp.written - *checked_at >= SPACE_CHECK_INTERVAL).then_some(floor);
+                    if check.is_some() {
+                        *checked_at = tmp.written;
+                    }
+                    let sh = self.shared.clone();
+                    let file = tmp.file.clone();
+                    let len = data.len() as u64;
+                    match blocking(move || sh.spool.append(&file, &data, check)).await {
+                        Ok(()) => {
+                            tmp.written += len;
+                            None
+                        }
+                        Err(e) => Some(refusal(&e)),
+                    }
+                }
+                Sink::Discard { .. } => None,
+            }
+        };
+        if let Some((status, comment)) = failed {
+            if let Sink::File { tmp, .. } =
+                std::mem::replace(sink, Sink::Discard { status, comment })
+            {
+                discard_temp(tmp).await;
+            }
+        }
+    }
+
+    /// Commit a complete C-STORE data set (one trip to the blocking pool) and answer it.
+    async fn finish_store(
+        &mut self,
+        pc: u8,
+        message_id: u16,
+        expected: Expected,
+        sink: Sink,
+    ) -> Result<(), End> {
+        let now = now_ms();
+        let due = now + self.shared.quiet_period.as_millis() as i64;
+        let floor = self.shared.settings.min_free_bytes;
+        let sh = self.shared.clone();
+        let exp = expected.clone();
+        // One trip to the blocking pool per instance: write (if still in memory), fsync,
+        // check, rename, fsync the folder, index.
+        let result = match sink {
+            Sink::Discard { status, comment } => Err((status, comment)),
+            Sink::Memory { buf } => blocking(move || {
+                let tmp = sh.spool.create_temp(&buf, floor)?;
+                sh.spool.commit(tmp, Some(&buf), &exp, &sh.store, now, due)
+            })
+            .await
+            .map_err(|e| refusal(&e)),
+            Sink::File { tmp, .. } => {
+                blocking(move || sh.spool.commit(tmp, None, &exp, &sh.store, now, due))
+                    .await
+                    .map_err(|e| refusal(&e))
+            }
+        };
+        let (status, comment) = match result {
+            Ok(InsertOutcome::Inserted) => {
+                self.tally.stored += 1;
+                debug!(message_id, "instance stored");
+                (status::SUCCESS, None)
+            }
+            Ok(InsertOutcome::Duplicate) => {
+                self.tally.duplicates += 1;
+                info!(
+                    message_id,
+                    "duplicate SOP Instance UID; kept the first copy"
+                );
+                (status::SUCCESS, None)
+            }
+            Err((status, comment)) => {
+                self.tally.failed += 1;
+                (status, Some(comment))
+            }
+        };
+        let rsp = dimse::store_response(
+            dimse::C_STORE_RSP,
+            message_id,
+            &expected.sop_class_uid,
+            &expected.sop_instance_uid,
+            status,
+            comment.as_deref(),
+        );
+        self.send_command(pc, rsp).await
+    }
 }
 
 /// Bytes a PDU carried (its values; headers are negligible for the rate).
@@ -531,236 +892,6 @@ async fn discard_temp(tmp: TempFile) {
 
 fn abort(reason: AbortRQServiceProviderReason, why: impl Into<String>) -> End {
     End::Abort(reason, why.into())
-}
-
-/// Handle one presentation data value.
-async fn on_pdv(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
-    shared: &Arc<Shared>,
-    calling: &str,
-    state: &mut State,
-    pdv: PDataValue,
-    tally: &mut Tally,
-) -> Result<(), End> {
-    let accepted_pc = assoc
-        .presentation_contexts()
-        .iter()
-        .find(|pc| pc.id == pdv.presentation_context_id)
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| (pc.abstract_syntax.clone(), pc.transfer_syntax.clone()));
-    let Some((abstract_syntax, transfer_syntax)) = accepted_pc else {
-        return Err(abort(
-            AbortRQServiceProviderReason::UnexpectedPduParameter,
-            format!(
-                "data on presentation context {} which was not accepted",
-                pdv.presentation_context_id
-            ),
-        ));
-    };
-    match state {
-        State::Command { pc, buf } => {
-            if pdv.value_type != PDataValueType::Command {
-                return Err(abort(
-                    AbortRQServiceProviderReason::UnexpectedPduParameter,
-                    "data set fragment without a command",
-                ));
-            }
-            if pc.is_some_and(|p| p != pdv.presentation_context_id) {
-                return Err(abort(
-                    AbortRQServiceProviderReason::UnexpectedPduParameter,
-                    "command fragments on two presentation contexts",
-                ));
-            }
-            *pc = Some(pdv.presentation_context_id);
-            if buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
-                return Err(abort(
-                    AbortRQServiceProviderReason::UnexpectedPduParameter,
-                    "command set larger than 64 KiB",
-                ));
-            }
-            buf.extend_from_slice(&pdv.data);
-            if !pdv.is_last {
-                return Ok(());
-            }
-            let pc_id = pdv.presentation_context_id;
-            let command = dimse::decode(buf).map_err(|e| {
-                abort(
-                    AbortRQServiceProviderReason::UnrecognizedPduParameter,
-                    e.to_string(),
-                )
-            })?;
-            *state = State::idle();
-            on_command(
-                assoc,
-                calling,
-                state,
-                pc_id,
-                &abstract_syntax,
-                &transfer_syntax,
-                command,
-                tally,
-            )
-            .await
-        }
-        State::Data { pc, op } => {
-            if pdv.value_type != PDataValueType::Data || pdv.presentation_context_id != *pc {
-                return Err(abort(
-                    AbortRQServiceProviderReason::UnexpectedPduParameter,
-                    "command fragment inside a data set",
-                ));
-            }
-            if let DataOp::Store { sink, .. } = op {
-                write_fragment(shared, sink, pdv.data).await;
-            }
-            if !pdv.is_last {
-                return Ok(());
-            }
-            let pc_id = *pc;
-            let State::Data { op, .. } = std::mem::replace(state, State::idle()) else {
-                unreachable!("state was Data")
-            };
-            match op {
-                DataOp::Store {
-                    message_id,
-                    expected,
-                    sink,
-                } => finish_store(assoc, shared, pc_id, message_id, expected, sink, tally).await,
-                DataOp::Unserved {
-                    command_field,
-                    message_id,
-                } => {
-                    let rsp = dimse::store_response(
-                        command_field | 0x8000,
-                        message_id,
-                        &abstract_syntax,
-                        "",
-                        0x0211,
-                        Some("operation not supported by this SCP"),
-                    );
-                    send_command(assoc, pc_id, rsp).await
-                }
-            }
-        }
-    }
-}
-
-async fn send_command(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
-    pc: u8,
-    data: Vec<u8>,
-) -> Result<(), End> {
-    let pdu = Pdu::PData {
-        data: vec![PDataValue {
-            presentation_context_id: pc,
-            value_type: PDataValueType::Command,
-            is_last: true,
-            data,
-        }],
-    };
-    assoc.send(&pdu).await.map_err(|e| {
-        abort(
-            AbortRQServiceProviderReason::ReasonNotSpecified,
-            format!("cannot send response: {e}"),
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn on_command(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
-    calling: &str,
-    state: &mut State,
-    pc: u8,
-    abstract_syntax: &str,
-    transfer_syntax: &str,
-    command: Command,
-    tally: &mut Tally,
-) -> Result<(), End> {
-    match command {
-        Command::Echo { message_id } => {
-            tally.echoes += 1;
-            debug!(message_id, "C-ECHO");
-            send_command(assoc, pc, dimse::echo_response(message_id)).await
-        }
-        Command::Store {
-            message_id,
-            sop_class_uid,
-            sop_instance_uid,
-            has_data_set,
-        } => {
-            if !has_data_set {
-                tally.failed += 1;
-                let rsp = dimse::store_response(
-                    dimse::C_STORE_RSP,
-                    message_id,
-                    &sop_class_uid,
-                    &sop_instance_uid,
-                    status::CANNOT_UNDERSTAND,
-                    Some("C-STORE request without a data set"),
-                );
-                return send_command(assoc, pc, rsp).await;
-            }
-            let expected = Expected {
-                sop_class_uid: sop_class_uid.clone(),
-                sop_instance_uid: sop_instance_uid.clone(),
-                calling_ae_title: calling.to_string(),
-            };
-            let sink = open_sink(abstract_syntax, transfer_syntax, &expected);
-            *state = State::Data {
-                pc,
-                op: DataOp::Store {
-                    message_id,
-                    expected,
-                    sink,
-                },
-            };
-            Ok(())
-        }
-        Command::Cancel {
-            message_id_being_responded_to,
-        } => {
-            // Nothing of ours can be cancelled mid-way (a C-STORE is answered as soon as it
-            // is complete); C-CANCEL has no response.
-            debug!(message_id_being_responded_to, "C-CANCEL ignored");
-            Ok(())
-        }
-        Command::Other {
-            command_field,
-            message_id,
-            has_data_set,
-        } => {
-            if command_field & 0x8000 != 0 {
-                return Err(abort(
-                    AbortRQServiceProviderReason::UnexpectedPduParameter,
-                    format!("unexpected response {command_field:#06x} from the requestor"),
-                ));
-            }
-            warn!(
-                command_field = format!("{command_field:#06x}"),
-                "unsupported DIMSE command"
-            );
-            if has_data_set {
-                *state = State::Data {
-                    pc,
-                    op: DataOp::Unserved {
-                        command_field,
-                        message_id,
-                    },
-                };
-                Ok(())
-            } else {
-                let rsp = dimse::store_response(
-                    command_field | 0x8000,
-                    message_id,
-                    abstract_syntax,
-                    "",
-                    0x0211,
-                    Some("operation not supported by this SCP"),
-                );
-                send_command(assoc, pc, rsp).await
-            }
-        }
-    }
 }
 
 /// Decide where a C-STORE's data goes: memory first (with the file header), or nowhere
@@ -839,133 +970,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(CommitError::Io(std::io::Error::other(e))))
-}
-
-/// Append a fragment to the sink. Small data sets stay in memory; a data set that
-/// outgrows `MEMORY_LIMIT` moves to a spool temporary file. The sink turns into Discard
-/// (and any partial file is removed) when the instance outgrows its cap, the disk its
-/// floor, or a write fails.
-async fn write_fragment(shared: &Arc<Shared>, sink: &mut Sink, data: Vec<u8>) {
-    let cap = shared.settings.max_instance_bytes;
-    let floor = shared.settings.min_free_bytes;
-    let held = match sink {
-        Sink::Discard { .. } => return,
-        Sink::Memory { buf } => buf.len() as u64,
-        Sink::File { tmp, .. } => tmp.written,
-    };
-    let failed: Option<(u16, String)> = if held + data.len() as u64 > cap {
-        warn!(
-            cap_bytes = cap,
-            "C-STORE refused: instance larger than the configured cap"
-        );
-        Some((
-            status::OUT_OF_RESOURCES,
-            format!("instance larger than {cap} bytes"),
-        ))
-    } else {
-        match sink {
-            Sink::Memory { buf } if buf.len() + data.len() <= MEMORY_LIMIT => {
-                buf.extend_from_slice(&data);
-                None
-            }
-            Sink::Memory { buf } => {
-                let mut bytes = std::mem::take(buf);
-                bytes.extend_from_slice(&data);
-                let sh = shared.clone();
-                match blocking(move || sh.spool.create_temp(&bytes, floor)).await {
-                    Ok(tmp) => {
-                        let written = tmp.written;
-                        *sink = Sink::File {
-                            tmp,
-                            checked_at: written,
-                        };
-                        None
-                    }
-                    Err(e) => Some(refusal(&e)),
-                }
-            }
-            Sink::File { tmp, checked_at } => {
-                let check = (tmp.written - *checked_at >= SPACE_CHECK_INTERVAL).then_some(floor);
-                if check.is_some() {
-                    *checked_at = tmp.written;
-                }
-                let sh = shared.clone();
-                let file = tmp.file.clone();
-                let len = data.len() as u64;
-                match blocking(move || sh.spool.append(&file, &data, check)).await {
-                    Ok(()) => {
-                        tmp.written += len;
-                        None
-                    }
-                    Err(e) => Some(refusal(&e)),
-                }
-            }
-            Sink::Discard { .. } => None,
-        }
-    };
-    if let Some((status, comment)) = failed {
-        if let Sink::File { tmp, .. } = std::mem::replace(sink, Sink::Discard { status, comment }) {
-            discard_temp(tmp).await;
-        }
-    }
-}
-
-async fn finish_store(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
-    shared: &Arc<Shared>,
-    pc: u8,
-    message_id: u16,
-    expected: Expected,
-    sink: Sink,
-    tally: &mut Tally,
-) -> Result<(), End> {
-    let now = now_ms();
-    let due = now + shared.quiet_period.as_millis() as i64;
-    let floor = shared.settings.min_free_bytes;
-    let sh = shared.clone();
-    let exp = expected.clone();
-    // One trip to the blocking pool per instance: write (if still in memory), fsync,
-    // check, rename, fsync the folder, index.
-    let result = match sink {
-        Sink::Discard { status, comment } => Err((status, comment)),
-        Sink::Memory { buf } => blocking(move || {
-            let tmp = sh.spool.create_temp(&buf, floor)?;
-            sh.spool.commit(tmp, Some(&buf), &exp, &sh.store, now, due)
-        })
-        .await
-        .map_err(|e| refusal(&e)),
-        Sink::File { tmp, .. } => {
-            blocking(move || sh.spool.commit(tmp, None, &exp, &sh.store, now, due))
-                .await
-                .map_err(|e| refusal(&e))
-        }
-    };
-    let (status, comment) = match result {
-        Ok(InsertOutcome::Inserted) => {
-            tally.stored += 1;
-            debug!(message_id, "instance stored");
-            (status::SUCCESS, None)
-        }
-        Ok(InsertOutcome::Duplicate) => {
-            tally.duplicates += 1;
-            info!(
-                message_id,
-                "duplicate SOP Instance UID; kept the first copy"
-            );
-            (status::SUCCESS, None)
-        }
-        Err((status, comment)) => {
-            tally.failed += 1;
-            (status, Some(comment))
-        }
-    };
-    let rsp = dimse::store_response(
-        dimse::C_STORE_RSP,
-        message_id,
-        &expected.sop_class_uid,
-        &expected.sop_instance_uid,
-        status,
-        comment.as_deref(),
-    );
-    send_command(assoc, pc, rsp).await
 }

@@ -263,7 +263,6 @@ impl Spool {
     ///
     /// `content`, when the caller still holds the whole file in memory, is parsed instead
     /// of reading the file back.
-    #[allow(clippy::too_many_arguments)]
     pub fn commit(
         &self,
         tmp: TempFile,
@@ -286,7 +285,6 @@ impl Spool {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn commit_inner(
         &self,
         tmp: &Path,

@@ -92,7 +92,7 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRow>> {
             for h in &t.heads {
                 rows.push(TruthRow {
                     study: t.study_uid.clone(),
-                    side: h.side.clone(),
+                    side: h.side,
                     class: crate::training::data::class_of(h.stage) as usize,
                 });
             }

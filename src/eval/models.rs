@@ -484,7 +484,7 @@ fn evaluate_set(
         for h in &truth.heads {
             truth_rows.push(super::TruthRow {
                 study: truth.study_uid.clone(),
-                side: h.side.clone(),
+                side: h.side,
                 class: data::class_of(h.stage) as usize,
             });
         }

@@ -864,35 +864,43 @@ fn umr(rng: &mut ChaCha8Rng, anat: &Anatomy, mid: V3) -> Plan {
     t1.etl = 3;
     t1.sequence_name = "fse".into();
     let mut list = vec![loc, t1, t2];
+    // Sometimes an axial fat-saturated PD, or (beside a coronal T2) an axial one.
     let extra = rng.random::<f64>();
-    if extra < 0.5 {
-        let st = draw_stack(rng, anat, Orientation::Axial, ax, mid, true);
-        let fse = FatSatFse {
-            kind: "pd",
-            name: "pd_fse_fs_tra",
-            orientation: Orientation::Axial,
-            image_type: it,
-            tr: (2500.0, 3200.0),
-            te: (28.0, 38.0),
-            snr: (20.0, 30.0),
-            etl: 8..14,
-            sequence_name: "fse_fs",
-        };
-        list.push(fse.draw(rng, st, fs));
+    let fse = |kind, name, tr, te, snr, etl| FatSatFse {
+        kind,
+        name,
+        orientation: Orientation::Axial,
+        image_type: it,
+        tr,
+        te,
+        snr,
+        etl,
+        sequence_name: "fse_fs",
+    };
+    let spec = if extra < 0.5 {
+        Some(fse(
+            "pd",
+            "pd_fse_fs_tra",
+            (2500.0, 3200.0),
+            (28.0, 38.0),
+            (20.0, 30.0),
+            8..14,
+        ))
     } else if extra < 0.75 && !t2_axial {
+        Some(fse(
+            "t2_alt",
+            "t2_fse_fs_tra",
+            (3000.0, 4500.0),
+            (70.0, 95.0),
+            (15.0, 26.0),
+            12..20,
+        ))
+    } else {
+        None
+    };
+    if let Some(spec) = spec {
         let st = draw_stack(rng, anat, Orientation::Axial, ax, mid, true);
-        let fse = FatSatFse {
-            kind: "t2_alt",
-            name: "t2_fse_fs_tra",
-            orientation: Orientation::Axial,
-            image_type: it,
-            tr: (3000.0, 4500.0),
-            te: (70.0, 95.0),
-            snr: (15.0, 26.0),
-            etl: 12..20,
-            sequence_name: "fse_fs",
-        };
-        list.push(fse.draw(rng, st, fs));
+        list.push(spec.draw(rng, st, fs));
     }
     let mut series = finish(rng, list, (800.0, 2500.0));
     let slope = (u(rng, 0.08, 0.3) * 1000.0).round() / 1000.0;

@@ -393,25 +393,59 @@ impl Detector {
 pub const CANDIDATE_MIN_SCORE: f32 = 0.05;
 /// Candidates overlapping a better one by more than this IoU are suppressed.
 pub const CANDIDATE_NMS_IOU: f64 = 0.2;
-/// Candidates kept, best first (two heads, and two more to judge the runner-up).
-pub const MAX_CANDIDATES: usize = 4;
+/// Candidates kept, best first: the two heads, and others for [`pair_heads`] to weigh
+/// against them.
+pub const MAX_CANDIDATES: usize = 6;
 
 /// Right-left distance below which two detections cannot be the two femoral heads, mm.
 pub const MIN_HEAD_SEPARATION_MM: f64 = 60.0;
+/// Right-left distance above which two detections cannot be the two femoral heads, mm
+/// (adult inter-head distances are about 150-220 mm).
+pub const MAX_HEAD_SEPARATION_MM: f64 = 300.0;
+/// Largest anterior-posterior or superior-inferior offset between the two femoral heads,
+/// mm: the pelvis may be tilted or rotated, not dislocated.
+pub const MAX_HEAD_OFFSET_MM: f64 = 60.0;
 
-/// The two femoral heads among detections (best first): the two best with a score of at
-/// least `min_score`, as (right, left) — the one further to patient left (+x in LPS) is the
-/// left head — provided they lie at least [`MIN_HEAD_SEPARATION_MM`] apart right-left.
-/// Otherwise why not.
+/// Whether `a` and `b` can be the two femoral heads: far enough apart right-left, not too
+/// far, and level with each other within [`MAX_HEAD_OFFSET_MM`].
+fn plausible_pair(a: &Detection, b: &Detection) -> bool {
+    let d = [0, 1, 2].map(|i| (a.center_lps_mm[i] - b.center_lps_mm[i]).abs());
+    (MIN_HEAD_SEPARATION_MM..=MAX_HEAD_SEPARATION_MM).contains(&d[0])
+        && d[1] <= MAX_HEAD_OFFSET_MM
+        && d[2] <= MAX_HEAD_OFFSET_MM
+}
+
+/// The indices of the two detections (each scoring at least `min_score`) that are most
+/// likely the two femoral heads: of the pairs that can be ([`plausible_pair`]), the one
+/// with the highest summed score.
+pub fn best_pair(dets: &[Detection], min_score: f32) -> Option<(usize, usize)> {
+    let mut best: Option<(f32, usize, usize)> = None;
+    for i in 0..dets.len() {
+        for j in i + 1..dets.len() {
+            let (a, b) = (&dets[i], &dets[j]);
+            if a.score < min_score || b.score < min_score || !plausible_pair(a, b) {
+                continue;
+            }
+            let sum = a.score + b.score;
+            if best.is_none_or(|(s, _, _)| sum > s) {
+                best = Some((sum, i, j));
+            }
+        }
+    }
+    best.map(|(_, i, j)| (i, j))
+}
+
+/// The two femoral heads among detections (best first), as (right, left) — the one
+/// further to patient left (+x in LPS) is the left head: the [`best_pair`] of those with
+/// a score of at least `min_score`. Otherwise why not.
 pub fn pair_heads(
     dets: &[Detection],
     min_score: f32,
 ) -> std::result::Result<(&Detection, &Detection), String> {
-    let found: Vec<&Detection> = dets.iter().filter(|d| d.score >= min_score).collect();
-    if found.len() < 2 {
+    let found = dets.iter().filter(|d| d.score >= min_score).count();
+    if found < 2 {
         return Err(format!(
-            "{} femoral head(s) found with a detection score of at least {min_score:.2} (best scores: {})",
-            found.len(),
+            "{found} femoral head(s) found with a detection score of at least {min_score:.2} (best scores: {})",
             dets.iter()
                 .take(2)
                 .map(|d| format!("{:.2}", d.score))
@@ -419,18 +453,20 @@ pub fn pair_heads(
                 .join(", ")
         ));
     }
-    let (right, left) = if found[0].center_lps_mm[0] < found[1].center_lps_mm[0] {
-        (found[0], found[1])
-    } else {
-        (found[1], found[0])
-    };
-    let apart = left.center_lps_mm[0] - right.center_lps_mm[0];
-    if apart < MIN_HEAD_SEPARATION_MM {
+    let Some((i, j)) = best_pair(dets, min_score) else {
         return Err(format!(
-            "the two best detections are {apart:.0} mm apart right-left; both femoral heads were not found"
+            "no two of the {found} detections lie as two femoral heads do \
+             ({MIN_HEAD_SEPARATION_MM:.0}-{MAX_HEAD_SEPARATION_MM:.0} mm apart right-left, \
+             within {MAX_HEAD_OFFSET_MM:.0} mm of each other otherwise); both femoral heads \
+             were not found"
         ));
-    }
-    Ok((right, left))
+    };
+    let (a, b) = (&dets[i], &dets[j]);
+    Ok(if a.center_lps_mm[0] < b.center_lps_mm[0] {
+        (a, b)
+    } else {
+        (b, a)
+    })
 }
 
 /// A box in (d, h, w) voxel order with its score.
@@ -713,6 +749,60 @@ pub fn detection_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(x: f64, y: f64, z: f64, score: f32) -> Detection {
+        Detection {
+            score,
+            center_voxel: [0.0; 3],
+            size_voxel: [0.0; 3],
+            center_lps_mm: [x, y, z],
+            bbox_lps_mm: [
+                [x - 20.0, y - 20.0, z - 20.0],
+                [x + 20.0, y + 20.0, z + 20.0],
+            ],
+        }
+    }
+
+    #[test]
+    fn the_heads_are_the_best_pair_that_lies_as_two_heads_do() {
+        // The best two: a head and a false positive in the bladder (level, but 40 mm apart).
+        let dets = [
+            at(-90.0, 0.0, 0.0, 0.9),
+            at(-50.0, -40.0, 30.0, 0.8),
+            at(92.0, 5.0, 4.0, 0.6),
+        ];
+        let (r, l) = pair_heads(&dets, 0.3).unwrap();
+        assert_eq!((r.score, l.score), (0.9, 0.6));
+        // A false positive far above (a vertebra) is not a head's partner either.
+        let dets = [
+            at(-90.0, 0.0, 0.0, 0.9),
+            at(10.0, 0.0, 120.0, 0.85),
+            at(88.0, 0.0, -3.0, 0.5),
+        ];
+        let (r, l) = pair_heads(&dets, 0.3).unwrap();
+        assert_eq!((r.center_lps_mm[0], l.center_lps_mm[0]), (-90.0, 88.0));
+        // Right and left by position, whatever the order of the scores.
+        let dets = [at(90.0, 0.0, 0.0, 0.9), at(-90.0, 0.0, 0.0, 0.8)];
+        let (r, l) = pair_heads(&dets, 0.3).unwrap();
+        assert!(r.center_lps_mm[0] < 0.0 && l.center_lps_mm[0] > 0.0);
+    }
+
+    #[test]
+    fn no_pair_is_made_up() {
+        // Under the floor.
+        let dets = [at(-90.0, 0.0, 0.0, 0.9), at(90.0, 0.0, 0.0, 0.2)];
+        let e = pair_heads(&dets, 0.3).unwrap_err();
+        assert!(e.contains("1 femoral head(s) found"), "{e}");
+        // Two confident detections, but not where two heads can be.
+        for far in [
+            at(-40.0, 0.0, 0.0, 0.8),
+            at(300.0, 0.0, 0.0, 0.8),
+            at(90.0, 0.0, 80.0, 0.8),
+        ] {
+            let e = pair_heads(&[at(-90.0, 0.0, 0.0, 0.9), far], 0.3).unwrap_err();
+            assert!(e.contains("lie as two femoral heads do"), "{e}");
+        }
+    }
 
     fn bx(c: [f64; 3], s: [f64; 3], score: f32) -> VoxelBox {
         VoxelBox {

@@ -105,9 +105,14 @@ pub struct StudyDetection {
     pub center_error_mm: Vec<Option<f64>>,
 }
 
-/// Match the two best detections to the true heads (the pipeline uses the two best).
+/// Match the two detections the pipeline would pair (`detector::best_pair`, before its
+/// confidence floor; else the two best) to the true heads.
 pub fn judge(detections: &[Detection], heads: &[HeadTruth]) -> StudyDetection {
-    let top: Vec<&Detection> = detections.iter().take(2).collect();
+    // The two the pipeline would take (before its confidence floor), else the two best.
+    let top: Vec<&Detection> = match crate::model::detector::best_pair(detections, 0.0) {
+        Some((i, j)) => vec![&detections[i], &detections[j]],
+        None => detections.iter().take(2).collect(),
+    };
     let dist = |a: [f64; 3], b: [f64; 3]| {
         ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
     };

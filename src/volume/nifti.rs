@@ -353,9 +353,12 @@ impl<'a> Header<'a> {
     }
 }
 
+/// Reads one voxel: (its bytes, little-endian) → value.
+type VoxelReader = fn(&[u8], bool) -> f64;
+
 /// How a voxel of NIfTI `datatype` is read: its size in bytes and a reader (bytes,
 /// little-endian) → value; `None` for a type this reader does not take.
-fn voxel_reader(datatype: i16) -> Option<(usize, fn(&[u8], bool) -> f64)> {
+fn voxel_reader(datatype: i16) -> Option<(usize, VoxelReader)> {
     fn int<const N: usize>(b: &[u8], le: bool, from: fn([u8; N], bool) -> f64) -> f64 {
         from(b[..N].try_into().expect("sized chunk"), le)
     }
