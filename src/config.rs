@@ -306,6 +306,17 @@ mod tests {
     }
 
     #[test]
+    fn alert_stages_are_stages() {
+        let s = with_site("[notify]\nstages = [\"0\", \"II\"]\n").unwrap();
+        use crate::result::StageCall;
+        assert_eq!(s.notify.stages, [StageCall::Stage0, StageCall::StageII]);
+        for bad in ["III", "indeterminate"] {
+            let e = with_site(&format!("[notify]\nstages = [\"{bad}\"]\n")).unwrap_err();
+            assert!(e.to_string().starts_with("notify.stages"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = with_site("[receiver]\nmax_pdu = 12\n").unwrap_err();
         assert!(e.to_string().starts_with("receiver.max_pdu:"), "{e}");

@@ -1,12 +1,16 @@
 //! The daemon: wires the capabilities together, runs them, and shuts them down.
 //!
-//! `serve` binds the listener and turns SIGTERM/SIGINT into a cancelled token; `run` opens
-//! the state (database, spool), repairs what a crash may have left, then runs the receiver
-//! and the series-completion task under that `CancellationToken` and one `TaskTracker`.
-//! On cancellation the receiver stops accepting, associations finish the message in hand,
-//! and the daemon waits a bounded grace period for them. `run` takes the listener and the
+//! `serve` binds the listener and turns SIGTERM/SIGINT into a cancelled token; `run` then
+//! goes through three steps. `open_state` (on the blocking pool) locks the state directory,
+//! opens the database and the spool and repairs what a crash may have left.
+//! `Services::start` runs the receiver, series completion, retention, the panel feed and
+//! systemd supervision under that `CancellationToken` and one `TaskTracker`, and the worker
+//! and both outboxes on their own threads, then says where it listens (`daemon.json`).
+//! `Services::stop`, on cancellation, lets the study in progress finish, stops the threads
+//! and gives open associations a bounded grace period. `run` takes the listener and the
 //! token from its caller, so the demo (and tests) start the real daemon on any port and stop
-//! it without signals. No business logic lives here.
+//! it without signals. No business logic lives here: the panel's state is decided by
+//! `panel::status` from the facts gathered here.
 
 use std::time::Duration;
 
@@ -238,9 +242,14 @@ impl Services {
             "onfh-edge {} receiving",
             env!("CARGO_PKG_VERSION")
         );
-        if let Err(e) = write_daemon_file(state_dir, address, &r.ae_title) {
-            warn!(error = %e, "cannot write daemon.json");
-        }
+        let (dir, ae) = (state_dir.clone(), r.ae_title.clone());
+        tracker.spawn(async move {
+            let written =
+                tokio::task::spawn_blocking(move || write_daemon_file(&dir, address, &ae)).await;
+            if let Ok(Err(e)) = written {
+                warn!(error = %e, "cannot write daemon.json");
+            }
+        });
         Ok(Services {
             _lock: lock,
             store,

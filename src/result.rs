@@ -33,7 +33,7 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -68,6 +68,15 @@ impl Side {
         }
     }
 
+    /// A side as people write it in a CSV: R, L, right, left; any case.
+    pub fn from_label(s: &str) -> Option<Side> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "R" | "RIGHT" => Some(Side::Right),
+            "L" | "LEFT" => Some(Side::Left),
+            _ => None,
+        }
+    }
+
     /// The side named `"R"` or `"L"`.
     pub fn parse(s: &str) -> Option<Side> {
         match s {
@@ -80,7 +89,7 @@ impl Side {
 
 impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -134,6 +143,28 @@ impl StageCall {
         .find(|c| c.as_str() == s)
     }
 
+    /// A Ficat-Arlet stage as people write it in a CSV: 0, I, II, 1, 2, "stage I"; any
+    /// case. Never indeterminate: that is not a stage a reader gives.
+    pub fn from_label(s: &str) -> Option<StageCall> {
+        let s = s.trim().to_ascii_uppercase();
+        match s.trim_start_matches("STAGE").trim() {
+            "0" => Some(StageCall::Stage0),
+            "I" | "1" => Some(StageCall::StageI),
+            "II" | "2" => Some(StageCall::StageII),
+            _ => None,
+        }
+    }
+
+    /// The models' class index (0, 1, 2) of a stage; none for indeterminate.
+    pub fn class(self) -> Option<usize> {
+        match self {
+            StageCall::Stage0 => Some(0),
+            StageCall::StageI => Some(1),
+            StageCall::StageII => Some(2),
+            StageCall::Indeterminate => None,
+        }
+    }
+
     /// Stage I or II: early osteonecrosis.
     pub fn is_early_onfh(self) -> bool {
         matches!(self, StageCall::StageI | StageCall::StageII)
@@ -142,7 +173,7 @@ impl StageCall {
 
 impl std::fmt::Display for StageCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -307,6 +338,34 @@ pub enum Verdict {
     Passed(String),
     /// Not usable (why).
     Rejected(String),
+}
+
+impl Verdict {
+    /// `chosen`, `passed` or `rejected`, as the database stores it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Chosen => "chosen",
+            Verdict::Passed(_) => "passed",
+            Verdict::Rejected(_) => "rejected",
+        }
+    }
+
+    /// Why it was passed over or rejected.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Chosen => None,
+            Verdict::Passed(r) | Verdict::Rejected(r) => Some(r),
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reason() {
+            Some(r) => write!(f, "{} ({r})", self.name()),
+            None => f.write_str(self.name()),
+        }
+    }
 }
 
 /// One series and its verdict.

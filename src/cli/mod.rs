@@ -165,7 +165,7 @@ fn purge(settings: &Settings, older_than_days: Option<u32>) -> anyhow::Result<()
         println!("storage.spool_retention_days = 0: received files are kept");
         return Ok(());
     }
-    // The daemon purges under its receiver's commit lock, which another process
+    // The daemon purges under its spool's commit lock, which another process
     // cannot share: a purge beside it could delete an instance the daemon has
     // just acknowledged again. So this runs only while the daemon is stopped.
     let store = open_store(settings, false)?;

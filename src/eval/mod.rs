@@ -28,24 +28,9 @@ use crate::result::{Side, StageCall};
 /// Class names in index order.
 pub const CLASSES: [&str; 3] = ["0", "I", "II"];
 
-/// The class index of a stage name ("0", "I", "II"; "stage I" and "1" accepted).
-pub fn class_of(stage: &str) -> Option<usize> {
-    let s = stage.trim().to_ascii_uppercase();
-    match s.trim_start_matches("STAGE").trim() {
-        "0" => Some(0),
-        "I" | "1" => Some(1),
-        "II" | "2" => Some(2),
-        _ => None,
-    }
-}
-
-/// "L" or "R" from a side as people write it (L, R, left, right; any case).
-pub fn side_of(side: &str) -> Option<Side> {
-    match side.trim().to_ascii_uppercase().as_str() {
-        "L" | "LEFT" => Some(Side::Left),
-        "R" | "RIGHT" => Some(Side::Right),
-        _ => None,
-    }
+/// The class index of a stage as people write it (`StageCall::from_label`).
+fn class_of(stage: &str) -> Option<usize> {
+    StageCall::from_label(stage).and_then(StageCall::class)
 }
 
 /// One head with a known stage.
@@ -116,7 +101,7 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Vec<TruthRow>> {
         );
         let class = class_of(f[2])
             .with_context(|| format!("{}:{}: unknown stage {:?}", path.display(), i + 1, f[2]))?;
-        let side = side_of(f[1])
+        let side = Side::from_label(f[1])
             .with_context(|| format!("{}:{}: unknown side {:?}", path.display(), i + 1, f[1]))?;
         rows.push(TruthRow {
             study: f[0].to_owned(),
@@ -161,7 +146,7 @@ pub fn read_readers(path: &Path) -> anyhow::Result<Readers> {
         );
         let class = class_of(f[3])
             .with_context(|| format!("{}:{}: unknown stage {:?}", path.display(), i + 1, f[3]))?;
-        let side = side_of(f[1])
+        let side = Side::from_label(f[1])
             .with_context(|| format!("{}:{}: unknown side {:?}", path.display(), i + 1, f[1]))?;
         out.entry(f[2].to_owned())
             .or_default()

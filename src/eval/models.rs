@@ -7,8 +7,9 @@
 //! every centre style in turn, seeds from `data::EXTERNAL_SEED_BASE`); it is never used for
 //! training or model selection, so it says how the models do on images they were not
 //! shaped by. For each study of either set: the T2 is selected, assembled and preprocessed
-//! as in the pipeline; the detector's two best boxes are matched to the true heads
-//! (`train_detector::judge`: both found, centre error < radius / 2); each head is staged
+//! as in the pipeline; the two boxes the pipeline would pair (`detector::best_pair`) are
+//! matched to the true heads (`training::detector::judge`: both found, centre error <
+//! radius / 2); each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
 //! detector's centre (the two networks together, as the pipeline runs them: the heads and
 //! their sides are chosen by `detector::pair_heads` with the pipeline's detection floor, and

@@ -113,8 +113,9 @@ fn default_smtp_security() -> SmtpSecurity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifySettings {
-    /// Stages that alert (`"I"`, `"II"`, also `"0"` if a site wants every result).
-    pub stages: Vec<String>,
+    /// Stages that alert (`"I"`, `"II"`, also `"0"` if a site wants every result; an
+    /// indeterminate head alerts through [`NotifySettings::indeterminate`]).
+    pub stages: Vec<StageCall>,
     /// Whether a head staged `indeterminate` alerts too.
     pub indeterminate: bool,
     /// Prefix for heatmap links (e.g. the appliance's results share); empty = the file
@@ -168,7 +169,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 impl Default for NotifySettings {
     fn default() -> Self {
         NotifySettings {
-            stages: vec!["I".into(), "II".into()],
+            stages: vec![StageCall::StageI, StageCall::StageII],
             indeterminate: false,
             heatmap_url: String::new(),
             max_attempts: 10,
@@ -259,10 +260,12 @@ impl NotifySettings {
                 ),
             ));
         }
-        for s in &self.stages {
-            if !["0", "I", "II"].contains(&s.as_str()) {
-                return Err(("notify.stages", format!("unknown stage {s:?} (0, I, II)")));
-            }
+        if self.stages.contains(&StageCall::Indeterminate) {
+            return Err((
+                "notify.stages",
+                "lists stages 0, I and II; indeterminate heads alert with notify.indeterminate"
+                    .into(),
+            ));
         }
         if self.max_attempts == 0 {
             return Err(("notify.max_attempts", "must be at least 1".into()));
@@ -369,7 +372,7 @@ pub fn alerts_for(cfg: &NotifySettings, head: &HeadFinding) -> bool {
     if head.stage == StageCall::Indeterminate {
         cfg.indeterminate
     } else {
-        cfg.stages.iter().any(|s| s == head.stage.as_str())
+        cfg.stages.contains(&head.stage)
     }
 }
 
@@ -668,7 +671,7 @@ mod tests {
     fn validation_names_the_problem() {
         let mut cfg = NotifySettings::default();
         assert!(cfg.validate().is_ok());
-        cfg.stages.push("III".into());
+        cfg.stages.push(StageCall::Indeterminate);
         assert_eq!(cfg.validate().unwrap_err().0, "notify.stages");
         cfg.stages.pop();
         cfg.webhook.push(WebhookChannel {

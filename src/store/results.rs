@@ -10,7 +10,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use super::{DeliveryState, Store, StoreError};
-use crate::result::{Analysis, Side, Verdict};
+use crate::result::{Analysis, Side};
 
 /// An alert to queue with an analysis.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -395,11 +395,7 @@ impl Store {
             )?;
         }
         for s in &a.series {
-            let (verdict, reason) = match &s.verdict {
-                Verdict::Chosen => ("chosen", None),
-                Verdict::Passed(r) => ("passed", Some(r)),
-                Verdict::Rejected(r) => ("rejected", Some(r)),
-            };
+            let (verdict, reason) = (s.verdict.name(), s.verdict.reason());
             tx.execute(
                 "INSERT OR IGNORE INTO series_verdicts
                      (analysis_id, series_uid, series_number, description, verdict, reason)

@@ -80,16 +80,13 @@ pub enum DataError {
     /// The phantom failed.
     #[error(transparent)]
     Phantom(#[from] phantom::PhantomError),
-    /// A study had no usable T2 series.
-    #[error("study {0}: no usable T2 series")]
-    NoSeries(u64),
-    /// The T2 series did not assemble.
+    /// A study's T2 could not be selected or assembled.
     #[error("study {seed}")]
-    Volume {
+    T2 {
         /// The study seed.
         seed: u64,
         /// Why.
-        source: volume::VolumeError,
+        source: volume::T2Error,
     },
     /// Files could not be listed.
     #[error(transparent)]
@@ -120,12 +117,8 @@ pub fn phantom_study(
 /// family) the way the pipeline does.
 pub fn assemble_study(dir: &Path, truth: StudyTruth) -> Result<PhantomStudy, DataError> {
     let seed = truth.seed;
-    let files = volume::collect_files(&[dir.to_owned()])?;
-    let report = volume::scan_files(&files);
-    let sel = volume::select(&report.series, &volume::Rules::default());
-    let chosen = sel.chosen.ok_or(DataError::NoSeries(seed))?;
-    let volume = volume::assemble(&report.series[chosen])
-        .map_err(|source| DataError::Volume { seed, source })?;
+    let volume = volume::assemble_t2_in(dir, &volume::Rules::default())
+        .map_err(|source| DataError::T2 { seed, source })?;
     Ok(PhantomStudy { truth, volume })
 }
 

@@ -13,7 +13,8 @@
 //! - `study`: a folder of the study's DICOM files (searched recursively; the T2 is selected
 //!   and assembled exactly as the pipeline does). Relative paths are taken from the CSV's
 //!   folder.
-//! - `side`: `R` or `L` (the patient's side); `stage`: `0`, `I` or `II`.
+//! - `side`: `R` or `L` (the patient's side; `right`, `left` and any case accepted); `stage`:
+//!   `0`, `I` or `II` (`1`, `2` and "stage I" accepted).
 //! - The head: either its centre in patient LPS mm and its radius, or `label_map`, a NIfTI
 //!   label map (`.nii` or `.nii.gz`, as ITK-SNAP saves) on the T2's grid where label 1 is the
 //!   right head and 2 the left; the centre is the label's centroid and the radius that of a
@@ -39,7 +40,7 @@ use super::data::PhantomStudy;
 pub use crate::model::weights::DatasetSummary;
 use crate::phantom::anatomy::{Stage, Variant};
 use crate::phantom::{HeadTruth, StudyTruth};
-use crate::result::Side;
+use crate::result::{Side, StageCall};
 use crate::volume::{self, Volume, nifti};
 
 /// Which part of the dataset a study belongs to.
@@ -325,16 +326,16 @@ fn parse_row(
     };
     let study = get("study").ok_or("no study folder")?;
     let side = get("side")
-        .and_then(|s| Side::parse(&s.to_ascii_uppercase()))
+        .and_then(Side::from_label)
         .ok_or_else(|| format!("side {:?}: must be R or L", get("side").unwrap_or_default()))?;
-    let stage = match get("stage") {
-        Some("0") => Stage::S0,
-        Some("I") | Some("1") => Stage::S1,
-        Some("II") | Some("2") => Stage::S2,
-        other => {
+    let stage = match get("stage").and_then(StageCall::from_label) {
+        Some(StageCall::Stage0) => Stage::S0,
+        Some(StageCall::StageI) => Stage::S1,
+        Some(StageCall::StageII) => Stage::S2,
+        _ => {
             return Err(format!(
                 "stage {:?}: must be 0, I or II (Ficat-Arlet)",
-                other.unwrap_or_default()
+                get("stage").unwrap_or_default()
             ));
         }
     };
@@ -395,7 +396,8 @@ fn load_study(
         let m = format!("study folder {} does not exist", dir.display());
         return Err(row_err(csv, rows.first_row, m));
     }
-    let volume = assemble_t2(&dir).map_err(|m| row_err(csv, rows.first_row, m))?;
+    let volume = volume::assemble_t2_in(&dir, &volume::Rules::default())
+        .map_err(|e| row_err(csv, rows.first_row, format!("{}: {e}", dir.display())))?;
     let mut heads = Vec::new();
     for h in &rows.heads {
         let (center, radius) = match (&h.center_radius, &h.label_map) {
@@ -441,34 +443,6 @@ fn head_truth(side: Side, stage: Stage, c: [f64; 3], r: f64) -> HeadTruth {
         lesion_center_lps_mm: None,
         lesion_sphere: None,
     }
-}
-
-/// Select and assemble the study's T2 as the pipeline does.
-fn assemble_t2(dir: &Path) -> Result<Volume, String> {
-    let files = volume::collect_files(&[dir.to_owned()])
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let report = volume::scan_files(&files);
-    let sel = volume::select(&report.series, &volume::Rules::default());
-    let Some(chosen) = sel.chosen else {
-        let why: Vec<String> = sel
-            .verdicts
-            .iter()
-            .map(|v| {
-                format!(
-                    "{:?}: {}",
-                    v.description,
-                    serde_json::to_string(&v.verdict).unwrap_or_default()
-                )
-            })
-            .collect();
-        return Err(format!(
-            "{}: no usable T2 series ({} DICOM files; {})",
-            dir.display(),
-            files.len(),
-            why.join("; ")
-        ));
-    };
-    volume::assemble(&report.series[chosen]).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Centre (centroid) and radius (of the sphere of equal volume) of `label` in a label map,

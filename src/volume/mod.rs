@@ -74,6 +74,48 @@ pub(crate) fn dot(a: V3, b: V3) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
+/// Why a folder's T2 could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum T2Error {
+    /// The folder could not be listed.
+    #[error("cannot list {dir}: {source}")]
+    Io {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No series passed the selection.
+    #[error("no usable T2 series ({files} DICOM files; {})", verdicts.iter().map(|v| format!("{:?}: {}", v.description, v.verdict)).collect::<Vec<_>>().join("; "))]
+    NoUsableSeries {
+        /// Files found.
+        files: usize,
+        /// Every series with its verdict.
+        verdicts: Vec<SeriesVerdict>,
+    },
+    /// The chosen series did not assemble.
+    #[error(transparent)]
+    Assemble(#[from] VolumeError),
+}
+
+/// The T2 of the study written under `dir`, selected (with `rules`) and assembled as the
+/// pipeline does; for studies on disk outside the pipeline (phantoms, site datasets).
+pub fn assemble_t2_in(dir: &std::path::Path, rules: &Rules) -> Result<Volume, T2Error> {
+    let files = collect_files(&[dir.to_owned()]).map_err(|source| T2Error::Io {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let report = scan_files(&files);
+    let sel = select(&report.series, rules);
+    let Some(chosen) = sel.chosen else {
+        return Err(T2Error::NoUsableSeries {
+            files: files.len(),
+            verdicts: sel.verdicts,
+        });
+    };
+    Ok(assemble::assemble(&report.series[chosen])?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
