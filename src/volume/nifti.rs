@@ -89,9 +89,16 @@ fn quatern(m: [[f64; 4]; 3], spacing: [f64; 3]) -> ([f64; 3], f64) {
 pub fn write(v: &Volume, path: &Path, description: &str) -> std::io::Result<()> {
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
     if path.extension().is_some_and(|e| e == "gz") {
-        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-        write_to(v, &mut gz, description)?;
-        gz.finish()?.flush()
+        // Buffered in front of the encoder: it costs a pass over its whole output buffer
+        // per write, and the voxels are written four bytes at a time.
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 18, gz);
+        write_to(v, &mut buffered, description)?;
+        buffered
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .finish()?
+            .flush()
     } else {
         let mut f = file;
         write_to(v, &mut f, description)?;
