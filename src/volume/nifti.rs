@@ -366,66 +366,30 @@ type VoxelReader = fn(&[u8], bool) -> f64;
 /// How a voxel of NIfTI `datatype` is read: its size in bytes and a reader (bytes,
 /// little-endian) → value; `None` for a type this reader does not take.
 fn voxel_reader(datatype: i16) -> Option<(usize, VoxelReader)> {
-    fn int<const N: usize>(b: &[u8], le: bool, from: fn([u8; N], bool) -> f64) -> f64 {
-        from(b[..N].try_into().expect("sized chunk"), le)
+    // One reader per number type: its size, and its bytes in either order.
+    macro_rules! reader {
+        ($t:ty) => {
+            (std::mem::size_of::<$t>(), |b: &[u8], le: bool| {
+                let a = b[..std::mem::size_of::<$t>()]
+                    .try_into()
+                    .expect("sized chunk");
+                (if le {
+                    <$t>::from_le_bytes(a)
+                } else {
+                    <$t>::from_be_bytes(a)
+                }) as f64
+            })
+        };
     }
     Some(match datatype {
-        2 => (1, |b, _| b[0] as f64),
-        256 => (1, |b, _| b[0] as i8 as f64),
-        4 => (2, |b, le| {
-            int::<2>(b, le, |a, le| {
-                (if le {
-                    i16::from_le_bytes(a)
-                } else {
-                    i16::from_be_bytes(a)
-                }) as f64
-            })
-        }),
-        512 => (2, |b, le| {
-            int::<2>(b, le, |a, le| {
-                (if le {
-                    u16::from_le_bytes(a)
-                } else {
-                    u16::from_be_bytes(a)
-                }) as f64
-            })
-        }),
-        8 => (4, |b, le| {
-            int::<4>(b, le, |a, le| {
-                (if le {
-                    i32::from_le_bytes(a)
-                } else {
-                    i32::from_be_bytes(a)
-                }) as f64
-            })
-        }),
-        768 => (4, |b, le| {
-            int::<4>(b, le, |a, le| {
-                (if le {
-                    u32::from_le_bytes(a)
-                } else {
-                    u32::from_be_bytes(a)
-                }) as f64
-            })
-        }),
-        16 => (4, |b, le| {
-            int::<4>(b, le, |a, le| {
-                (if le {
-                    f32::from_le_bytes(a)
-                } else {
-                    f32::from_be_bytes(a)
-                }) as f64
-            })
-        }),
-        64 => (8, |b, le| {
-            int::<8>(b, le, |a, le| {
-                if le {
-                    f64::from_le_bytes(a)
-                } else {
-                    f64::from_be_bytes(a)
-                }
-            })
-        }),
+        2 => reader!(u8),
+        256 => reader!(i8),
+        4 => reader!(i16),
+        512 => reader!(u16),
+        8 => reader!(i32),
+        768 => reader!(u32),
+        16 => reader!(f32),
+        64 => reader!(f64),
         _ => return None,
     })
 }
@@ -448,6 +412,42 @@ mod tests {
         assert_eq!([f(312), f(316), f(320), f(324)], [0.0, -0.8, 0.0, 50.0]);
         assert_eq!(&b[344..348], b"n+1\0");
         assert_eq!([f(80), f(84), f(88)], [0.8, 0.8, 3.5]);
+    }
+
+    #[test]
+    fn every_voxel_type_reads_as_its_values() {
+        let mut v = crate::volume::assemble::coronal_test_volume([2, 2, 2], 1.0);
+        for (i, x) in v.data.iter_mut().enumerate() {
+            *x = i as f32 * 3.0;
+        }
+        let mut float32 = Vec::new();
+        write_to(&v, &mut float32, "test").unwrap();
+        let header = &float32[..352];
+        let dir = tempfile::tempdir().unwrap();
+        // (datatype, little-endian bytes of one value)
+        let encoders: [(i16, fn(f32) -> Vec<u8>); 8] = [
+            (2, |x| vec![x as u8]),
+            (256, |x| vec![x as i8 as u8]),
+            (4, |x| (x as i16).to_le_bytes().to_vec()),
+            (512, |x| (x as u16).to_le_bytes().to_vec()),
+            (8, |x| (x as i32).to_le_bytes().to_vec()),
+            (768, |x| (x as u32).to_le_bytes().to_vec()),
+            (16, |x| x.to_le_bytes().to_vec()),
+            (64, |x| (x as f64).to_le_bytes().to_vec()),
+        ];
+        for (datatype, encode) in encoders {
+            let mut bytes = header.to_vec();
+            bytes[70..72].copy_from_slice(&datatype.to_le_bytes());
+            bytes.extend(v.data.iter().flat_map(|x| encode(*x)));
+            let p = dir.path().join(format!("t{datatype}.nii"));
+            std::fs::write(&p, &bytes).unwrap();
+            assert_eq!(read(&p).unwrap().data, v.data, "datatype {datatype}");
+        }
+        let mut bytes = header.to_vec();
+        bytes[70..72].copy_from_slice(&32i16.to_le_bytes());
+        let p = dir.path().join("complex.nii");
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(read(&p).unwrap_err().to_string().contains("datatype 32"));
     }
 
     #[test]
