@@ -505,3 +505,66 @@ fn a_study_without_heads_gets_an_sr_saying_so() {
     assert_eq!(v["heads"].as_array().map(Vec::len), Some(0), "{v:#}");
     check_result_objects(&out, &study, &v, &["sr"]);
 }
+
+/// Rewrite every file of a folder's header with `edit`.
+fn edit_headers(folder: &Path, edit: impl Fn(&mut dicom_object::DefaultDicomObject)) {
+    for e in std::fs::read_dir(folder).unwrap() {
+        let path = e.unwrap().path();
+        let mut obj = dicom_object::open_file(&path).unwrap();
+        edit(&mut obj);
+        obj.write_to_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_normal_head_is_not_called_on_a_series_without_fat_suppression() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("plain");
+    let opts = Options {
+        stages: Some([Stage::S0, Stage::S2]),
+        enhanced_t2: Some(false),
+        style: Some("siemens-like 3T"),
+        ..Default::default()
+    };
+    phantom::generate_study(&study, 9_000_808, &opts).unwrap();
+    // As written (fat-suppressed T2): the normal head is called normal.
+    let (_, v) = analyze(&[&study], None);
+    assert_eq!(v["status"], "ok", "{v:#}");
+    assert_eq!(v["heads"][0]["stage"], "0", "{v:#}");
+    assert_eq!(v["heads"][1]["stage"], "II", "{v:#}");
+    // The same images named and flagged as a plain T2: no normal call, with the reason;
+    // the stage II head keeps its stage.
+    edit_headers(&truth_t2_folder(&study), |obj| {
+        for tag in [tags::SERIES_DESCRIPTION, tags::PROTOCOL_NAME] {
+            obj.put(DataElement::new(
+                tag,
+                VR::LO,
+                PrimitiveValue::from("t2_tse_cor"),
+            ));
+        }
+        obj.put(DataElement::new(
+            tags::SCAN_OPTIONS,
+            VR::CS,
+            PrimitiveValue::from(""),
+        ));
+    });
+    let (o, v) = analyze(&[&study], None);
+    assert_eq!(o.status.code(), Some(3), "{v:#}");
+    assert_eq!(v["status"], "indeterminate", "{v:#}");
+    let right = &v["heads"][0];
+    assert_eq!(right["stage"], "indeterminate", "{v:#}");
+    assert!(
+        right["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not fat-suppressed"),
+        "{right:#}"
+    );
+    assert!(
+        right["probabilities"]["0"].as_f64().unwrap() > 0.6,
+        "{right:#}"
+    );
+    assert_eq!(v["heads"][1]["stage"], "II", "{v:#}");
+}

@@ -164,16 +164,20 @@ fn set_evaluation(e: &crate::eval::models::SetEvaluation) {
     println!("--- the whole pipeline (what `onfh-edge eval` reports)");
     evaluation_table(&e.pipeline);
     println!("--- the networks");
-    let d = &e.detector;
-    println!(
-        "detector: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius)",
-        d.both_heads_found,
-        d.studies,
-        100.0 * d.detection_rate,
-        d.mean_center_error_mm,
-        d.max_center_error_mm,
-        d.max_center_error_over_radius
-    );
+    for (what, d) in [
+        ("detector (with the sphere fit)", &e.detector),
+        ("detector network alone", &e.detector_network_alone),
+    ] {
+        println!(
+            "{what}: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius)",
+            d.both_heads_found,
+            d.studies,
+            100.0 * d.detection_rate,
+            d.mean_center_error_mm,
+            d.max_center_error_mm,
+            d.max_center_error_over_radius
+        );
+    }
     for (what, m) in [
         ("stager at true centres", &e.stager_at_true_centers),
         ("stager at detected centres", &e.stager_at_detected_centers),

@@ -7,12 +7,14 @@
 //! every centre style in turn, seeds from `data::EXTERNAL_SEED_BASE`); it is never used for
 //! training or model selection, so it says how the models do on images they were not
 //! shaped by. For each study of either set: the T2 is selected, assembled and preprocessed
-//! as in the pipeline; the two boxes the pipeline would pair (`detector::best_pair`) are
-//! matched to the true heads (`training::detector::judge`: both found, centre error <
-//! radius / 2); each head is staged
+//! as in the pipeline; the two boxes the pipeline would pair (`detector::best_pair`), each
+//! moved onto its sphere (`model::sphere`) as the pipeline does, are matched to the true
+//! heads (`training::detector::judge`: both found, centre error < radius / 2) — and so are
+//! the network's own centres, reported as the network alone; each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
 //! detector's centre (the two networks together, as the pipeline runs them: the heads and
-//! their sides are chosen by `detector::pair_heads` with the pipeline's detection floor, and
+//! their sides are chosen by `model::sphere::locate_heads` with the pipeline's detection
+//! floor, and
 //! right heads are mirrored exactly as in training).
 //!
 //! With reference checkpoints (the f32 weights a training run kept), the same inputs also run
@@ -34,7 +36,8 @@ use candle_nn::VarBuilder;
 use serde::Serialize;
 
 use crate::model::crop::{self, CropConfig};
-use crate::model::detector::{Detector, pair_heads};
+use crate::model::detector::{Detection, Detector, best_pair};
+use crate::model::sphere;
 use crate::model::stager::Stager;
 use crate::model::weights::{self, Architecture, Manifest};
 use crate::pipeline;
@@ -86,6 +89,46 @@ pub struct DetectorMetrics {
     pub max_center_error_mm: f64,
     /// Largest centre error as a fraction of that head's radius.
     pub max_center_error_over_radius: f64,
+}
+
+/// Detector tallies over a test set, before they become [`DetectorMetrics`].
+#[derive(Default)]
+struct DetectorTally {
+    found: usize,
+    errors: Vec<f64>,
+    rel: f64,
+}
+
+impl DetectorTally {
+    fn add(
+        &mut self,
+        j: &crate::training::detector::StudyDetection,
+        heads: &[crate::phantom::HeadTruth],
+    ) {
+        self.found += j.both_found as usize;
+        for (e, h) in j.center_error_mm.iter().zip(heads) {
+            let e = e.unwrap_or(f64::INFINITY);
+            self.errors.push(e);
+            self.rel = self.rel.max(e / h.radius_mm);
+        }
+    }
+
+    fn metrics(&self, studies: usize) -> DetectorMetrics {
+        let finite: Vec<f64> = self
+            .errors
+            .iter()
+            .cloned()
+            .filter(|e| e.is_finite())
+            .collect();
+        DetectorMetrics {
+            studies,
+            both_heads_found: self.found,
+            detection_rate: self.found as f64 / studies.max(1) as f64,
+            mean_center_error_mm: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
+            max_center_error_mm: finite.iter().cloned().fold(0.0, f64::max),
+            max_center_error_over_radius: self.rel,
+        }
+    }
 }
 
 /// Stager figures on one set of crops.
@@ -151,8 +194,11 @@ pub struct SetEvaluation {
     pub seed: u64,
     /// Studies whose T2 could not be selected or assembled (their heads count as missed).
     pub unreadable_studies: usize,
-    /// Detector.
+    /// Detector as the pipeline uses it: the network's pair, each moved onto its sphere
+    /// (`model::sphere`).
     pub detector: DetectorMetrics,
+    /// The detector network alone (its own centres).
+    pub detector_network_alone: DetectorMetrics,
     /// Stager on crops around the true centres.
     pub stager_at_true_centers: StagerMetrics,
     /// Stager on crops around the detector's centres (a missed head counts as wrong).
@@ -467,7 +513,7 @@ fn evaluate_set(
     let rules = crate::volume::Rules::default();
     let (det, stg, crop) = (&ctx.det, &ctx.stg, &ctx.crop);
     let (mut results, mut truth_rows) = (Vec::new(), Vec::new());
-    let (mut found, mut errors, mut rel) = (0usize, Vec::new(), 0f64);
+    let (mut refined, mut alone) = (DetectorTally::default(), DetectorTally::default());
     let (mut at_truth, mut at_det) = (Vec::new(), Vec::new());
     let mut unreadable = 0usize;
     for i in 0..n {
@@ -502,7 +548,8 @@ fn evaluate_set(
                 // The pipeline reported why; the networks never saw these heads.
                 unreadable += 1;
                 for h in &truth.heads {
-                    errors.push(f64::INFINITY);
+                    refined.errors.push(f64::INFINITY);
+                    alone.errors.push(f64::INFINITY);
                     at_truth.push((data::class_of(h.stage), None));
                     at_det.push((data::class_of(h.stage), None));
                 }
@@ -511,13 +558,17 @@ fn evaluate_set(
         };
         let sample = data::detector_sample(&study, &ctx.preprocess);
         let dets = det.candidates(&sample.volume, &dev, DType::F32)?;
-        let j = judge(&dets, &sample.heads);
-        found += j.both_found as usize;
-        for (e, h) in j.center_error_mm.iter().zip(&sample.heads) {
-            let e = e.unwrap_or(f64::INFINITY);
-            errors.push(e);
-            rel = rel.max(e / h.radius_mm);
-        }
+        alone.add(&judge(&dets, &sample.heads), &sample.heads);
+        // The pair judged, each moved onto its sphere as the pipeline does.
+        let pair: Vec<Detection> = match best_pair(&dets, 0.0) {
+            Some((i, j)) => vec![dets[i].clone(), dets[j].clone()],
+            None => dets.iter().take(2).cloned().collect(),
+        };
+        let pair: Vec<Detection> = pair
+            .iter()
+            .map(|d| sphere::locate(d, &study.volume, &sample.volume).detection)
+            .collect();
+        refined.add(&judge(&pair, &sample.heads), &sample.heads);
         if let Some(rd) = &ctx.ref_det {
             let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
             if let (Some(a), Some(b)) = (dets.first(), rdets.first()) {
@@ -530,8 +581,13 @@ fn evaluate_set(
             }
         }
         // The pipeline's rule for which detections are the heads, and which side.
-        let sided: Vec<(Side, &_)> = match pair_heads(&dets, opts.min_detection_score) {
-            Ok((r, l)) => vec![(Side::Right, r), (Side::Left, l)],
+        let sided: Vec<(Side, Detection)> = match sphere::locate_heads(
+            &dets,
+            &study.volume,
+            &sample.volume,
+            opts.min_detection_score,
+        ) {
+            Ok((r, l)) => vec![(Side::Right, r.detection), (Side::Left, l.detection)],
             Err(_) => Vec::new(),
         };
         for h in &study.truth.heads {
@@ -561,7 +617,6 @@ fn evaluate_set(
             at_det.push((truth_class, pred));
         }
     }
-    let finite: Vec<f64> = errors.iter().cloned().filter(|e| e.is_finite()).collect();
     let last = (first_seed + n as u64).saturating_sub(1);
     let test_set = match family {
         Family::InDistribution => format!(
@@ -583,14 +638,8 @@ fn evaluate_set(
         studies: n,
         seed: first_seed,
         unreadable_studies: unreadable,
-        detector: DetectorMetrics {
-            studies: n,
-            both_heads_found: found,
-            detection_rate: found as f64 / n.max(1) as f64,
-            mean_center_error_mm: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
-            max_center_error_mm: finite.iter().cloned().fold(0.0, f64::max),
-            max_center_error_over_radius: rel,
-        },
+        detector: refined.metrics(n),
+        detector_network_alone: alone.metrics(n),
         stager_at_true_centers: stager_metrics(&at_truth, &ctx.classes),
         stager_at_detected_centers: stager_metrics(&at_det, &ctx.classes),
         pipeline: super::evaluate(&truth_rows, &results, &Default::default()),
@@ -647,11 +696,12 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     let mut top = serde_json::json!({
         "command": e.command,
         "fp16_vs_f32": e.fp16_vs_f32,
-        "external": part(&e.external, &["detector"]),
-        "dataset": part(&e.dataset, &["detector"]),
+        "external": part(&e.external, &["detector", "detector_network_alone"]),
+        "dataset": part(&e.dataset, &["detector", "detector_network_alone"]),
     });
     if let Some(i) = &e.in_distribution {
         top["detector"] = serde_json::to_value(&i.detector)?;
+        top["detector_network_alone"] = serde_json::to_value(&i.detector_network_alone)?;
         for (k, v) in head(i).as_object().expect("object") {
             top[k] = v.clone();
         }
@@ -661,6 +711,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     let mut sm = weights::read_manifest(&opts.stager)?;
     let keys = [
         "detector",
+        "detector_network_alone",
         "stager_at_true_centers",
         "stager_at_detected_centers",
         "pipeline",

@@ -4,15 +4,19 @@
 //!
 //! Steps, each timed: collect and scan the files (non-DICOM skipped and counted); select
 //! the series (`volume::select`, every series gets a verdict); assemble it; preprocess it
-//! exactly as the detector's manifest says; detect; take the two best boxes and give them
-//! sides by geometry (the one further to patient left, +x in LPS, is the left head); crop
+//! exactly as the detector's manifest says; detect; pair the two candidates that lie as
+//! two femoral heads do and give them sides by geometry (`model::sphere::locate_heads`
+//! over `detector::pair_heads`: the one further to patient left, +x in LPS, is the left
+//! head; a confident head may take a weak partner where the image shows a same-sized
+//! sphere), each moved onto the sphere its edges make in the T2 (the score unchanged); crop
 //! each head around the detected centre on the canonical grid (`model::crop::crop_with_grid`
 //! — patient millimetres, not array indices), right heads mirrored as in training; stage and
 //! explain; place the heatmaps back into the T2's grid; write NIfTI (T2 and heatmap, the
 //! T2's affine) and one PNG montage per head when an output folder is given.
 //!
-//! Never silent: no usable T2 → `no_usable_series`; fewer than two heads, two detections on
-//! the same side, or a detection score under the floor → `indeterminate` with the reason;
+//! Never silent: no usable T2 → `no_usable_series`; fewer than two heads, no pair that lies
+//! as two heads do, or a detection score under the floor (unless a partner, as above) →
+//! `indeterminate` with the reason;
 //! a head whose top probability is under the floor is staged `indeterminate`. A normal call
 //! is made only when every step is confident. Errors (unreadable files, several studies,
 //! assembly failures) become status `error` with the reason; nothing here panics on input.
@@ -30,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::crop::{self, CropConfig};
 use crate::model::detector::{self, Detector};
 use crate::model::gradcam::{self, CamMethod};
+use crate::model::sphere;
 use crate::model::stager::Stager;
 use crate::model::weights::{self, Manifest, ModelError, ModelSource};
 use crate::volume::{self, Preprocess};
@@ -61,6 +66,10 @@ pub struct AnalysisSettings {
     /// and NIfTI show the region that drove the stage rather than a low haze over the
     /// whole head; 0 keeps the whole map.
     pub heatmap_floor: f32,
+    /// Call a head normal (stage 0) only on a fat-suppressed series: on a plain T2, fatty
+    /// marrow is about as bright as oedema, so stage I may not show. Such a head is
+    /// staged indeterminate with the reason instead; stage I and II calls stand.
+    pub normal_needs_fat_suppression: bool,
 }
 
 impl AnalysisSettings {
@@ -108,6 +117,7 @@ impl Default for AnalysisSettings {
             min_stage_probability: 0.6,
             heatmap: CamMethod::GradCam,
             heatmap_floor: 0.5,
+            normal_needs_fat_suppression: true,
         }
     }
 }
@@ -319,8 +329,8 @@ fn analyze_study(
 ) -> Analysis {
     let start = Instant::now();
     let mut a = Analysis::empty(models);
-    let t2 = match read_t2(paths, rules, &mut a) {
-        Ok((t2, sources)) => {
+    let (t2, fat_suppressed) = match read_t2(paths, rules, &mut a) {
+        Ok((t2, sources, fat_suppressed)) => {
             if out.is_some() {
                 *parts = Some(ExportParts {
                     t2: t2.clone(),
@@ -328,7 +338,7 @@ fn analyze_study(
                     heat: None,
                 });
             }
-            t2
+            (t2, fat_suppressed)
         }
         Err((status, reason)) => return a.fail(status, reason, start),
     };
@@ -344,17 +354,30 @@ fn analyze_study(
         Err(e) => return a.fail(Status::Error, format!("detector failed: {e}"), start),
     };
     a.timings_ms.detect = ms(t);
-    let (right, left) = match detector::pair_heads(&dets, settings.min_detection_score) {
+    let (right, left) = match sphere::locate_heads(&dets, &t2, &input, settings.min_detection_score)
+    {
         Ok(pair) => pair,
         Err(reason) => return a.fail(Status::Indeterminate, reason, start),
     };
+    for (side, h) in [(Side::Right, &right), (Side::Left, &left)] {
+        if h.partner {
+            tracing::info!(
+                study_uid = %a.study_instance_uid,
+                "{side} femoral head taken at detection score {:.2}, under the floor {:.2}: it partners the confident other head (same-sized sphere where that head's partner lies)",
+                h.detection.score,
+                settings.min_detection_score
+            );
+        }
+    }
+    let (right, left) = (right.detection, left.detection);
+    a.timings_ms.detect = ms(t);
 
     let t = Instant::now();
     let staged = match stage_heads(
         models,
         settings,
         &t2,
-        [(Side::Right, right), (Side::Left, left)],
+        [(Side::Right, &right), (Side::Left, &left)],
     ) {
         Ok(s) => s,
         Err(e) => return a.fail(Status::Error, format!("stager failed: {e}"), start),
@@ -383,7 +406,8 @@ fn analyze_study(
         }
     }
     for h in &staged {
-        let mut finding = h.finding(settings.min_stage_probability);
+        let normal_allowed = fat_suppressed || !settings.normal_needs_fat_suppression;
+        let mut finding = h.finding(settings.min_stage_probability, normal_allowed);
         if let (Some(dir), Some(((vol_nii, heat_nii), heat))) = (out, files_written.as_ref()) {
             let png = dir.join(format!("heatmap_{}.png", h.side));
             let label = heatmap::MontageLabel {
@@ -425,7 +449,7 @@ fn read_t2(
     paths: &[PathBuf],
     rules: &volume::Rules,
     a: &mut Analysis,
-) -> Result<(volume::Volume, Vec<volume::SliceSource>), (Status, String)> {
+) -> Result<(volume::Volume, Vec<volume::SliceSource>, bool), (Status, String)> {
     let files = volume::collect_files(paths)
         .map_err(|e| (Status::Error, format!("cannot read the input: {e}")))?;
     let report = volume::scan_files(&files);
@@ -467,7 +491,9 @@ fn read_t2(
     };
     let series = &report.series[chosen];
     a.series_instance_uid = series.series_uid.clone();
+    let fat_suppressed = volume::select::fat_suppressed(series, rules);
     volume::assemble_with_sources(series)
+        .map(|(v, sources)| (v, sources, fat_suppressed))
         .map_err(|e| (Status::Error, format!("series could not be assembled: {e}")))
 }
 
@@ -483,11 +509,25 @@ struct StagedHead<'a> {
 impl StagedHead<'_> {
     /// The head's finding: its stage when the top probability reaches `min_probability`,
     /// else indeterminate with the reason.
-    fn finding(&self, min_probability: f32) -> HeadFinding {
+    /// The finding: the stage when its probability reaches `min_probability` — and, for
+    /// stage 0, when `normal_allowed` (the series is fat-suppressed, or the rule is off).
+    fn finding(&self, min_probability: f32, normal_allowed: bool) -> HeadFinding {
         let s = &self.staged;
         let top = s.probabilities[s.class];
-        let confident = top >= min_probability;
-        let stage = if confident {
+        let reason = if top < min_probability {
+            Some(format!(
+                "top stage probability {top:.2} is below {min_probability:.2}"
+            ))
+        } else if s.class == 0 && !normal_allowed {
+            Some(format!(
+                "stage 0 at probability {top:.2}, but the series is not fat-suppressed: \
+                 marrow oedema (stage I) may not show on it; a fat-suppressed T2 or STIR \
+                 is needed to call this head normal"
+            ))
+        } else {
+            None
+        };
+        let stage = if reason.is_none() {
             StageCall::of_class(s.class)
         } else {
             StageCall::Indeterminate
@@ -505,8 +545,7 @@ impl StagedHead<'_> {
             center_lps_mm: self.det.center_lps_mm,
             bbox_lps_mm: self.det.bbox_lps_mm,
             heatmap: None,
-            reason: (!confident)
-                .then(|| format!("top stage probability {top:.2} is below {min_probability:.2}")),
+            reason,
         }
     }
 }

@@ -6,9 +6,11 @@
 //! words, or by timing), has timing inside the T2 ranges when timing is present, has not
 //! been through lossy compression (unless allowed), holds one orientation, and has enough
 //! slices. Among
-//! usable series the preferred orientation wins (coronal first, as the paper), then the
-//! one with more slices, then the lower series number. Rules are data (`Rules`), with
-//! defaults that fit common vendor naming.
+//! usable series a sagittal one (it covers one hip) comes last; then a fat-suppressed one
+//! (fat saturation, SPAIR, STIR: stage I is marrow oedema, which a plain T2 can hide)
+//! wins; then the preferred orientation (coronal first, as the paper), then the one with
+//! more slices, then the lower series number. Rules are data (`Rules`), with defaults that
+//! fit common vendor naming.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,13 @@ pub struct Rules {
     /// The networks were trained and measured on uncompressed images; compression
     /// artefacts can hide or mimic the faint marrow signal an early stage rests on.
     pub allow_lossy: bool,
+    /// Whether a fat-suppressed series (fat saturation, SPAIR/SPIR, STIR) is preferred to
+    /// one without, before orientation: stage I is marrow oedema, which fat suppression
+    /// shows and a plain T2, where fatty marrow is as bright, can hide.
+    pub prefer_fat_suppressed: bool,
+    /// Case-insensitive whole words in description or protocol that mark fat suppression
+    /// (a Scan Options (0018,0022) value `FS` marks it too).
+    pub fat_suppressed_words: Vec<String>,
 }
 
 impl Rules {
@@ -53,6 +62,7 @@ impl Rules {
         for (key, words) in [
             ("selection.include", &self.include),
             ("selection.exclude", &self.exclude),
+            ("selection.fat_suppressed_words", &self.fat_suppressed_words),
         ] {
             if words.iter().any(|w| w.trim().is_empty()) {
                 return Err((
@@ -91,6 +101,13 @@ impl Default for Rules {
             orientations: vec![Plane::Coronal, Plane::Axial, Plane::Sagittal],
             reject_scanning_sequences: vec!["EP".into()],
             allow_lossy: false,
+            prefer_fat_suppressed: true,
+            fat_suppressed_words: [
+                "fs", "fatsat", "fat sat", "fat-sat", "fat_sat", "fsat", "spair", "spir", "stir",
+                "tirm",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -120,6 +137,30 @@ fn words_match(text: &str, words: &[String]) -> Option<String> {
             })
         })
         .cloned()
+}
+
+/// The first of `words` found as a whole word (not part of a longer one: "fs" matches
+/// "t2_tse_fs_cor" but not "FSE"), case-insensitively.
+fn whole_word_match(text: &str, words: &[String]) -> Option<String> {
+    let t = text.to_lowercase();
+    let boundary = |c: Option<char>| !c.is_some_and(|c| c.is_ascii_alphanumeric());
+    words
+        .iter()
+        .find(|w| {
+            let w = w.to_lowercase();
+            t.match_indices(&w).any(|(i, m)| {
+                boundary(t[..i].chars().next_back()) && boundary(t[i + m.len()..].chars().next())
+            })
+        })
+        .cloned()
+}
+
+/// Whether `s` is fat-suppressed: Scan Options `FS`, or a fat-suppression word in its
+/// description or protocol name.
+pub fn fat_suppressed(s: &Series, rules: &Rules) -> bool {
+    s.scan_options.iter().any(|o| o.eq_ignore_ascii_case("FS"))
+        || whole_word_match(&s.description, &rules.fat_suppressed_words).is_some()
+        || whole_word_match(&s.protocol, &rules.fat_suppressed_words).is_some()
 }
 
 /// Why a series is not usable, or None when it is.
@@ -206,6 +247,8 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
 /// Choose the series to analyse.
 pub fn select(series: &[Series], rules: &Rules) -> Selection {
     let verdicts_raw: Vec<Option<String>> = series.iter().map(|s| unusable(s, rules)).collect();
+    // A sagittal series covers one hip: it comes last whatever its contrast. Otherwise
+    // fat suppression (when preferred), then orientation, slices and series number.
     let rank = |s: &Series| {
         let plane = s.planes()[0];
         let pref = rules
@@ -214,6 +257,8 @@ pub fn select(series: &[Series], rules: &Rules) -> Selection {
             .position(|p| *p == plane)
             .unwrap_or(usize::MAX);
         (
+            plane == Plane::Sagittal,
+            rules.prefer_fat_suppressed && !fat_suppressed(s, rules),
             pref,
             std::cmp::Reverse(s.slices()),
             s.number.unwrap_or(i64::MAX),
@@ -236,9 +281,17 @@ pub fn select(series: &[Series], rules: &Rules) -> Selection {
                 (Some(why), _) => Verdict::Rejected(why.clone()),
                 (None, Some(c)) if c == i => Verdict::Chosen,
                 (None, Some(c)) => Verdict::Passed(format!(
-                    "usable, but series {} ({}) is preferred",
+                    "usable, but series {} ({}{}) is preferred",
                     series[c].number.map(|n| n.to_string()).unwrap_or_default(),
-                    series[c].description
+                    series[c].description,
+                    if rules.prefer_fat_suppressed
+                        && fat_suppressed(&series[c], rules)
+                        && !fat_suppressed(s, rules)
+                    {
+                        ", fat-suppressed"
+                    } else {
+                        ""
+                    }
                 )),
                 (None, None) => unreachable!("a usable series means something was chosen"),
             },
@@ -358,6 +411,53 @@ mod tests {
         assert_eq!(s.chosen, Some(0));
         assert!(matches!(&s.verdicts[1].verdict, Verdict::Rejected(r) if r.contains("EP")));
         assert!(matches!(&s.verdicts[2].verdict, Verdict::Rejected(r) if r.contains("SOP class")));
+    }
+
+    #[test]
+    fn fat_suppression_is_a_whole_word_or_the_scan_option() {
+        let r = Rules::default();
+        let named = |d: &str| series(d, 3800.0, 75.0, COR.0, COR.1, 20);
+        for yes in [
+            "t2_tse_fs_cor",
+            "T2W_TSE_SPAIR_TRA",
+            "STIR COR",
+            "T2W FatSat AX",
+            "COR T2 FSE FS",
+        ] {
+            assert!(fat_suppressed(&named(yes), &r), "{yes}");
+        }
+        for no in ["T2W FSE COR", "t2_tse_cor", "T2 FSE AX", "FSE_T2", "first"] {
+            assert!(!fat_suppressed(&named(no), &r), "{no}");
+        }
+        let opt = Series {
+            scan_options: vec!["FS".into()],
+            ..named("T2 COR")
+        };
+        assert!(fat_suppressed(&opt, &r));
+    }
+
+    #[test]
+    fn a_fat_suppressed_series_is_preferred_unless_it_is_sagittal() {
+        const SAG: ([f64; 3], [f64; 3]) = ([0.0, 1.0, 0.0], [0.0, 0.0, -1.0]);
+        let plain_cor = series("T2W FSE COR", 4000.0, 95.0, COR.0, COR.1, 30);
+        let fs_ax = series("T2W FatSat AX", 4000.0, 80.0, AX.0, AX.1, 25);
+        let fs_sag = series("T2W FatSat SAG", 4000.0, 80.0, SAG.0, SAG.1, 23);
+        let s = select(&[plain_cor.clone(), fs_ax.clone()], &Rules::default());
+        assert_eq!(s.chosen, Some(1));
+        assert!(
+            matches!(&s.verdicts[0].verdict, Verdict::Passed(r) if r.contains("fat-suppressed")),
+            "{:?}",
+            s.verdicts
+        );
+        // A sagittal slab covers one hip: the plain coronal series is analysed instead.
+        let s = select(&[plain_cor.clone(), fs_sag], &Rules::default());
+        assert_eq!(s.chosen, Some(0));
+        // Without the preference, orientation decides again.
+        let off = Rules {
+            prefer_fat_suppressed: false,
+            ..Rules::default()
+        };
+        assert_eq!(select(&[plain_cor, fs_ax], &off).chosen, Some(0));
     }
 
     #[test]

@@ -1,0 +1,623 @@
+//! Where exactly a detected femoral head is: the sphere that best fits the image's edges
+//! near a detection.
+//!
+//! The detector sees the study at 3-4 mm voxels and, on scanners unlike its training
+//! phantom, can put a head's centre 10-35 mm off (on the acetabular rim, or part-way to
+//! the trochanter) while still finding the head. A femoral head is close to a sphere with
+//! an edge all round it (cortex, cartilage and joint fluid against marrow) whatever the
+//! contrast: bright or dark marrow, fat-suppressed or not. [`refine`] resamples the
+//! assembled T2 around the detection at 1.5 mm, and searches centres within
+//! [`SEARCH_MM`] and radii [`RADII_MM`] for the sphere whose surface crosses the strongest
+//! edges in most directions. The score of a sphere is a low quantile
+//! ([`EDGE_QUANTILE`]) over 256 directions of |∇I · n| (the intensity gradient along the
+//! sphere's normal, in units of the local intensity range per mm), so one strong partial
+//! edge — a lesion's demarcation line, the bladder wall — cannot outweigh a whole head;
+//! and it is weighed by a Gaussian prior of [`PRIOR_SIGMA_MM`] on the distance from the
+//! detection, so the detector still decides which head it is.
+//!
+//! The parameters were set on development data (domain-randomised and classic phantom
+//! studies, never the external evaluation family); see ARCHITECTURE.md.
+//!
+//! [`locate_heads`] is the one rule, used by the pipeline and the evaluation alike, that
+//! turns the detector's candidates into the two heads: the pair `detector::pair_heads`
+//! chooses, or — when only one head is confident — that head and a weak candidate where
+//! the other head must lie, if the image shows a sphere of the same size there.
+//!
+//! Geometry and intensities only: it never finds a head the detector did not propose,
+//! never changes a detection's score, and knows nothing of stages.
+
+use crate::model::detector::Detection;
+use crate::volume::{V3, Volume, sample};
+
+/// How far from the detection the centre may move along each axis, mm.
+pub const SEARCH_MM: f64 = 24.0;
+/// Radii tried, mm (adult femoral heads are 20-27 mm in radius).
+pub const RADII_MM: (f64, f64) = (17.0, 31.0);
+/// The quantile, over directions, of the radial edge strength that scores a sphere.
+pub const EDGE_QUANTILE: f64 = 0.5;
+/// Standard deviation of the Gaussian prior on the distance from the detection, mm.
+pub const PRIOR_SIGMA_MM: f64 = 15.0;
+/// Sampling step of the local grid, mm.
+const STEP_MM: f64 = 1.5;
+/// Coarse search step of centres, mm.
+const COARSE_MM: f64 = 3.0;
+/// Coarse search step of radii, mm.
+const COARSE_RADIUS_MM: f64 = 2.0;
+/// Directions on the sphere: the coarse search, and the fine one.
+const DIRECTIONS: (usize, usize) = (128, 256);
+
+/// The sphere found near a detection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SphereFit {
+    /// Centre, patient LPS mm.
+    pub center_lps_mm: V3,
+    /// Radius, mm.
+    pub radius_mm: f64,
+    /// Its edge score (before the prior): the [`EDGE_QUANTILE`] of |∇I · n| over
+    /// directions, per mm, relative to the local intensity range.
+    pub edge: f64,
+    /// How far the centre moved from the detection, mm.
+    pub moved_mm: f64,
+}
+
+/// The best sphere near `start` (a detection's centre) in the assembled volume `v`.
+/// Where nothing is better than the start (no edges at all), the start is kept.
+pub fn refine(v: &Volume, start: V3) -> SphereFit {
+    // Half the local grid's side, a whole number of steps: the search, the largest radius
+    // and a margin for the fine search and the gradient's neighbours.
+    let half = ((SEARCH_MM + RADII_MM.1 + 4.0 * STEP_MM) / STEP_MM).ceil() * STEP_MM;
+    let local = Gradients::around(v, start, half);
+    let dirs = fibonacci_sphere(DIRECTIONS.1);
+    let mut scratch = Vec::with_capacity(DIRECTIONS.1);
+    let weigh = |c: V3, edge: f64| edge * prior(dist(c, start));
+    let mid = (RADII_MM.0 + RADII_MM.1) / 2.0;
+    let (mut best_c, mut best_r) = (start, mid);
+    let mut best_edge = local.edge(start, mid, &dirs, &mut scratch);
+    let mut best = weigh(start, best_edge);
+    // Coarse: centres on every other grid point (3 mm), radii every 2 mm, each sphere's
+    // surface as precomputed grid offsets.
+    let cells = (COARSE_MM / STEP_MM).round() as isize;
+    let n = (SEARCH_MM / COARSE_MM).round() as isize;
+    let radii = ((RADII_MM.1 - RADII_MM.0) / COARSE_RADIUS_MM).round() as usize;
+    let shells: Vec<(f64, Shell)> = (0..=radii)
+        .map(|k| {
+            let r = RADII_MM.0 + k as f64 * COARSE_RADIUS_MM;
+            (r, Shell::new(r, &fibonacci_sphere(DIRECTIONS.0), local.n))
+        })
+        .collect();
+    let m = (local.n / 2) as isize;
+    for a in -n..=n {
+        for b in -n..=n {
+            for c in -n..=n {
+                let idx = [m + a * cells, m + b * cells, m + c * cells];
+                let p = idx.map(|x| x as f64 * STEP_MM);
+                let p = [0, 1, 2].map(|i| local.origin[i] + p[i]);
+                let base =
+                    ((idx[2] * local.n as isize + idx[1]) * local.n as isize + idx[0]) as usize;
+                for (r, shell) in &shells {
+                    let edge = local.shell_edge(base, shell, &mut scratch);
+                    let s = weigh(p, edge);
+                    if s > best {
+                        (best, best_edge, best_c, best_r) = (s, edge, p, *r);
+                    }
+                }
+            }
+        }
+    }
+    // Fine: 1 mm steps around the coarse optimum.
+    let (coarse_c, coarse_r) = (best_c, best_r);
+    for a in -2..=2 {
+        for b in -2..=2 {
+            for c in -2..=2 {
+                let p = [
+                    coarse_c[0] + a as f64,
+                    coarse_c[1] + b as f64,
+                    coarse_c[2] + c as f64,
+                ];
+                for dr in -2..=2 {
+                    let r = (coarse_r + dr as f64).clamp(RADII_MM.0, RADII_MM.1);
+                    let edge = local.edge(p, r, &dirs, &mut scratch);
+                    let s = weigh(p, edge);
+                    if s > best {
+                        (best, best_edge, best_c, best_r) = (s, edge, p, r);
+                    }
+                }
+            }
+        }
+    }
+    SphereFit {
+        center_lps_mm: best_c,
+        radius_mm: best_r,
+        edge: best_edge,
+        moved_mm: dist(best_c, start),
+    }
+}
+
+/// A sphere's surface on the local grid: for each direction, the offset of the nearest
+/// grid point from the centre's, and the direction.
+struct Shell {
+    offsets: Vec<isize>,
+    normals: Vec<[f32; 3]>,
+}
+
+impl Shell {
+    fn new(r: f64, dirs: &[V3], n: usize) -> Shell {
+        let n = n as isize;
+        let offsets = dirs
+            .iter()
+            .map(|u| {
+                let d = u.map(|x| (r * x / STEP_MM).round() as isize);
+                (d[2] * n + d[1]) * n + d[0]
+            })
+            .collect();
+        let normals = dirs.iter().map(|u| u.map(|x| x as f32)).collect();
+        Shell { offsets, normals }
+    }
+}
+
+/// A head located: its detection moved onto the sphere fitted around it, and the fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// The detection, its centre and box moved onto the sphere; score and size unchanged.
+    pub detection: Detection,
+    /// The sphere.
+    pub fit: SphereFit,
+    /// Accepted with a score under the floor, as a confident head's partner
+    /// ([`locate_heads`]).
+    pub partner: bool,
+}
+
+/// `det` (found in the model input `input`) moved onto the sphere [`refine`] fits around
+/// it in the assembled T2 `t2`: its centre and box move together; its score and size stay.
+pub fn locate(det: &Detection, t2: &Volume, input: &Volume) -> Located {
+    let fit = refine(t2, det.center_lps_mm);
+    let shift = [0, 1, 2].map(|a| fit.center_lps_mm[a] - det.center_lps_mm[a]);
+    let moved = |p: V3| [p[0] + shift[0], p[1] + shift[1], p[2] + shift[2]];
+    Located {
+        detection: Detection {
+            center_voxel: input.patient_to_voxel(fit.center_lps_mm),
+            center_lps_mm: fit.center_lps_mm,
+            bbox_lps_mm: det.bbox_lps_mm.map(moved),
+            ..det.clone()
+        },
+        fit,
+        partner: false,
+    }
+}
+
+/// A weak detection may stand for a head when its score reaches this fraction of the floor
+/// and it partners a confident head ([`locate_heads`]).
+pub const PARTNER_SCORE_FRACTION: f32 = 1.0 / 3.0;
+/// Right-left distance between a confident head and its weak partner, mm (adult femoral
+/// heads lie 150-220 mm apart; stricter than `detector::pair_heads`).
+pub const PARTNER_SEPARATION_MM: (f64, f64) = (120.0, 260.0);
+/// Largest anterior-posterior or superior-inferior offset of the partner, mm.
+pub const PARTNER_OFFSET_MM: f64 = 30.0;
+/// Largest difference of the two heads' fitted radii, mm.
+pub const PARTNER_RADIUS_MM: f64 = 4.0;
+/// The partner's edge score must reach this fraction of the confident head's.
+pub const PARTNER_EDGE_RATIO: f64 = 0.5;
+
+/// The two femoral heads among the candidates `dets` (found in `input`, best first), as
+/// (right, left), each moved onto its sphere in `t2` ([`locate`]).
+///
+/// The heads are the pair `detector::pair_heads` chooses with the floor `min_score`. When
+/// there is none, a confident head (score ≥ `min_score`) may take a weak partner (score ≥
+/// [`PARTNER_SCORE_FRACTION`] of the floor) where the partner lies where the other head
+/// must ([`PARTNER_SEPARATION_MM`] right-left, within [`PARTNER_OFFSET_MM`] otherwise) and
+/// the image agrees that both are heads: each fit found a head-sized sphere inside its
+/// search limits, the two radii agree within [`PARTNER_RADIUS_MM`], and the partner's
+/// edges are at least [`PARTNER_EDGE_RATIO`] as strong. Otherwise the reason
+/// `pair_heads` gave.
+pub fn locate_heads(
+    dets: &[Detection],
+    t2: &Volume,
+    input: &Volume,
+    min_score: f32,
+) -> Result<(Located, Located), String> {
+    match crate::model::detector::pair_heads(dets, min_score) {
+        Ok((r, l)) => Ok(locate_both(r, l, t2, input)),
+        Err(reason) => partner_pair(dets, t2, input, min_score).ok_or(reason),
+    }
+}
+
+/// Both heads located at once (two threads; each fit takes ~60 ms).
+fn locate_both(a: &Detection, b: &Detection, t2: &Volume, input: &Volume) -> (Located, Located) {
+    std::thread::scope(|s| {
+        let first = s.spawn(|| locate(a, t2, input));
+        let second = locate(b, t2, input);
+        (first.join().expect("a sphere fit panicked"), second)
+    })
+}
+
+fn partner_pair(
+    dets: &[Detection],
+    t2: &Volume,
+    input: &Volume,
+    min_score: f32,
+) -> Option<(Located, Located)> {
+    let weak = min_score * PARTNER_SCORE_FRACTION;
+    let mut best: Option<(f32, usize, usize)> = None;
+    for (i, a) in dets
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.score >= min_score)
+    {
+        for (j, b) in dets.iter().enumerate() {
+            if i == j || b.score < weak || b.score >= min_score {
+                continue;
+            }
+            let d = [0, 1, 2].map(|x| (a.center_lps_mm[x] - b.center_lps_mm[x]).abs());
+            let lies = (PARTNER_SEPARATION_MM.0..=PARTNER_SEPARATION_MM.1).contains(&d[0])
+                && d[1] <= PARTNER_OFFSET_MM
+                && d[2] <= PARTNER_OFFSET_MM;
+            if lies && best.is_none_or(|(s, _, _)| a.score + b.score > s) {
+                best = Some((a.score + b.score, i, j));
+            }
+        }
+    }
+    let (_, i, j) = best?;
+    let (strong, mut partner) = locate_both(&dets[i], &dets[j], t2, input);
+    let head_sized = |f: &SphereFit| f.radius_mm > RADII_MM.0 && f.radius_mm < RADII_MM.1;
+    let agree = head_sized(&strong.fit)
+        && head_sized(&partner.fit)
+        && (strong.fit.radius_mm - partner.fit.radius_mm).abs() <= PARTNER_RADIUS_MM
+        && partner.fit.edge >= PARTNER_EDGE_RATIO * strong.fit.edge;
+    if !agree {
+        return None;
+    }
+    partner.partner = true;
+    Some(
+        if strong.fit.center_lps_mm[0] < partner.fit.center_lps_mm[0] {
+            (strong, partner)
+        } else {
+            (partner, strong)
+        },
+    )
+}
+
+/// The [`EDGE_QUANTILE`] of `v` (reordered).
+fn quantile(v: &mut [f32]) -> f64 {
+    let k = ((v.len() as f64 * EDGE_QUANTILE) as usize).min(v.len() - 1);
+    let (_, q, _) = v.select_nth_unstable_by(k, f32::total_cmp);
+    *q as f64
+}
+
+fn prior(d: f64) -> f64 {
+    (-d * d / (2.0 * PRIOR_SIGMA_MM * PRIOR_SIGMA_MM)).exp()
+}
+
+fn dist(a: V3, b: V3) -> f64 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+/// Evenly spread unit vectors.
+fn fibonacci_sphere(n: usize) -> Vec<V3> {
+    let golden = std::f64::consts::PI * (3.0 - 5f64.sqrt());
+    (0..n)
+        .map(|i| {
+            let z = 1.0 - 2.0 * (i as f64 + 0.5) / n as f64;
+            let r = (1.0 - z * z).sqrt();
+            let t = golden * i as f64;
+            [r * t.cos(), r * t.sin(), z]
+        })
+        .collect()
+}
+
+/// Intensity gradients on an isotropic patient-axis grid around a point.
+struct Gradients {
+    n: usize,
+    origin: V3,
+    /// Per grid point, ∇I in units of the local intensity range per mm; zero where a
+    /// neighbour lies outside the volume.
+    g: Vec<[f32; 3]>,
+}
+
+impl Gradients {
+    fn around(v: &Volume, c: V3, half: f64) -> Gradients {
+        let n = (2.0 * half / STEP_MM).round() as usize + 1;
+        let origin = c.map(|x| x - half);
+        let at = |i: usize, j: usize, k: usize| (k * n + j) * n + i;
+        let mut val = vec![f32::NAN; n * n * n];
+        // Voxel coordinates are affine in patient mm: step them instead of solving each.
+        let o = v.patient_to_voxel(origin);
+        let step = |a: usize| {
+            let mut p = origin;
+            p[a] += STEP_MM;
+            let q = v.patient_to_voxel(p);
+            [q[0] - o[0], q[1] - o[1], q[2] - o[2]]
+        };
+        let (si, sj, sk) = (step(0), step(1), step(2));
+        for k in 0..n {
+            for j in 0..n {
+                for i in 0..n {
+                    let (fi, fj, fk) = (i as f64, j as f64, k as f64);
+                    let q = [0, 1, 2].map(|a| o[a] + fi * si[a] + fj * sj[a] + fk * sk[a]);
+                    if let Some(x) = sample(v, q) {
+                        val[at(i, j, k)] = x;
+                    }
+                }
+            }
+        }
+        // Contrast-free units: the 2nd-98th percentile range of what was sampled.
+        let mut seen: Vec<f32> = val.iter().copied().filter(|x| x.is_finite()).collect();
+        let range = if seen.len() >= 100 {
+            let len = seen.len();
+            let hi = *seen
+                .select_nth_unstable_by(len * 98 / 100, f32::total_cmp)
+                .1;
+            let lo = *seen.select_nth_unstable_by(len * 2 / 100, f32::total_cmp).1;
+            (hi - lo).max(f32::MIN_POSITIVE)
+        } else {
+            1.0
+        };
+        let scale = 1.0 / (2.0 * STEP_MM as f32 * range);
+        let mut g = vec![[0f32; 3]; n * n * n];
+        for k in 1..n.saturating_sub(1) {
+            for j in 1..n - 1 {
+                for i in 1..n - 1 {
+                    let d = [
+                        val[at(i + 1, j, k)] - val[at(i - 1, j, k)],
+                        val[at(i, j + 1, k)] - val[at(i, j - 1, k)],
+                        val[at(i, j, k + 1)] - val[at(i, j, k - 1)],
+                    ];
+                    if d.iter().all(|x| x.is_finite()) {
+                        g[at(i, j, k)] = d.map(|x| x * scale);
+                    }
+                }
+            }
+        }
+        Gradients { n, origin, g }
+    }
+
+    /// The gradient at the grid point nearest `p` (zero outside the grid).
+    fn at(&self, p: V3) -> [f32; 3] {
+        let mut idx = [0usize; 3];
+        for a in 0..3 {
+            let q = ((p[a] - self.origin[a]) / STEP_MM).round();
+            if !(0.0..self.n as f64).contains(&q) {
+                return [0.0; 3];
+            }
+            idx[a] = q as usize;
+        }
+        self.g[(idx[2] * self.n + idx[1]) * self.n + idx[0]]
+    }
+
+    /// The [`EDGE_QUANTILE`] over `dirs` of |∇I · n| on the sphere (`c`, `r`).
+    fn edge(&self, c: V3, r: f64, dirs: &[V3], scratch: &mut Vec<f32>) -> f64 {
+        scratch.clear();
+        scratch.extend(dirs.iter().map(|u| {
+            let g = self.at([c[0] + r * u[0], c[1] + r * u[1], c[2] + r * u[2]]);
+            (g[0] * u[0] as f32 + g[1] * u[1] as f32 + g[2] * u[2] as f32).abs()
+        }));
+        quantile(scratch)
+    }
+
+    /// [`edge`](Self::edge) of `shell` centred on grid point `base` (which the caller
+    /// keeps far enough inside the grid for every offset).
+    fn shell_edge(&self, base: usize, shell: &Shell, scratch: &mut Vec<f32>) -> f64 {
+        scratch.clear();
+        scratch.extend(shell.offsets.iter().zip(&shell.normals).map(|(&o, u)| {
+            let g = self.g[(base as isize + o) as usize];
+            (g[0] * u[0] + g[1] * u[1] + g[2] * u[2]).abs()
+        }));
+        quantile(scratch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A volume of `dims` voxels of `spacing` mm around the origin holding a sphere
+    /// (`center`, `radius`) whose inside, shell and outside have the given values, plus
+    /// deterministic noise of amplitude `noise`.
+    fn volume_with_sphere(
+        dims: [usize; 3],
+        spacing: [f64; 3],
+        center: V3,
+        radius: f64,
+        values: [f32; 3],
+        noise: f32,
+    ) -> Volume {
+        volume_with_spheres(dims, spacing, &[(center, radius)], values, noise)
+    }
+
+    /// As [`volume_with_sphere`], with several spheres.
+    fn volume_with_spheres(
+        dims: [usize; 3],
+        spacing: [f64; 3],
+        spheres: &[(V3, f64)],
+        values: [f32; 3],
+        noise: f32,
+    ) -> Volume {
+        let origin = [0, 1, 2].map(|a| -(dims[a] as f64 - 1.0) / 2.0 * spacing[a]);
+        let mut data = Vec::with_capacity(dims[0] * dims[1] * dims[2]);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for k in 0..dims[2] {
+            for j in 0..dims[1] {
+                for i in 0..dims[0] {
+                    let p = [i, j, k];
+                    let p = [0, 1, 2].map(|a| origin[a] + p[a] as f64 * spacing[a]);
+                    let mut base = values[2];
+                    for &(center, radius) in spheres {
+                        let d = dist(p, center);
+                        if d < radius - 1.5 {
+                            base = values[0];
+                        } else if d < radius + 1.5 {
+                            base = values[1];
+                        }
+                    }
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    data.push(base + noise * u);
+                }
+            }
+        }
+        Volume {
+            data,
+            dims,
+            affine: [
+                [spacing[0], 0.0, 0.0, origin[0]],
+                [0.0, spacing[1], 0.0, origin[1]],
+                [0.0, 0.0, spacing[2], origin[2]],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+            series_uid: String::new(),
+            study_uid: String::new(),
+        }
+    }
+
+    #[test]
+    fn finds_the_head_from_a_detection_off_its_centre_whatever_the_contrast() {
+        let center = [4.0, -3.0, 2.0];
+        // Dark marrow in bright fluid (STIR), bright marrow behind a dark cortex (plain
+        // T2), and a bright shell alone; thin slices and 5 mm ones.
+        for values in [
+            [100.0, 400.0, 250.0],
+            [500.0, 50.0, 480.0],
+            [200.0, 600.0, 200.0],
+        ] {
+            for spacing in [[1.0, 1.0, 1.5], [0.8, 0.8, 5.0]] {
+                let dims = [0, 1, 2].map(|a| (150.0 / spacing[a]) as usize);
+                let v = volume_with_sphere(dims, spacing, center, 23.0, values, 30.0);
+                let start = [center[0] + 12.0, center[1] - 5.0, center[2] + 6.0];
+                let fit = refine(&v, start);
+                let err = dist(fit.center_lps_mm, center);
+                assert!(
+                    err < 2.5,
+                    "{values:?} at {spacing:?} mm: centre {:?} is {err:.1} mm off",
+                    fit.center_lps_mm
+                );
+                assert!(
+                    (fit.radius_mm - 23.0).abs() <= 2.5,
+                    "radius {}",
+                    fit.radius_mm
+                );
+                assert!((fit.moved_mm - dist(start, center)).abs() < 2.5);
+            }
+        }
+    }
+
+    #[test]
+    fn a_volume_without_edges_keeps_the_detection() {
+        let v = volume_with_sphere([60, 60, 30], [2.0, 2.0, 4.0], [0.0; 3], 20.0, [7.0; 3], 0.0);
+        let start = [3.0, 2.0, -1.0];
+        let fit = refine(&v, start);
+        assert_eq!(fit.center_lps_mm, start);
+        assert_eq!(fit.moved_mm, 0.0);
+        assert_eq!(fit.edge, 0.0);
+    }
+
+    #[test]
+    fn never_moves_further_than_the_search() {
+        // A head 40 mm from the detection is outside the search: the fit stays near.
+        let center = [40.0, 0.0, 0.0];
+        let v = volume_with_sphere(
+            [150, 150, 60],
+            [1.0, 1.0, 2.5],
+            center,
+            22.0,
+            [100.0, 400.0, 250.0],
+            10.0,
+        );
+        let fit = refine(&v, [0.0; 3]);
+        for a in 0..3 {
+            assert!(fit.center_lps_mm[a].abs() <= SEARCH_MM + 2.0 + 1e-9);
+        }
+    }
+
+    fn detection(score: f32, c: V3) -> Detection {
+        Detection {
+            score,
+            center_voxel: [0.0; 3],
+            size_voxel: [10.0; 3],
+            center_lps_mm: c,
+            bbox_lps_mm: [c.map(|x| x - 22.0), c.map(|x| x + 22.0)],
+        }
+    }
+
+    /// Two heads of radius `radii` at x = ∓90 mm (right, then left), STIR-like.
+    fn two_heads(radii: [f64; 2]) -> (Volume, [V3; 2]) {
+        let centers = [[-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]];
+        let v = volume_with_spheres(
+            [160, 64, 32],
+            [2.0, 2.5, 5.0],
+            &[(centers[0], radii[0]), (centers[1], radii[1])],
+            [100.0, 400.0, 250.0],
+            20.0,
+        );
+        (v, centers)
+    }
+
+    #[test]
+    fn a_confident_pair_is_located_and_sided() {
+        let (v, [right, left]) = two_heads([23.0, 23.0]);
+        let off = |c: V3, dx: f64| [c[0] + dx, c[1], c[2]];
+        // Best first, the left head first; both moved back onto their spheres.
+        let dets = [
+            detection(0.7, off(left, 12.0)),
+            detection(0.6, off(right, -9.0)),
+        ];
+        let (r, l) = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
+        assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
+        assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+        assert_eq!((r.detection.score, l.detection.score), (0.6, 0.7));
+        assert!(!r.partner && !l.partner);
+        // The box moved with the centre.
+        let b = l.detection.bbox_lps_mm;
+        assert!((b[0][0] + b[1][0]) / 2.0 - l.detection.center_lps_mm[0] < 1e-9);
+    }
+
+    #[test]
+    fn a_weak_partner_stands_only_where_the_image_shows_a_same_sized_head() {
+        let (v, [right, left]) = two_heads([23.0, 23.0]);
+        let confident = detection(0.6, left);
+        // Where the other head lies, and the image shows it: taken, as the partner.
+        let (r, l) = locate_heads(&[confident.clone(), detection(0.15, right)], &v, &v, 0.3)
+            .expect("the partner is taken");
+        assert!(r.partner && !l.partner);
+        assert!(dist(r.detection.center_lps_mm, right) < 2.5);
+        assert_eq!(r.detection.score, 0.15);
+        // Too weak (under a third of the floor): not taken, and the floor's reason stands.
+        let err = locate_heads(&[confident.clone(), detection(0.05, right)], &v, &v, 0.3)
+            .expect_err("too weak");
+        assert!(err.contains("1 femoral head(s) found"), "{err}");
+        // Where no head is in the image (the mirror image of the confident head lies in
+        // empty tissue): refused.
+        let (empty, _) = {
+            let v = volume_with_spheres(
+                [160, 64, 32],
+                [2.0, 2.5, 5.0],
+                &[(left, 23.0)],
+                [100.0, 400.0, 250.0],
+                20.0,
+            );
+            (v, ())
+        };
+        assert!(
+            locate_heads(
+                &[confident.clone(), detection(0.2, right)],
+                &empty,
+                &empty,
+                0.3
+            )
+            .is_err()
+        );
+        // Not where the other head can lie (too close right-left): refused.
+        assert!(
+            locate_heads(
+                &[confident.clone(), detection(0.2, [-20.0, 0.0, 0.0])],
+                &v,
+                &v,
+                0.3
+            )
+            .is_err()
+        );
+        // A sphere of another size: refused.
+        let (odd, _) = two_heads([18.0, 28.0]);
+        assert!(locate_heads(&[confident, detection(0.2, right)], &odd, &odd, 0.3).is_err());
+    }
+}
