@@ -56,7 +56,8 @@ pub struct AnalysisSettings {
     pub stager: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// A head detected with a lower score makes the study indeterminate.
+    /// A head detected with a lower score makes the study indeterminate, unless it
+    /// partners a confident head (`model::sphere::locate_heads`).
     pub min_detection_score: f32,
     /// A head whose top stage probability is lower is staged indeterminate.
     pub min_stage_probability: f32,
@@ -507,9 +508,7 @@ struct StagedHead<'a> {
 }
 
 impl StagedHead<'_> {
-    /// The head's finding: its stage when the top probability reaches `min_probability`,
-    /// else indeterminate with the reason.
-    /// The finding: the stage when its probability reaches `min_probability` — and, for
+    /// The head's finding: the stage when its probability reaches `min_probability` — and, for
     /// stage 0, when `normal_allowed` (the series is fat-suppressed, or the rule is off).
     fn finding(&self, min_probability: f32, normal_allowed: bool) -> HeadFinding {
         let s = &self.staged;

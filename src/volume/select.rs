@@ -104,7 +104,7 @@ impl Default for Rules {
             prefer_fat_suppressed: true,
             fat_suppressed_words: [
                 "fs", "fatsat", "fat sat", "fat-sat", "fat_sat", "fsat", "spair", "spir", "stir",
-                "tirm",
+                "tirm", "t2fs",
             ]
             .map(String::from)
             .to_vec(),
@@ -423,10 +423,17 @@ mod tests {
             "STIR COR",
             "T2W FatSat AX",
             "COR T2 FSE FS",
+            "HIP T2FS AX",
         ] {
             assert!(fat_suppressed(&named(yes), &r), "{yes}");
         }
-        for no in ["T2W FSE COR", "t2_tse_cor", "T2 FSE AX", "FSE_T2", "first"] {
+        for no in [
+            "T2W FSE COR",
+            "t2_tse_cor",
+            "T2 FSE AX",
+            "FSE_T2",
+            "t2 fsfast stirring",
+        ] {
             assert!(!fat_suppressed(&named(no), &r), "{no}");
         }
         let opt = Series {
