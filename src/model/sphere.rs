@@ -567,16 +567,21 @@ mod tests {
         }
     }
 
-    /// Two heads of radius `radii` at x = ∓90 mm (right, then left), STIR-like.
-    fn two_heads(radii: [f64; 2]) -> (Volume, [V3; 2]) {
-        let centers = [[-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]];
-        let v = volume_with_spheres(
+    /// A pelvis-sized STIR-like volume holding `spheres` (centre, radius).
+    fn hip_volume(spheres: &[(V3, f64)]) -> Volume {
+        volume_with_spheres(
             [160, 64, 32],
             [2.0, 2.5, 5.0],
-            &[(centers[0], radii[0]), (centers[1], radii[1])],
+            spheres,
             [100.0, 400.0, 250.0],
             20.0,
-        );
+        )
+    }
+
+    /// Two heads of radius `radii` at x = ∓90 mm (right, then left).
+    fn two_heads(radii: [f64; 2]) -> (Volume, [V3; 2]) {
+        let centers = [[-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]];
+        let v = hip_volume(&[(centers[0], radii[0]), (centers[1], radii[1])]);
         (v, centers)
     }
 
@@ -615,16 +620,7 @@ mod tests {
         assert!(err.contains("1 femoral head(s) found"), "{err}");
         // Where no head is in the image (the mirror image of the confident head lies in
         // empty tissue): refused.
-        let (empty, _) = {
-            let v = volume_with_spheres(
-                [160, 64, 32],
-                [2.0, 2.5, 5.0],
-                &[(left, 23.0)],
-                [100.0, 400.0, 250.0],
-                20.0,
-            );
-            (v, ())
-        };
+        let empty = hip_volume(&[(left, 23.0)]);
         assert!(
             locate_heads(
                 &[confident.clone(), detection(0.2, right)],
@@ -637,13 +633,7 @@ mod tests {
         // A same-sized head in the image, but not where the other head can lie (110 mm
         // right-left of the confident one): refused.
         let near = [-20.0, 0.0, -3.0];
-        let close = volume_with_spheres(
-            [160, 64, 32],
-            [2.0, 2.5, 5.0],
-            &[(left, 23.0), (near, 23.0)],
-            [100.0, 400.0, 250.0],
-            20.0,
-        );
+        let close = hip_volume(&[(left, 23.0), (near, 23.0)]);
         assert!(
             locate_heads(
                 &[confident.clone(), detection(0.2, near)],
