@@ -7,9 +7,10 @@
 //! every centre style in turn, seeds from `data::EXTERNAL_SEED_BASE`); it is never used for
 //! training or model selection, so it says how the models do on images they were not
 //! shaped by. For each study of either set: the T2 is selected, assembled and preprocessed
-//! as in the pipeline; the two boxes the pipeline would pair (`detector::best_pair`), each
-//! moved onto its sphere (`model::sphere`) as the pipeline does, are matched to the true
-//! heads (`training::detector::judge`: both found, centre error < radius / 2) — and so are
+//! as in the pipeline; the two heads the pipeline's rule finds without a floor
+//! (`model::sphere::locate_heads` with floor 0: the detector's best pair when the image
+//! agrees, else a pair the image confirms, else the other head found in the image), each
+//! moved onto its sphere, are matched to the true heads (`training::detector::judge`: both found, centre error < radius / 2) — and so are
 //! the network's own centres, reported as the network alone; each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
 //! detector's centre (the two networks together, as the pipeline runs them: the heads and
@@ -19,7 +20,9 @@
 //!
 //! With reference checkpoints (the f32 weights a training run kept), the same inputs also run
 //! through the f32 networks, and the largest difference of any stage probability and any
-//! detection score between fp16 and f32 weights is reported.
+//! detection score between fp16 and f32 weights is reported. That comparison measures the
+//! weights, not the inference rules, so `--write` without reference checkpoints keeps the
+//! one a manifest has, with the command that made it (`fp16_vs_f32_command`).
 //!
 //! Each test study also goes through the whole pipeline (`pipeline::analyze` with the
 //! default settings), and the paper's table is computed from those results exactly as
@@ -36,7 +39,7 @@ use candle_nn::VarBuilder;
 use serde::Serialize;
 
 use crate::model::crop::{self, CropConfig};
-use crate::model::detector::{Detection, Detector, best_pair};
+use crate::model::detector::{Detection, Detector};
 use crate::model::sphere;
 use crate::model::stager::Stager;
 use crate::model::weights::{self, Architecture, Manifest};
@@ -559,15 +562,17 @@ fn evaluate_set(
         let sample = data::detector_sample(&study, &ctx.preprocess);
         let dets = det.candidates(&sample.volume, &dev, DType::F32)?;
         alone.add(&judge(&dets, &sample.heads), &sample.heads);
-        // The pair judged, each moved onto its sphere as the pipeline does.
-        let pair: Vec<Detection> = match best_pair(&dets, 0.0) {
-            Some((i, j)) => vec![dets[i].clone(), dets[j].clone()],
-            None => dets.iter().take(2).cloned().collect(),
-        };
-        let pair: Vec<Detection> = pair
-            .iter()
-            .map(|d| sphere::locate(d, &study.volume, &sample.volume).detection)
-            .collect();
+        // The pair judged: the pipeline's rule without a floor (`sphere::locate_heads`),
+        // or, where it finds no pair, the two best candidates moved onto their spheres.
+        let pair: Vec<Detection> =
+            match sphere::locate_heads(&dets, &study.volume, &sample.volume, 0.0) {
+                Ok((r, l)) => vec![r.detection, l.detection],
+                Err(_) => dets
+                    .iter()
+                    .take(2)
+                    .map(|d| sphere::locate(d, &study.volume, &sample.volume).detection)
+                    .collect(),
+            };
         refined.add(&judge(&pair, &sample.heads), &sample.heads);
         if let Some(rd) = &ctx.ref_det {
             let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
@@ -692,10 +697,26 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
             "test_style": data::HELD_OUT_STYLE,
         })
     };
+    // The fp16 comparison measures the weights, not the inference rules: without reference
+    // checkpoints the manifest keeps the one it has, with the command that made it.
+    let fp16_command = |m: &Manifest| -> serde_json::Value {
+        if e.fp16_vs_f32.is_some() {
+            return e.command.clone().into();
+        }
+        match &m.metrics {
+            Some(old) if old.get("fp16_vs_f32").is_some_and(|v| !v.is_null()) => old
+                .get("fp16_vs_f32_command")
+                .or_else(|| old.get("command"))
+                .cloned()
+                .unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        }
+    };
     let mut dm = weights::read_manifest(&opts.detector)?;
     let mut top = serde_json::json!({
         "command": e.command,
         "fp16_vs_f32": e.fp16_vs_f32,
+        "fp16_vs_f32_command": fp16_command(&dm),
         "external": part(&e.external, &["detector", "detector_network_alone"]),
         "dataset": part(&e.dataset, &["detector", "detector_network_alone"]),
     });
@@ -719,6 +740,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     let mut top = serde_json::json!({
         "command": e.command,
         "fp16_vs_f32": e.fp16_vs_f32,
+        "fp16_vs_f32_command": fp16_command(&sm),
         "external": part(&e.external, &keys),
         "dataset": part(&e.dataset, &keys),
     });

@@ -408,7 +408,7 @@ pub const MAX_HEAD_OFFSET_MM: f64 = 60.0;
 
 /// Whether `a` and `b` can be the two femoral heads: far enough apart right-left, not too
 /// far, and level with each other within [`MAX_HEAD_OFFSET_MM`].
-fn plausible_pair(a: &Detection, b: &Detection) -> bool {
+pub fn plausible_pair(a: &Detection, b: &Detection) -> bool {
     let d = [0, 1, 2].map(|i| (a.center_lps_mm[i] - b.center_lps_mm[i]).abs());
     (MIN_HEAD_SEPARATION_MM..=MAX_HEAD_SEPARATION_MM).contains(&d[0])
         && d[1] <= MAX_HEAD_OFFSET_MM

@@ -20,12 +20,15 @@
 //! 24 mm along each axis in the coarse search, 26 mm with the final 1 mm steps.
 //!
 //! [`locate_heads`] is the one rule, used by the pipeline and the evaluation alike, that
-//! turns the detector's candidates into the two heads: the pair `detector::pair_heads`
-//! chooses, or — when no confident pair exists — a confident head and a weak candidate where
-//! the other head must lie, if the image shows a sphere of the same size there.
+//! turns the detector's candidates into the two heads, asking the image at each step: the
+//! pair `detector::pair_heads` chooses, when both fits are head-sized spheres of the same
+//! size; otherwise the best-scoring pair of candidates the image confirms (a confident
+//! head and another, possibly a weak *partner*, where the other head must lie); otherwise
+//! the other head looked for in the image alone where it must lie beside a confident head
+//! (a *mirror* head); otherwise the detector's pair as it was.
 //!
-//! Geometry and intensities only: it never finds a head the detector did not propose,
-//! never changes a detection's score, and knows nothing of stages.
+//! Geometry and intensities only: it never changes a detection's score, takes a head in the
+//! image only beside a confident detection, and knows nothing of stages.
 
 use crate::model::detector::Detection;
 use crate::volume::{V3, Volume, sample};
@@ -156,33 +159,52 @@ impl Shell {
     }
 }
 
+/// How a head was taken ([`locate_heads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A detection with a score of at least the floor.
+    Detected,
+    /// A detection under the floor (at least [`PARTNER_SCORE_FRACTION`] of it) that
+    /// partners a confident head.
+    Partner,
+    /// No detection: the sphere the image shows where a confident head's other head must
+    /// lie ([`MIRROR_OFFSETS_MM`]).
+    Mirror,
+}
+
 /// A head located: its detection moved onto the sphere fitted around it, and the fit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located {
     /// The detection, its centre and box moved onto the sphere; score and size unchanged.
+    /// A [`Origin::Mirror`] head has the confident head's box size, and the score of the
+    /// best candidate whose centre lies inside its sphere (0 when there is none).
     pub detection: Detection,
     /// The sphere.
     pub fit: SphereFit,
-    /// Accepted with a score under the floor, as a confident head's partner
-    /// ([`locate_heads`]).
-    pub partner: bool,
+    /// How it was taken.
+    pub origin: Origin,
 }
 
 /// `det` (found in the model input `input`) moved onto the sphere [`refine`] fits around
 /// it in the assembled T2 `t2`: its centre and box move together; its score and size stay.
 pub fn locate(det: &Detection, t2: &Volume, input: &Volume) -> Located {
     let fit = refine(t2, det.center_lps_mm);
+    Located {
+        detection: moved(det, &fit, input),
+        fit,
+        origin: Origin::Detected,
+    }
+}
+
+/// `det` with its centre and box moved onto `fit`'s centre.
+fn moved(det: &Detection, fit: &SphereFit, input: &Volume) -> Detection {
     let shift = [0, 1, 2].map(|a| fit.center_lps_mm[a] - det.center_lps_mm[a]);
     let moved = |p: V3| [p[0] + shift[0], p[1] + shift[1], p[2] + shift[2]];
-    Located {
-        detection: Detection {
-            center_voxel: input.patient_to_voxel(fit.center_lps_mm),
-            center_lps_mm: fit.center_lps_mm,
-            bbox_lps_mm: det.bbox_lps_mm.map(moved),
-            ..det.clone()
-        },
-        fit,
-        partner: false,
+    Detection {
+        center_voxel: input.patient_to_voxel(fit.center_lps_mm),
+        center_lps_mm: fit.center_lps_mm,
+        bbox_lps_mm: det.bbox_lps_mm.map(moved),
+        ..det.clone()
     }
 }
 
@@ -196,97 +218,216 @@ pub const PARTNER_SEPARATION_MM: (f64, f64) = (120.0, 260.0);
 pub const PARTNER_OFFSET_MM: f64 = 30.0;
 /// Largest difference of the two heads' fitted radii, mm.
 pub const PARTNER_RADIUS_MM: f64 = 4.0;
-/// The partner's edge score must reach this fraction of the confident head's.
+/// The weaker-edged head of a pair taken on the image's word (a partner, a mirror head,
+/// or a pair other than the detector's confident one) must have edges at least this
+/// fraction as strong as the other's.
 pub const PARTNER_EDGE_RATIO: f64 = 0.5;
-/// Neither head of a partnered pair may be taken on an edge score at or below this (a
-/// sphere fitted where the image has no edges keeps its start and scores 0).
+/// No head is taken on an edge score at or below this (a sphere fitted where the image has
+/// no edges keeps its start and scores 0).
 pub const MIN_PARTNER_EDGE: f64 = 0.01;
+/// Right-left offsets from a confident head at which the image is searched for the other
+/// head when no detection stands for it, mm: with the search's 24 mm either way they
+/// cover 136-234 mm (adult femoral heads lie 150-220 mm apart).
+pub const MIRROR_OFFSETS_MM: [f64; 3] = [160.0, 185.0, 210.0];
+/// Confident heads the mirror search starts from, at most (best first).
+const MIRROR_FROM: usize = 2;
+
+/// A fit the image shows as a femoral head: a sphere inside the radius limits (a fit at a
+/// limit is an edge of something else) with real edges.
+fn head_like(f: &SphereFit) -> bool {
+    f.radius_mm > RADII_MM.0 && f.radius_mm < RADII_MM.1 && f.edge > MIN_PARTNER_EDGE
+}
+
+/// Two fits the image shows as the two femoral heads: both head-like, radii within
+/// [`PARTNER_RADIUS_MM`].
+fn same_size_heads(a: &SphereFit, b: &SphereFit) -> bool {
+    head_like(a) && head_like(b) && (a.radius_mm - b.radius_mm).abs() <= PARTNER_RADIUS_MM
+}
+
+/// [`same_size_heads`], and the weaker edges at least [`PARTNER_EDGE_RATIO`] of the
+/// stronger.
+fn agree(a: &SphereFit, b: &SphereFit) -> bool {
+    same_size_heads(a, b) && a.edge.min(b.edge) >= PARTNER_EDGE_RATIO * a.edge.max(b.edge)
+}
 
 /// The two femoral heads among the candidates `dets` (found in `input`, best first), as
-/// (right, left), each moved onto its sphere in `t2` ([`locate`]).
+/// (right, left), each moved onto its sphere in `t2` ([`locate`]). In this order:
 ///
-/// The heads are the pair `detector::pair_heads` chooses with the floor `min_score`. When
-/// there is no such pair (one confident head, or several that do not lie as a pair), a
-/// confident head (score ≥ `min_score`) may take a weak partner (score ≥
-/// [`PARTNER_SCORE_FRACTION`] of the floor) where the partner lies where the other head
-/// must ([`PARTNER_SEPARATION_MM`] right-left, within [`PARTNER_OFFSET_MM`] otherwise) and
-/// the image agrees that both are heads: each fit found a head-sized sphere inside its
-/// search limits, the two radii agree within [`PARTNER_RADIUS_MM`], and the partner's
-/// edges are at least [`PARTNER_EDGE_RATIO`] as strong. Otherwise the reason
-/// `pair_heads` gave.
+/// 1. The pair `detector::pair_heads` chooses with the floor `min_score`, when the image
+///    agrees that both are heads: each fit is head-like (a sphere inside [`RADII_MM`],
+///    not at a limit, with edges over [`MIN_PARTNER_EDGE`]) and the radii agree within
+///    [`PARTNER_RADIUS_MM`].
+/// 2. Otherwise every candidate with a score of at least [`PARTNER_SCORE_FRACTION`] of
+///    the floor is fitted, and of the pairs with at least one confident head (score ≥
+///    `min_score`) whose fits agree — head-like, same size, the weaker edges at least
+///    [`PARTNER_EDGE_RATIO`] of the stronger — and that lie as two heads do (as
+///    `pair_heads` requires of two confident heads, as [`PARTNER_SEPARATION_MM`] and
+///    [`PARTNER_OFFSET_MM`] require of a confident head and a weaker *partner*), the one
+///    with the highest summed score.
+/// 3. Otherwise, from each of the two best confident head-like fits, the image is
+///    searched where the other head must lie ([`MIRROR_OFFSETS_MM`] right-left, each
+///    search reaching [`SEARCH_MM`]); the most edged head-like sphere of the same size
+///    (within [`PARTNER_RADIUS_MM`]) with at least [`PARTNER_EDGE_RATIO`] of the
+///    confident head's edges is the other head ([`Origin::Mirror`]).
+/// 4. Otherwise the pair of step 1 as the detector had it, if there was one; else the
+///    reason `pair_heads` gave.
 pub fn locate_heads(
     dets: &[Detection],
     t2: &Volume,
     input: &Volume,
     min_score: f32,
 ) -> Result<(Located, Located), String> {
-    match crate::model::detector::pair_heads(dets, min_score) {
-        Ok((r, l)) => Ok(locate_both(r, l, t2, input)),
-        Err(reason) => partner_pair(dets, t2, input, min_score).ok_or(reason),
+    let confident = crate::model::detector::pair_heads(dets, min_score);
+    let mut fits: Vec<Option<Located>> = vec![None; dets.len()];
+    let index = |d: &Detection| dets.iter().position(|x| std::ptr::eq(x, d));
+    let mut unverified = None;
+    if let Ok((r, l)) = &confident {
+        let both = on_two_threads(&[*r, *l], |d| locate(d, t2, input));
+        if same_size_heads(&both[0].fit, &both[1].fit) {
+            let mut both = both.into_iter();
+            let (r, l) = (both.next().expect("two"), both.next().expect("two"));
+            return Ok((r, l));
+        }
+        for (d, l) in [*r, *l].into_iter().zip(&both) {
+            if let Some(i) = index(d) {
+                fits[i] = Some(l.clone());
+            }
+        }
+        unverified = Some((both[0].clone(), both[1].clone()));
     }
-}
-
-/// Both heads located at once (two threads; each fit takes ~60 ms), or one after the
-/// other when no thread can be started.
-fn locate_both(a: &Detection, b: &Detection, t2: &Volume, input: &Volume) -> (Located, Located) {
-    std::thread::scope(|s| {
-        let first = std::thread::Builder::new()
-            .name("sphere-fit".into())
-            .spawn_scoped(s, || locate(a, t2, input));
-        let second = locate(b, t2, input);
-        let first = match first {
-            Ok(handle) => handle.join().expect("a sphere fit panicked"),
-            Err(_) => locate(a, t2, input),
-        };
-        (first, second)
-    })
-}
-
-fn partner_pair(
-    dets: &[Detection],
-    t2: &Volume,
-    input: &Volume,
-    min_score: f32,
-) -> Option<(Located, Located)> {
+    // 2. Every candidate that may take part, fitted.
     let weak = min_score * PARTNER_SCORE_FRACTION;
-    let mut best: Option<(f32, usize, usize)> = None;
-    for (i, a) in dets
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.score >= min_score)
-    {
-        for (j, b) in dets.iter().enumerate() {
-            if i == j || b.score < weak || b.score >= min_score {
+    let todo: Vec<usize> = (0..dets.len())
+        .filter(|&i| fits[i].is_none() && dets[i].score >= weak)
+        .collect();
+    let done = on_two_threads(&todo, |&i| locate(&dets[i], t2, input));
+    for (i, l) in todo.into_iter().zip(done) {
+        fits[i] = Some(l);
+    }
+    let located: Vec<&Located> = fits.iter().flatten().collect();
+    let mut best: Option<(f32, &Located, &Located)> = None;
+    for (i, a) in located.iter().enumerate() {
+        for b in &located[i + 1..] {
+            let (hi, lo) = if a.detection.score >= b.detection.score {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            if hi.detection.score < min_score || !agree(&a.fit, &b.fit) {
                 continue;
             }
-            let d = [0, 1, 2].map(|x| (a.center_lps_mm[x] - b.center_lps_mm[x]).abs());
-            let lies = (PARTNER_SEPARATION_MM.0..=PARTNER_SEPARATION_MM.1).contains(&d[0])
-                && d[1] <= PARTNER_OFFSET_MM
-                && d[2] <= PARTNER_OFFSET_MM;
-            if lies && best.is_none_or(|(s, _, _)| a.score + b.score > s) {
-                best = Some((a.score + b.score, i, j));
+            let lies = if lo.detection.score >= min_score {
+                crate::model::detector::plausible_pair(&a.detection, &b.detection)
+            } else {
+                partner_lies(&hi.fit.center_lps_mm, &lo.fit.center_lps_mm)
+            };
+            let sum = a.detection.score + b.detection.score;
+            if lies && best.is_none_or(|(s, _, _)| sum > s) {
+                best = Some((sum, hi, lo));
             }
         }
     }
-    let (_, i, j) = best?;
-    let (strong, mut partner) = locate_both(&dets[i], &dets[j], t2, input);
-    let head_sized = |f: &SphereFit| f.radius_mm > RADII_MM.0 && f.radius_mm < RADII_MM.1;
-    let agree = strong.fit.edge > MIN_PARTNER_EDGE
-        && head_sized(&strong.fit)
-        && head_sized(&partner.fit)
-        && (strong.fit.radius_mm - partner.fit.radius_mm).abs() <= PARTNER_RADIUS_MM
-        && partner.fit.edge >= PARTNER_EDGE_RATIO * strong.fit.edge;
-    if !agree {
+    if let Some((_, hi, lo)) = best {
+        let mut lo = (*lo).clone();
+        if lo.detection.score < min_score {
+            lo.origin = Origin::Partner;
+        }
+        return Ok(sided((*hi).clone(), lo));
+    }
+    // 3. The other head where it must lie, if the image shows it.
+    for a in located
+        .iter()
+        .filter(|l| l.detection.score >= min_score && head_like(&l.fit))
+        .take(MIRROR_FROM)
+    {
+        if let Some(m) = mirror(a, dets, t2, input) {
+            return Ok(sided((*a).clone(), m));
+        }
+    }
+    // 4. The detector's pair, though the image did not confirm it.
+    match (unverified, confident) {
+        (Some(pair), _) => Ok(pair),
+        (None, Err(reason)) => Err(reason),
+        (None, Ok(_)) => unreachable!("a confident pair is always located"),
+    }
+}
+
+/// Whether a partner centred at `b` lies where the other head of the head at `a` must.
+fn partner_lies(a: &V3, b: &V3) -> bool {
+    let d = [0, 1, 2].map(|x| (a[x] - b[x]).abs());
+    (PARTNER_SEPARATION_MM.0..=PARTNER_SEPARATION_MM.1).contains(&d[0])
+        && d[1] <= PARTNER_OFFSET_MM
+        && d[2] <= PARTNER_OFFSET_MM
+}
+
+/// (right, left): the one further to patient left (+x in LPS) is the left head.
+fn sided(a: Located, b: Located) -> (Located, Located) {
+    if a.fit.center_lps_mm[0] < b.fit.center_lps_mm[0] {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// The other head of the confident head `a`, found in the image alone ([`locate_heads`]
+/// step 3), if the image shows it.
+fn mirror(a: &Located, dets: &[Detection], t2: &Volume, input: &Volume) -> Option<Located> {
+    let c = a.fit.center_lps_mm;
+    let dims = t2.dims;
+    let starts: Vec<V3> = [-1.0, 1.0]
+        .iter()
+        .flat_map(|s| MIRROR_OFFSETS_MM.map(|d| [c[0] + s * d, c[1], c[2]]))
+        .filter(|p| {
+            let v = t2.patient_to_voxel(*p);
+            (0..3).all(|x| v[x] >= 0.0 && v[x] <= dims[x] as f64 - 1.0)
+        })
+        .collect();
+    let fit = on_two_threads(&starts, |p| refine(t2, *p))
+        .into_iter()
+        .filter(|f| same_size_heads(&a.fit, f))
+        .max_by(|x, y| x.edge.total_cmp(&y.edge))?;
+    if fit.edge < PARTNER_EDGE_RATIO * a.fit.edge {
         return None;
     }
-    partner.partner = true;
-    Some(
-        if strong.fit.center_lps_mm[0] < partner.fit.center_lps_mm[0] {
-            (strong, partner)
-        } else {
-            (partner, strong)
+    let score = dets
+        .iter()
+        .filter(|d| dist(d.center_lps_mm, fit.center_lps_mm) < fit.radius_mm)
+        .map(|d| d.score)
+        .fold(0.0f32, f32::max);
+    let shift = [0, 1, 2].map(|x| fit.center_lps_mm[x] - c[x]);
+    let box_at = |p: V3| [p[0] + shift[0], p[1] + shift[1], p[2] + shift[2]];
+    Some(Located {
+        detection: Detection {
+            score,
+            center_voxel: input.patient_to_voxel(fit.center_lps_mm),
+            size_voxel: a.detection.size_voxel,
+            center_lps_mm: fit.center_lps_mm,
+            bbox_lps_mm: a.detection.bbox_lps_mm.map(box_at),
         },
-    )
+        fit,
+        origin: Origin::Mirror,
+    })
+}
+
+/// `f` over `items`, half of them on a second thread (each sphere fit takes ~60 ms), or
+/// all on the calling thread when there are fewer than two or no thread can be started.
+fn on_two_threads<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    if items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let (first, second) = items.split_at(items.len() / 2);
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("sphere-fit".into())
+            .spawn_scoped(s, || first.iter().map(&f).collect::<Vec<T>>());
+        let rest: Vec<T> = second.iter().map(&f).collect();
+        let mut out = match spawned {
+            Ok(handle) => handle.join().expect("a sphere fit panicked"),
+            Err(_) => first.iter().map(&f).collect(),
+        };
+        out.extend(rest);
+        out
+    })
 }
 
 /// The largest magnitude in `v` (at least 1).
@@ -598,7 +739,7 @@ mod tests {
         assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
         assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
         assert_eq!((r.detection.score, l.detection.score), (0.6, 0.7));
-        assert!(!r.partner && !l.partner);
+        assert_eq!((r.origin, l.origin), (Origin::Detected, Origin::Detected));
         // The box moved with the centre.
         let b = l.detection.bbox_lps_mm;
         assert!(((b[0][0] + b[1][0]) / 2.0 - l.detection.center_lps_mm[0]).abs() < 1e-9);
@@ -611,25 +752,27 @@ mod tests {
         // Where the other head lies, and the image shows it: taken, as the partner.
         let (r, l) = locate_heads(&[confident.clone(), detection(0.15, right)], &v, &v, 0.3)
             .expect("the partner is taken");
-        assert!(r.partner && !l.partner);
+        assert_eq!((r.origin, l.origin), (Origin::Partner, Origin::Detected));
         assert!(dist(r.detection.center_lps_mm, right) < 2.5);
         assert_eq!(r.detection.score, 0.15);
-        // Too weak (under a third of the floor): not taken, and the floor's reason stands.
-        let err = locate_heads(&[confident.clone(), detection(0.05, right)], &v, &v, 0.3)
-            .expect_err("too weak");
-        assert!(err.contains("1 femoral head(s) found"), "{err}");
+        // Too weak (under a third of the floor) to be a partner: the head is still found
+        // by the image search, and keeps that weak candidate's score.
+        let (r, _) = locate_heads(&[confident.clone(), detection(0.05, right)], &v, &v, 0.3)
+            .expect("found in the image");
+        assert_eq!(r.origin, Origin::Mirror);
+        assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
+        assert_eq!(r.detection.score, 0.05);
         // Where no head is in the image (the mirror image of the confident head lies in
-        // empty tissue): refused.
+        // empty tissue): refused, and the floor's reason stands.
         let empty = hip_volume(&[(left, 23.0)]);
-        assert!(
-            locate_heads(
-                &[confident.clone(), detection(0.2, right)],
-                &empty,
-                &empty,
-                0.3
-            )
-            .is_err()
-        );
+        let err = locate_heads(
+            &[confident.clone(), detection(0.2, right)],
+            &empty,
+            &empty,
+            0.3,
+        )
+        .expect_err("no head there");
+        assert!(err.contains("1 femoral head(s) found"), "{err}");
         // A same-sized head in the image, but not where the other head can lie (110 mm
         // right-left of the confident one): refused.
         let near = [-20.0, 0.0, -3.0];
@@ -646,5 +789,56 @@ mod tests {
         // A head-sized sphere of another size (26 mm against 20 mm): refused.
         let (odd, _) = two_heads([20.0, 26.0]);
         assert!(locate_heads(&[confident, detection(0.2, right)], &odd, &odd, 0.3).is_err());
+    }
+
+    #[test]
+    fn the_other_head_is_found_in_the_image_where_the_detector_proposed_none() {
+        for radii in [[23.0, 23.0], [20.0, 21.0]] {
+            let (v, [right, left]) = two_heads(radii);
+            // Only the right head detected, 10 mm off: the left is where its partner lies.
+            let dets = [detection(0.6, [right[0] - 10.0, right[1], right[2]])];
+            let (r, l) = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
+            assert_eq!((r.origin, l.origin), (Origin::Detected, Origin::Mirror));
+            assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
+            assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+            assert!((l.fit.radius_mm - radii[1]).abs() <= 2.5, "{l:?}");
+            assert_eq!(l.detection.score, 0.0);
+            // The box is the confident head's size, around the found centre.
+            let b = l.detection.bbox_lps_mm;
+            assert!(((b[0][0] + b[1][0]) / 2.0 - l.detection.center_lps_mm[0]).abs() < 1e-9);
+            assert!(((b[1][0] - b[0][0]) - 44.0).abs() < 1e-9);
+        }
+        // Not from a detection under the floor.
+        let (v, [right, _]) = two_heads([23.0, 23.0]);
+        assert!(locate_heads(&[detection(0.25, right)], &v, &v, 0.3).is_err());
+        // Not a sphere of another size (20 mm against 27 mm).
+        let (v, [right, _]) = two_heads([27.0, 20.0]);
+        assert!(locate_heads(&[detection(0.6, right)], &v, &v, 0.3).is_err());
+        // Not a sphere further than the other head can lie (250 mm right-left).
+        let far = hip_volume(&[([-125.0, 4.0, -6.0], 23.0), ([125.0, 4.0, -6.0], 23.0)]);
+        assert!(locate_heads(&[detection(0.6, [-125.0, 4.0, -6.0])], &far, &far, 0.3).is_err());
+    }
+
+    #[test]
+    fn a_confident_pair_the_image_refutes_gives_way_to_one_it_confirms() {
+        let (v, [right, left]) = two_heads([23.0, 23.0]);
+        // A confident false head on the midline, 100 mm right of the left head (no sphere
+        // there), and a weaker detection on the right head.
+        let midline = [-10.0, 0.0, -3.0];
+        let dets = [
+            detection(0.7, left),
+            detection(0.65, midline),
+            detection(0.2, right),
+        ];
+        let (r, l) = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
+        assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
+        assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+        assert_eq!(r.origin, Origin::Partner);
+        assert_eq!(r.detection.score, 0.2);
+        // With nothing the image confirms, the detector's confident pair stands.
+        let lone = hip_volume(&[(left, 23.0)]);
+        let (r, l) = locate_heads(&dets[..2], &lone, &lone, 0.3).expect("the detector's pair");
+        assert_eq!((r.origin, l.origin), (Origin::Detected, Origin::Detected));
+        assert_eq!((r.detection.score, l.detection.score), (0.65, 0.7));
     }
 }

@@ -7,15 +7,18 @@
 //! exactly as the detector's manifest says; detect; pair the two candidates that lie as
 //! two femoral heads do and give them sides by geometry (`model::sphere::locate_heads`
 //! over `detector::pair_heads`: the one further to patient left, +x in LPS, is the left
-//! head; a confident head may take a weak partner where the image shows a same-sized
-//! sphere), each moved onto the sphere its edges make in the T2 (the score unchanged); crop
+//! head; where the image refutes the detector's pair, a pair it confirms is taken, and a
+//! confident head may take a weak partner, or a head the image alone shows, where the
+//! other head must lie), each moved onto the sphere its edges make in the T2 (the score
+//! unchanged); crop
 //! each head around the detected centre on the canonical grid (`model::crop::crop_with_grid`
 //! — patient millimetres, not array indices), right heads mirrored as in training; stage and
 //! explain; place the heatmaps back into the T2's grid; write NIfTI (T2 and heatmap, the
 //! T2's affine) and one PNG montage per head when an output folder is given.
 //!
 //! Never silent: no usable T2 → `no_usable_series`; fewer than two heads, no pair that lies
-//! as two heads do, or a detection score under the floor (unless a partner, as above) →
+//! as two heads do, or a detection score under the floor (unless beside a confident head,
+//! as above) →
 //! `indeterminate` with the reason;
 //! a head whose top probability is under the floor is staged `indeterminate`. A normal call
 //! is made only when every step is confident. Errors (unreadable files, several studies,
@@ -56,8 +59,8 @@ pub struct AnalysisSettings {
     pub stager: String,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// A head detected with a lower score makes the study indeterminate, unless it
-    /// partners a confident head (`model::sphere::locate_heads`).
+    /// A head detected with a lower score makes the study indeterminate, unless the image
+    /// shows it where a confident head's partner must lie (`model::sphere::locate_heads`).
     pub min_detection_score: f32,
     /// A head whose top stage probability is lower is staged indeterminate.
     pub min_stage_probability: f32,
@@ -361,13 +364,21 @@ fn analyze_study(
         Err(reason) => return a.fail(Status::Indeterminate, reason, start),
     };
     for (side, h) in [(Side::Right, &right), (Side::Left, &left)] {
-        if h.partner {
-            tracing::info!(
+        match h.origin {
+            sphere::Origin::Detected => {}
+            sphere::Origin::Partner => tracing::info!(
                 study_uid = %a.study_instance_uid,
                 "{side} femoral head taken at detection score {:.2}, under the floor {:.2}: it partners the confident other head (same-sized sphere where that head's partner lies)",
                 h.detection.score,
                 settings.min_detection_score
-            );
+            ),
+            sphere::Origin::Mirror => tracing::info!(
+                study_uid = %a.study_instance_uid,
+                "{side} femoral head found in the image where the confident other head's partner must lie (a sphere of radius {:.0} mm, the same size; detection score there {:.2}, under the floor {:.2})",
+                h.fit.radius_mm,
+                h.detection.score,
+                settings.min_detection_score
+            ),
         }
     }
     let (right, left) = (right.detection, left.detection);
