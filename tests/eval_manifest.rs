@@ -1,7 +1,7 @@
 //! The shipped models' figures are reproducible: the held-out test set and the external
 //! family, written again with `onfh-edge phantom`, evaluated with `onfh-edge eval`, give
 //! exactly the tables recorded in the stager's manifest by `onfh-edge evaluate-models
-//! --write`.
+//! --write`; and the development figures (`--randomised`) stay out of the manifests.
 
 use std::process::Command;
 
@@ -54,35 +54,36 @@ fn eval_on_the_external_family_reproduces_the_manifest() {
     reproduce(&["--family", "external"], studies, seed, &e["pipeline"]);
 }
 
-fn reproduce(phantom_args: &[&str], studies: u64, seed: u64, recorded: &Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["phantom", "--out"])
-        .arg(dir.path())
-        .args([
-            "--studies",
-            &studies.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .args(phantom_args)
-        .output()
-        .unwrap();
+/// Run `cmd`, which must succeed; its output.
+fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(BIN)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["eval", "--json", "--truth"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    out
+}
+
+fn reproduce(phantom_args: &[&str], studies: u64, seed: u64, recorded: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    succeeds(
+        Command::new(BIN)
+            .args(["phantom", "--out"])
+            .arg(dir.path())
+            .args([
+                "--studies",
+                &studies.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(phantom_args),
+    );
+    let out = succeeds(
+        Command::new(BIN)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["eval", "--json", "--truth"])
+            .arg(dir.path()),
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
@@ -110,4 +111,60 @@ fn reproduce(phantom_args: &[&str], studies: u64, seed: u64, recorded: &Value) {
             );
         }
     }
+}
+
+/// `--randomised` measures the networks on the randomised development studies, and
+/// `--write` keeps them (and, without reference checkpoints, the fp16 comparison the
+/// manifests already have) out of the manifests' test figures.
+#[test]
+fn development_studies_are_measured_and_kept_out_of_the_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for f in std::fs::read_dir(&models).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let manifest = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
+    };
+    let before = manifest("3d-muldensenet-small.json");
+    let out = succeeds(
+        Command::new(BIN)
+            .args([
+                "evaluate-models",
+                "--studies",
+                "0",
+                "--external-studies",
+                "0",
+            ])
+            .args(["--randomised", "3", "--randomised-seed", "50001000"])
+            .args(["--json", "--write", "--detector"])
+            .arg(dir.path().join("3dc-yolox-small.json"))
+            .arg("--stager")
+            .arg(dir.path().join("3d-muldensenet-small.json")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = &text[..text.rfind('}').unwrap() + 1];
+    let e: Value = serde_json::from_str(json).unwrap();
+    let d = &e["development"];
+    assert_eq!(d["studies"], 3, "{e}");
+    assert_eq!(d["seed"], 50001000);
+    assert_eq!(d["stager_at_true_centers"]["heads"], 6);
+    for k in ["detector", "detector_network_alone"] {
+        let found = d[k]["both_heads_found"].as_u64().unwrap();
+        assert!(found <= 3, "{k}: {found}");
+        assert!(d[k]["mean_center_error_mm"].as_f64().unwrap().is_finite());
+    }
+    assert!(e["in_distribution"].is_null() && e["external"].is_null());
+    // The manifests: no development figures; the test figures and the fp16 comparison
+    // they had, with the command that made it.
+    let after = manifest("3d-muldensenet-small.json");
+    let (b, a) = (&before["metrics"], &after["metrics"]);
+    assert!(a.get("development").is_none(), "{a}");
+    for k in ["pipeline", "external", "fp16_vs_f32", "test_seed"] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    let made_by = b.get("fp16_vs_f32_command").unwrap_or(&b["command"]);
+    assert_eq!(a["fp16_vs_f32_command"], *made_by);
+    assert!(a["command"].as_str().unwrap().contains("--randomised"));
 }

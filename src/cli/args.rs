@@ -234,6 +234,13 @@ pub struct EvaluateModelsArgs {
     /// `train --dataset`).
     #[arg(long, value_name = "CSV")]
     pub dataset: Option<PathBuf>,
+    /// Also measure the networks on this many domain-randomised development studies (the
+    /// draws training validates on; printed, never written into the manifests).
+    #[arg(long, default_value_t = 0)]
+    pub randomised: usize,
+    /// First randomised development seed (the detector's randomised validation seeds).
+    #[arg(long, default_value_t = 1000 + crate::training::RANDOMISED_VALIDATION_SEEDS)]
+    pub randomised_seed: u64,
     /// The f32 checkpoint the detector was exported from (for the fp16 comparison).
     #[arg(long, value_name = "FILE")]
     pub reference_detector: Option<PathBuf>,

@@ -328,8 +328,8 @@ fn eval(a: args::EvalArgs) -> anyhow::Result<()> {
 fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
     use crate::eval::models as evaluate;
     anyhow::ensure!(
-        a.studies + a.external_studies > 0 || a.dataset.is_some(),
-        "nothing to evaluate: --studies and --external-studies are 0 and no --dataset"
+        a.studies + a.external_studies + a.randomised > 0 || a.dataset.is_some(),
+        "nothing to evaluate: --studies, --external-studies and --randomised are 0 and no --dataset"
     );
     let scratch = std::env::temp_dir().join(format!("onfh-edge-eval-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
@@ -343,6 +343,8 @@ fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
         external_studies,
         external_seed: a.external_seed,
         dataset: a.dataset,
+        randomised_studies: a.randomised,
+        randomised_seed: a.randomised_seed,
         reference_detector: a.reference_detector,
         reference_stager: a.reference_stager,
         scratch: scratch.clone(),
@@ -356,6 +358,9 @@ fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
             eprint!("\r  external study {i:>4}/{external_studies} (seed {seed})   ")
         }
         evaluate::Family::Dataset => eprint!("\r  dataset test study {i:>4}   "),
+        evaluate::Family::Development => {
+            eprint!("\r  randomised development study {i:>4} (seed {seed})   ")
+        }
     });
     eprintln!();
     let _ = std::fs::remove_dir_all(&scratch);

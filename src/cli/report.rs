@@ -142,6 +142,11 @@ pub(super) fn model_evaluation(e: &crate::eval::models::Evaluation) {
     {
         set_evaluation(set);
     }
+    if let Some(d) = &e.development {
+        println!("=== Development (not a test): {}", d.test_set);
+        detectors(&d.detector, &d.detector_network_alone);
+        stagers(&[("stager at true centres", &d.stager_at_true_centers)]);
+    }
     if let Some(a) = &e.fp16_vs_f32 {
         println!(
             "fp16 vs f32 weights: max stage probability difference {:.2e}, {} stage disagreements, max detection score difference {:.2e}, max centre difference {:.3} mm",
@@ -164,9 +169,20 @@ fn set_evaluation(e: &crate::eval::models::SetEvaluation) {
     println!("--- the whole pipeline (what `onfh-edge eval` reports)");
     evaluation_table(&e.pipeline);
     println!("--- the networks");
+    detectors(&e.detector, &e.detector_network_alone);
+    stagers(&[
+        ("stager at true centres", &e.stager_at_true_centers),
+        ("stager at detected centres", &e.stager_at_detected_centers),
+    ]);
+}
+
+fn detectors(
+    fitted: &crate::eval::models::DetectorMetrics,
+    alone: &crate::eval::models::DetectorMetrics,
+) {
     for (what, d) in [
-        ("detector (with the sphere fit)", &e.detector),
-        ("detector network alone", &e.detector_network_alone),
+        ("detector (with the sphere fit)", fitted),
+        ("detector network alone", alone),
     ] {
         println!(
             "{what}: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius)",
@@ -178,10 +194,10 @@ fn set_evaluation(e: &crate::eval::models::SetEvaluation) {
             d.max_center_error_over_radius
         );
     }
-    for (what, m) in [
-        ("stager at true centres", &e.stager_at_true_centers),
-        ("stager at detected centres", &e.stager_at_detected_centers),
-    ] {
+}
+
+fn stagers(sets: &[(&str, &crate::eval::models::StagerMetrics)]) {
+    for (what, m) in sets {
         println!(
             "{what}: accuracy {:.1} % of {} heads",
             100.0 * m.accuracy,

@@ -24,6 +24,12 @@
 //! weights, not the inference rules, so `--write` without reference checkpoints keeps the
 //! one a manifest has, with the command that made it (`fp16_vs_f32_command`).
 //!
+//! With `--randomised N`, the networks are also measured on domain-randomised development
+//! studies (`phantom::randomised`, from the seeds training validates on): the detector
+//! both ways, the sphere fit on the study rendered at 2 mm, and the stager at the true
+//! centres. These are where the inference rules' constants were chosen; they are printed,
+//! never written into the manifests.
+//!
 //! Each test study also goes through the whole pipeline (`pipeline::analyze` with the
 //! default settings), and the paper's table is computed from those results exactly as
 //! `onfh-edge eval` does — so `eval` on the same test set written by `onfh-edge phantom`
@@ -66,6 +72,10 @@ pub struct EvalOptions {
     pub external_seed: u64,
     /// A site dataset (`training::dataset`) whose test split is evaluated too.
     pub dataset: Option<PathBuf>,
+    /// Domain-randomised development studies (`phantom::randomised`); 0 = none.
+    pub randomised_studies: usize,
+    /// First randomised seed.
+    pub randomised_seed: u64,
     /// Folder holding the f32 checkpoints `detector.best.safetensors` and
     /// `stager.best.safetensors` the shipped fp16 weights were exported from.
     pub reference_detector: Option<PathBuf>,
@@ -182,6 +192,9 @@ pub enum Family {
     External,
     /// The test split of a site's labelled studies (`--dataset`).
     Dataset,
+    /// Domain-randomised development studies (`--randomised`): the draws training
+    /// validates on, where the inference rules' constants were chosen — not a test.
+    Development,
 }
 
 /// The figures on one test set.
@@ -197,8 +210,8 @@ pub struct SetEvaluation {
     pub seed: u64,
     /// Studies whose T2 could not be selected or assembled (their heads count as missed).
     pub unreadable_studies: usize,
-    /// Detector as the pipeline uses it: the network's pair, each moved onto its sphere
-    /// (`model::sphere`).
+    /// Detector as the pipeline uses it, without its floor: the heads
+    /// `model::sphere::locate_heads` finds with floor 0, each on its sphere.
     pub detector: DetectorMetrics,
     /// The detector network alone (its own centres).
     pub detector_network_alone: DetectorMetrics,
@@ -221,8 +234,29 @@ pub struct Evaluation {
     pub external: Option<SetEvaluation>,
     /// The site dataset's test split, when asked for.
     pub dataset: Option<SetEvaluation>,
+    /// The randomised development studies, when asked for (printed, never written into
+    /// the manifests: they choose rules, they do not test them).
+    pub development: Option<DevelopmentEvaluation>,
     /// fp16 vs f32 over every test study, where reference checkpoints were given.
     pub fp16_vs_f32: Option<Fp16Agreement>,
+}
+
+/// The networks on domain-randomised development studies.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevelopmentEvaluation {
+    /// What the studies were.
+    pub test_set: String,
+    /// Studies.
+    pub studies: usize,
+    /// First seed.
+    pub seed: u64,
+    /// The detector as the pipeline uses it (as [`SetEvaluation::detector`]), the sphere
+    /// fit on the study rendered at `data::RANDOMISED_T2_MM`.
+    pub detector: DetectorMetrics,
+    /// The detector network alone (its own centres).
+    pub detector_network_alone: DetectorMetrics,
+    /// Stager on crops rendered around the true centres.
+    pub stager_at_true_centers: StagerMetrics,
 }
 
 fn stager_metrics(pairs: &[(u32, Option<u32>)], classes: &[String]) -> StagerMetrics {
@@ -322,7 +356,8 @@ pub fn evaluate(
     mut progress: impl FnMut(Family, usize, u64),
 ) -> anyhow::Result<Evaluation> {
     anyhow::ensure!(
-        opts.studies + opts.external_studies > 0 || opts.dataset.is_some(),
+        opts.studies + opts.external_studies + opts.randomised_studies > 0
+            || opts.dataset.is_some(),
         "no test studies"
     );
     let dev = Device::Cpu;
@@ -458,12 +493,80 @@ pub fn evaluate(
         }
         None => None,
     };
+    let development = if opts.randomised_studies > 0 {
+        Some(evaluate_randomised(
+            &ctx,
+            opts.randomised_studies,
+            opts.randomised_seed,
+            &mut progress,
+        )?)
+    } else {
+        None
+    };
     Ok(Evaluation {
         command: command.to_owned(),
         in_distribution,
         external,
         dataset,
+        development,
         fp16_vs_f32: (ctx.ref_det.is_some() || ctx.ref_stg.is_some()).then_some(agree),
+    })
+}
+
+/// The heads judged as the detector's: the pipeline's rule without a floor
+/// (`sphere::locate_heads`), or, where it finds no pair, the two best candidates moved
+/// onto their spheres.
+fn judged_pair(
+    dets: &[Detection],
+    t2: &crate::volume::Volume,
+    input: &crate::volume::Volume,
+) -> Vec<Detection> {
+    match sphere::locate_heads(dets, t2, input, 0.0) {
+        Ok((r, l)) => vec![r.detection, l.detection],
+        Err(_) => dets
+            .iter()
+            .take(2)
+            .map(|d| sphere::locate(d, t2, input).detection)
+            .collect(),
+    }
+}
+
+/// The detector (alone, and as the pipeline uses it) and the stager at the true centres
+/// on `n` randomised studies from `first_seed`.
+fn evaluate_randomised(
+    ctx: &Context,
+    n: usize,
+    first_seed: u64,
+    progress: &mut impl FnMut(Family, usize, u64),
+) -> anyhow::Result<DevelopmentEvaluation> {
+    let dev = Device::Cpu;
+    let (mut refined, mut alone) = (DetectorTally::default(), DetectorTally::default());
+    let mut at_truth = Vec::new();
+    for i in 0..n {
+        let seed = first_seed + i as u64;
+        progress(Family::Development, i + 1, seed);
+        let sample = data::randomised_detector_sample(seed, &ctx.preprocess);
+        let t2 = data::randomised_t2(seed, &ctx.preprocess);
+        let dets = ctx.det.candidates(&sample.volume, &dev, DType::F32)?;
+        alone.add(&judge(&dets, &sample.heads), &sample.heads);
+        let pair = judged_pair(&dets, &t2, &sample.volume);
+        refined.add(&judge(&pair, &sample.heads), &sample.heads);
+        for h in data::randomised_head_samples(seed, &ctx.crop, 1, 0.0) {
+            let p = probabilities(&ctx.stg, &h.voxels, ctx.crop.shape)?;
+            at_truth.push((h.class, Some(argmax(&p))));
+        }
+    }
+    let last = (first_seed + n as u64).saturating_sub(1);
+    Ok(DevelopmentEvaluation {
+        test_set: format!(
+            "{n} domain-randomised development studies (`phantom::randomised`), seeds {first_seed}..={last}, rendered straight onto the detector's grid, the sphere fit on a {} mm rendering, the stager on crops rendered at the true centres",
+            data::RANDOMISED_T2_MM
+        ),
+        studies: n,
+        seed: first_seed,
+        detector: refined.metrics(n),
+        detector_network_alone: alone.metrics(n),
+        stager_at_true_centers: stager_metrics(&at_truth, &ctx.classes),
     })
 }
 
@@ -486,6 +589,7 @@ pub fn write_test_study(
 ) -> anyhow::Result<crate::phantom::StudyTruth> {
     Ok(match family {
         Family::Dataset => anyhow::bail!("a dataset's studies are not generated"),
+        Family::Development => anyhow::bail!("randomised studies are rendered, not written"),
         Family::InDistribution => crate::phantom::generate_study(dir, seed, &data::test_options())?,
         Family::External => {
             let styles: Vec<&'static str> = crate::evalphantom::style_names().collect();
@@ -562,17 +666,7 @@ fn evaluate_set(
         let sample = data::detector_sample(&study, &ctx.preprocess);
         let dets = det.candidates(&sample.volume, &dev, DType::F32)?;
         alone.add(&judge(&dets, &sample.heads), &sample.heads);
-        // The pair judged: the pipeline's rule without a floor (`sphere::locate_heads`),
-        // or, where it finds no pair, the two best candidates moved onto their spheres.
-        let pair: Vec<Detection> =
-            match sphere::locate_heads(&dets, &study.volume, &sample.volume, 0.0) {
-                Ok((r, l)) => vec![r.detection, l.detection],
-                Err(_) => dets
-                    .iter()
-                    .take(2)
-                    .map(|d| sphere::locate(d, &study.volume, &sample.volume).detection)
-                    .collect(),
-            };
+        let pair = judged_pair(&dets, &study.volume, &sample.volume);
         refined.add(&judge(&pair, &sample.heads), &sample.heads);
         if let Some(rd) = &ctx.ref_det {
             let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
@@ -628,7 +722,7 @@ fn evaluate_set(
             "{n} synthetic phantom studies, seeds {first_seed}..={last}, scanner style \"{}\" (not used in training)",
             data::HELD_OUT_STYLE
         ),
-        Family::Dataset => String::new(),
+        Family::Dataset | Family::Development => String::new(),
         Family::External => format!(
             "{n} studies of the independent evaluation phantom (`onfh-edge phantom --family external`), seeds {first_seed}..={last}, centre styles {} in turn (never used in training or model selection)",
             crate::evalphantom::style_names()

@@ -208,16 +208,44 @@ fn head_boxes(volume: &Volume, heads: &[phantom::HeadTruth]) -> Vec<VoxelBox> {
 /// rendered straight onto the preprocessing grid, centred on the drawn series centre, and
 /// normalised exactly as `volume::preprocess` does.
 pub fn randomised_detector_sample(seed: u64, pre: &Preprocess) -> DetectorSample {
+    let (heads, mut volume, inside) = randomised_volume(seed, pre, pre.shape);
+    normalise(&mut volume.data, &inside, &pre.normalisation());
+    DetectorSample {
+        boxes: head_boxes(&volume, &heads),
+        volume,
+        heads,
+        seed,
+    }
+}
+
+/// The T2 of the domain-randomised study drawn from `seed` (as
+/// [`randomised_detector_sample`] draws it) at [`RANDOMISED_T2_MM`] over the same field of
+/// view: what the sphere fit (`model::sphere`) looks at, where the pipeline has the
+/// assembled series. Signal units, not normalised (the fit needs none).
+pub fn randomised_t2(seed: u64, pre: &Preprocess) -> Volume {
+    let shape = pre
+        .field_of_view_mm
+        .map(|f| (f / RANDOMISED_T2_MM).round().max(1.0) as usize);
+    randomised_volume(seed, pre, shape).1
+}
+
+/// The study drawn from `seed`, rendered on a grid of `shape` (D, H, W) over the
+/// preprocessing field of view around the drawn series centre: its heads, the volume (not
+/// normalised), and which voxels lie inside the acquired region.
+fn randomised_volume(
+    seed: u64,
+    pre: &Preprocess,
+    shape: [usize; 3],
+) -> (Vec<phantom::HeadTruth>, Volume, Vec<bool>) {
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let scene = randomised::draw_scene(&mut rng, None);
     let acq = randomised::draw_acquisition(&mut rng, &scene);
     let c = acq.center;
     let center = [0, 1, 2].map(|a| c[a] + pre.center_offset_mm[a]);
-    let grid = randomised::Grid::canonical(center, pre.field_of_view_mm, pre.shape);
-    let (mut data, inside) = randomised::render(&scene, &acq, &grid, seed);
-    normalise(&mut data, &inside, &pre.normalisation());
-    let [d, h, w] = pre.shape;
+    let grid = randomised::Grid::canonical(center, pre.field_of_view_mm, shape);
+    let (data, inside) = randomised::render(&scene, &acq, &grid, seed);
+    let [d, h, w] = shape;
     let volume = Volume {
         data,
         dims: [w, h, d],
@@ -225,13 +253,11 @@ pub fn randomised_detector_sample(seed: u64, pre: &Preprocess) -> DetectorSample
         series_uid: String::new(),
         study_uid: String::new(),
     };
-    DetectorSample {
-        boxes: head_boxes(&volume, &scene.heads),
-        volume,
-        heads: scene.heads,
-        seed,
-    }
+    (scene.heads, volume, inside)
 }
+
+/// Voxel size of [`randomised_t2`], mm.
+pub const RANDOMISED_T2_MM: f64 = 2.0;
 
 /// Domain-randomised head crops of the study drawn from `seed`: per head, `copies` crops
 /// around the true centre displaced by N(0, `jitter_mm`) (the first one undisplaced),
