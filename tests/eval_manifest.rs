@@ -113,58 +113,113 @@ fn reproduce(phantom_args: &[&str], studies: u64, seed: u64, recorded: &Value) {
     }
 }
 
-/// `--randomised` measures the networks on the randomised development studies, and
-/// `--write` keeps them (and, without reference checkpoints, the fp16 comparison the
-/// manifests already have) out of the manifests' test figures.
-#[test]
-fn development_studies_are_measured_and_kept_out_of_the_manifests() {
+/// The shipped models and manifests copied into a fresh folder, and a reader of them.
+fn copied_models() -> (tempfile::TempDir, impl Fn(&str) -> Value) {
     let dir = tempfile::tempdir().unwrap();
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     for f in std::fs::read_dir(&models).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
-    let manifest = |name: &str| -> Value {
-        serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
+    let path = dir.path().to_owned();
+    let read = move |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(path.join(name)).unwrap()).unwrap()
     };
-    let before = manifest("3d-muldensenet-small.json");
-    let out = succeeds(
-        Command::new(BIN)
-            .args([
-                "evaluate-models",
-                "--studies",
-                "0",
-                "--external-studies",
-                "0",
-            ])
-            .args(["--randomised", "3", "--randomised-seed", "50001000"])
-            .args(["--json", "--write", "--detector"])
-            .arg(dir.path().join("3dc-yolox-small.json"))
-            .arg("--stager")
-            .arg(dir.path().join("3d-muldensenet-small.json")),
+    (dir, read)
+}
+
+/// `onfh-edge evaluate-models ARGS` on the models in `dir`.
+fn evaluate_models(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("evaluate-models")
+        .args(args)
+        .arg("--detector")
+        .arg(dir.join("3dc-yolox-small.json"))
+        .arg("--stager")
+        .arg(dir.join("3d-muldensenet-small.json"))
+        .output()
+        .unwrap()
+}
+
+/// `--randomised` measures the networks on the randomised development studies; they are
+/// never written into the manifests.
+#[test]
+fn development_studies_are_measured_and_never_written() {
+    let (dir, _) = copied_models();
+    let only = [
+        "--studies",
+        "0",
+        "--external-studies",
+        "0",
+        "--randomised",
+        "3",
+    ];
+    let out = evaluate_models(dir.path(), &[&only[..], &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let json = &text[..text.rfind('}').unwrap() + 1];
-    let e: Value = serde_json::from_str(json).unwrap();
+    let e: Value = serde_json::from_str(&text[..text.rfind('}').unwrap() + 1]).unwrap();
     let d = &e["development"];
     assert_eq!(d["studies"], 3, "{e}");
     assert_eq!(d["seed"], 50001000);
     assert_eq!(d["stager_at_true_centers"]["heads"], 6);
     for k in ["detector", "detector_network_alone"] {
-        let found = d[k]["both_heads_found"].as_u64().unwrap();
-        assert!(found <= 3, "{k}: {found}");
+        assert!(d[k]["both_heads_found"].as_u64().unwrap() <= 3, "{k}");
         assert!(d[k]["mean_center_error_mm"].as_f64().unwrap().is_finite());
     }
     assert!(e["in_distribution"].is_null() && e["external"].is_null());
-    // The manifests: no development figures; the test figures and the fp16 comparison
-    // they had, with the command that made it.
-    let after = manifest("3d-muldensenet-small.json");
-    let (b, a) = (&before["metrics"], &after["metrics"]);
-    assert!(a.get("development").is_none(), "{a}");
-    for k in ["pipeline", "external", "fp16_vs_f32", "test_seed"] {
-        assert_eq!(a[k], b[k], "{k}");
-    }
-    let made_by = b.get("fp16_vs_f32_command").unwrap_or(&b["command"]);
-    assert_eq!(a["fp16_vs_f32_command"], *made_by);
-    assert!(a["command"].as_str().unwrap().contains("--randomised"));
+    assert!(e["fp16_vs_f32"].is_null());
+    // `--write` with nothing but development studies is refused, the manifests untouched.
+    let before = std::fs::read(dir.path().join("3d-muldensenet-small.json")).unwrap();
+    let out = evaluate_models(dir.path(), &[&only[..], &["--write"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--write needs a test set"), "{err}");
+    let after = std::fs::read(dir.path().join("3d-muldensenet-small.json")).unwrap();
+    assert_eq!(before, after);
+}
+
+/// `--write` without reference checkpoints writes the test figures and keeps the fp16
+/// comparison the manifests have, with the command that made it.
+#[test]
+fn write_without_references_keeps_the_fp16_comparison_and_its_command() {
+    let (dir, read) = copied_models();
+    // The stager's manifest as written before the comparison had its own command key.
+    let path = dir.path().join("3d-muldensenet-small.json");
+    let mut older = read("3d-muldensenet-small.json");
+    let made_by = older["metrics"]["command"].clone();
+    older["metrics"]
+        .as_object_mut()
+        .unwrap()
+        .remove("fp16_vs_f32_command");
+    std::fs::write(&path, serde_json::to_vec_pretty(&older).unwrap()).unwrap();
+    let detector_before = read("3dc-yolox-small.json");
+    let out = evaluate_models(
+        dir.path(),
+        &["--studies", "0", "--external-studies", "1", "--write"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = &read("3d-muldensenet-small.json")["metrics"];
+    assert_eq!(s["external"]["studies"], 1, "{s}");
+    assert!(
+        s["command"]
+            .as_str()
+            .unwrap()
+            .contains("--external-studies 1")
+    );
+    assert_eq!(s["fp16_vs_f32"], older["metrics"]["fp16_vs_f32"]);
+    assert!(s["fp16_vs_f32"].is_object());
+    assert_eq!(s["fp16_vs_f32_command"], made_by);
+    let d = &read("3dc-yolox-small.json")["metrics"];
+    let b = &detector_before["metrics"];
+    assert_eq!(d["fp16_vs_f32"], b["fp16_vs_f32"]);
+    assert_eq!(d["fp16_vs_f32_command"], b["fp16_vs_f32_command"]);
+    assert_ne!(d["command"], b["command"]);
 }

@@ -331,6 +331,10 @@ fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
         a.studies + a.external_studies + a.randomised > 0 || a.dataset.is_some(),
         "nothing to evaluate: --studies, --external-studies and --randomised are 0 and no --dataset"
     );
+    anyhow::ensure!(
+        !a.write || a.studies + a.external_studies > 0 || a.dataset.is_some(),
+        "--write needs a test set (--studies, --external-studies or --dataset): development figures (--randomised) are never written into the manifests"
+    );
     let scratch = std::env::temp_dir().join(format!("onfh-edge-eval-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;

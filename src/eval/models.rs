@@ -503,13 +503,15 @@ pub fn evaluate(
     } else {
         None
     };
+    // The fp16 comparison runs over the test studies only.
+    let tested = in_distribution.is_some() || external.is_some() || dataset.is_some();
     Ok(Evaluation {
         command: command.to_owned(),
         in_distribution,
         external,
         dataset,
         development,
-        fp16_vs_f32: (ctx.ref_det.is_some() || ctx.ref_stg.is_some()).then_some(agree),
+        fp16_vs_f32: (tested && (ctx.ref_det.is_some() || ctx.ref_stg.is_some())).then_some(agree),
     })
 }
 
@@ -749,6 +751,10 @@ fn evaluate_set(
 /// untouched). The in-distribution figures keep their keys at the top (`test_seed`,
 /// `test_studies`, `test_style`, `pipeline`, ...); the external test is under `external`.
 pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        e.in_distribution.is_some() || e.external.is_some() || e.dataset.is_some(),
+        "no test figures to write (development figures are never written into the manifests)"
+    );
     let part = |set: &Option<SetEvaluation>, keys: &[&str]| -> serde_json::Value {
         let Some(x) = set else {
             return serde_json::Value::Null;

@@ -218,16 +218,17 @@ pub const PARTNER_SEPARATION_MM: (f64, f64) = (120.0, 260.0);
 pub const PARTNER_OFFSET_MM: f64 = 30.0;
 /// Largest difference of the two heads' fitted radii, mm.
 pub const PARTNER_RADIUS_MM: f64 = 4.0;
-/// The weaker-edged head of a pair taken on the image's word (a partner, a mirror head,
-/// or a pair other than the detector's confident one) must have edges at least this
-/// fraction as strong as the other's.
+/// Of a pair taken on the image's word other than the detector's confident pair (a
+/// partner, or another pair of candidates), the weaker-edged head must have edges at least
+/// this fraction as strong as the other's; a mirror head at least this fraction of its
+/// confident head's (one way: the head the detector found may be the weaker-edged one).
 pub const PARTNER_EDGE_RATIO: f64 = 0.5;
 /// No head is taken on an edge score at or below this (a sphere fitted where the image has
 /// no edges keeps its start and scores 0).
 pub const MIN_PARTNER_EDGE: f64 = 0.01;
 /// Right-left offsets from a confident head at which the image is searched for the other
-/// head when no detection stands for it, mm: with the search's 24 mm either way they
-/// cover 136-234 mm (adult femoral heads lie 150-220 mm apart).
+/// head when no pair of candidates is confirmed, mm: with the search's 26 mm either way
+/// they cover 134-236 mm (adult femoral heads lie 150-220 mm apart).
 pub const MIRROR_OFFSETS_MM: [f64; 3] = [160.0, 185.0, 210.0];
 /// Confident heads the mirror search starts from, at most (best first).
 const MIRROR_FROM: usize = 2;
@@ -269,8 +270,8 @@ fn agree(a: &SphereFit, b: &SphereFit) -> bool {
 ///    search reaching [`SEARCH_MM`]); the most edged head-like sphere of the same size
 ///    (within [`PARTNER_RADIUS_MM`]) with at least [`PARTNER_EDGE_RATIO`] of the
 ///    confident head's edges is the other head ([`Origin::Mirror`]).
-/// 4. Otherwise the pair of step 1 as the detector had it, if there was one; else the
-///    reason `pair_heads` gave.
+/// 4. Otherwise the pair of step 1 (each moved onto its fit, as in step 1), if there was
+///    one; else the reason `pair_heads` gave.
 pub fn locate_heads(
     dets: &[Detection],
     t2: &Volume,
@@ -840,5 +841,26 @@ mod tests {
         let (r, l) = locate_heads(&dets[..2], &lone, &lone, 0.3).expect("the detector's pair");
         assert_eq!((r.origin, l.origin), (Origin::Detected, Origin::Detected));
         assert_eq!((r.detection.score, l.detection.score), (0.65, 0.7));
+    }
+
+    #[test]
+    fn of_several_confident_candidates_the_pair_the_image_confirms_is_taken() {
+        let (v, [right, left]) = two_heads([23.0, 23.0]);
+        // The best-scoring pair that lies as two heads do is the left head and a candidate
+        // on the midline, where the image shows no sphere.
+        let midline = [-10.0, 0.0, -3.0];
+        let dets = [
+            detection(0.8, left),
+            detection(0.75, midline),
+            detection(0.5, right),
+        ];
+        let (r, l) = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
+        assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
+        assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+        assert_eq!((r.origin, l.origin), (Origin::Detected, Origin::Detected));
+        assert_eq!((r.detection.score, l.detection.score), (0.5, 0.8));
+        // Two heads the image confirms, neither confident: no pair.
+        let weak = [detection(0.25, left), detection(0.2, right)];
+        assert!(locate_heads(&weak, &v, &v, 0.3).is_err());
     }
 }

@@ -374,7 +374,7 @@ fn analyze_study(
             ),
             sphere::Origin::Mirror => tracing::info!(
                 study_uid = %a.study_instance_uid,
-                "{side} femoral head found in the image where the confident other head's partner must lie (a sphere of radius {:.0} mm, the same size; detection score there {:.2}, under the floor {:.2})",
+                "{side} femoral head found in the image where the confident other head's partner must lie (a sphere of radius {:.0} mm, the same size; the best detection score inside it {:.2}, floor {:.2})",
                 h.fit.radius_mm,
                 h.detection.score,
                 settings.min_detection_score
