@@ -140,6 +140,9 @@ pub enum TrainWhat {
     Detector(DetectorArgs),
 }
 
+/// The first training seed by default (the shipped models' runs).
+const FIRST_TRAINING_SEED: u64 = 1000;
+
 /// The arguments of `Analyze`.
 #[derive(Args)]
 pub struct AnalyzeArgs {
@@ -234,12 +237,13 @@ pub struct EvaluateModelsArgs {
     /// `train --dataset`).
     #[arg(long, value_name = "CSV")]
     pub dataset: Option<PathBuf>,
-    /// Also measure the networks on this many domain-randomised development studies (the
-    /// draws training validates on; printed, never written into the manifests).
+    /// Also measure the networks on this many domain-randomised development studies (from
+    /// the detector's randomised validation seeds, which number --val-randomised; printed,
+    /// never written into the manifests).
     #[arg(long, default_value_t = 0)]
     pub randomised: usize,
     /// First randomised development seed (the detector's randomised validation seeds).
-    #[arg(long, default_value_t = 1000 + crate::training::RANDOMISED_VALIDATION_SEEDS)]
+    #[arg(long, default_value_t = FIRST_TRAINING_SEED + crate::training::RANDOMISED_VALIDATION_SEEDS)]
     pub randomised_seed: u64,
     /// The f32 checkpoint the detector was exported from (for the fp16 comparison).
     #[arg(long, value_name = "FILE")]
@@ -268,7 +272,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 60)]
     pub val_randomised: usize,
     /// First training seed.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = FIRST_TRAINING_SEED)]
     pub seed: u64,
     /// Continue from the last checkpoint in --out.
     #[arg(long)]

@@ -332,13 +332,17 @@ fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
         "nothing to evaluate: --studies, --external-studies and --randomised are 0 and no --dataset"
     );
     anyhow::ensure!(
+        a.reference_detector.is_some() == a.reference_stager.is_some(),
+        "--reference-detector and --reference-stager go together: the fp16 comparison covers both networks"
+    );
+    anyhow::ensure!(
         !a.write || a.studies + a.external_studies > 0 || a.dataset.is_some(),
         "--write needs a test set (--studies, --external-studies or --dataset): development figures (--randomised) are never written into the manifests"
     );
     let scratch = std::env::temp_dir().join(format!("onfh-edge-eval-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
-    let (studies, external_studies) = (a.studies, a.external_studies);
+    let (studies, external_studies, randomised) = (a.studies, a.external_studies, a.randomised);
     let opts = evaluate::EvalOptions {
         detector: a.detector,
         stager: a.stager,
@@ -363,7 +367,7 @@ fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
         }
         evaluate::Family::Dataset => eprint!("\r  dataset test study {i:>4}   "),
         evaluate::Family::Development => {
-            eprint!("\r  randomised development study {i:>4} (seed {seed})   ")
+            eprint!("\r  randomised development study {i:>4}/{randomised} (seed {seed})   ")
         }
     });
     eprintln!();

@@ -181,7 +181,10 @@ fn detectors(
     alone: &crate::eval::models::DetectorMetrics,
 ) {
     for (what, d) in [
-        ("detector (with the sphere fit)", fitted),
+        (
+            "detector (the pipeline's rule without its floor: sphere fits, the image's check)",
+            fitted,
+        ),
         ("detector network alone", alone),
     ] {
         println!(

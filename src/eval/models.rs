@@ -1,15 +1,18 @@
-//! Measuring the shipped models on two test sets (`onfh-edge evaluate-models`).
+//! Measuring the shipped models (`onfh-edge evaluate-models`): on two test sets, a site
+//! dataset's test split, and the randomised development studies.
 //!
 //! The in-distribution test set is generated here from seeds no training run draws (from
 //! `data::TEST_SEED_BASE`) and with the scanner style training never saw
 //! (`data::HELD_OUT_STYLE`). The external test set comes from the independent evaluation
 //! phantom (`evalphantom`: its own anatomy, signal model, artefacts, tags and encodings,
 //! every centre style in turn, seeds from `data::EXTERNAL_SEED_BASE`); it is never used for
-//! training or model selection, so it says how the models do on images they were not
-//! shaped by. For each study of either set: the T2 is selected, assembled and preprocessed
+//! training or to set a constant, so it says how the models do on images they were not
+//! shaped by (inference rules that answer failures read on it are also measured on seeds
+//! no rule looked at; see the README). For each study of either set: the T2 is selected, assembled and preprocessed
 //! as in the pipeline; the two heads the pipeline's rule finds without a floor
 //! (`model::sphere::locate_heads` with floor 0: the detector's best pair when the image
-//! agrees, else a pair the image confirms, else the other head found in the image), each
+//! agrees, else a pair the image confirms, else the other head found in the image, else
+//! the detector's pair; where it finds none, the two best candidates), each
 //! moved onto its sphere, are matched to the true heads (`training::detector::judge`: both found, centre error < radius / 2) — and so are
 //! the network's own centres, reported as the network alone; each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
@@ -25,7 +28,7 @@
 //! one a manifest has, with the command that made it (`fp16_vs_f32_command`).
 //!
 //! With `--randomised N`, the networks are also measured on domain-randomised development
-//! studies (`phantom::randomised`, from the seeds training validates on): the detector
+//! studies (`phantom::randomised`, from the first seed training validates on): the detector
 //! both ways, the sphere fit on the study rendered at 2 mm, and the stager at the true
 //! centres. These are where the inference rules' constants were chosen; they are printed,
 //! never written into the manifests.
@@ -726,7 +729,7 @@ fn evaluate_set(
         ),
         Family::Dataset | Family::Development => String::new(),
         Family::External => format!(
-            "{n} studies of the independent evaluation phantom (`onfh-edge phantom --family external`), seeds {first_seed}..={last}, centre styles {} in turn (never used in training or model selection)",
+            "{n} studies of the independent evaluation phantom (`onfh-edge phantom --family external`), seeds {first_seed}..={last}, centre styles {} in turn (never used in training or to set a constant)",
             crate::evalphantom::style_names()
                 .map(|s| format!("\"{s}\""))
                 .collect::<Vec<_>>()
@@ -750,6 +753,9 @@ fn evaluate_set(
 /// Put the figures into both manifests' `metrics` (the weights and their hashes are
 /// untouched). The in-distribution figures keep their keys at the top (`test_seed`,
 /// `test_studies`, `test_style`, `pipeline`, ...); the external test is under `external`.
+/// Each part carries the command that made it — `command` at the top (the in-distribution
+/// figures), `external.command`, `dataset.command`, `fp16_vs_f32_command` — and a part not
+/// measured this time is kept as it was.
 pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
     anyhow::ensure!(
         e.in_distribution.is_some() || e.external.is_some() || e.dataset.is_some(),
@@ -773,6 +779,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
         {
             out.insert(k.to_string(), full[*k].clone());
         }
+        out.insert("command".into(), e.command.clone().into());
         serde_json::Value::Object(out)
     };
     let merge = |m: &mut Manifest, top: serde_json::Value| {
@@ -812,9 +819,11 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
             _ => serde_json::Value::Null,
         }
     };
+    // The top-level figures are the in-distribution ones: their command changes with them.
+    let top_command = e.in_distribution.as_ref().map(|_| e.command.clone());
     let mut dm = weights::read_manifest(&opts.detector)?;
     let mut top = serde_json::json!({
-        "command": e.command,
+        "command": top_command,
         "fp16_vs_f32": e.fp16_vs_f32,
         "fp16_vs_f32_command": fp16_command(&dm),
         "external": part(&e.external, &["detector", "detector_network_alone"]),
@@ -838,7 +847,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
         "pipeline",
     ];
     let mut top = serde_json::json!({
-        "command": e.command,
+        "command": top_command,
         "fp16_vs_f32": e.fp16_vs_f32,
         "fp16_vs_f32_command": fp16_command(&sm),
         "external": part(&e.external, &keys),

@@ -14,6 +14,11 @@
 //! reason (and because the lesions are anterosuperior: an anterior-posterior or
 //! superior-inferior flip would teach the wrong anatomy); augmentation is brightness, noise
 //! and a small jitter of the crop centre.
+//!
+//! Domain-randomised samples (`phantom::randomised`) are rendered straight onto the model
+//! grids from a seed: the detector's volume, the stager's head crops, and the study's T2 at
+//! 2 mm for the sphere fit where the pipeline has the assembled series
+//! (`randomised_t2`, used by `evaluate-models --randomised`).
 
 use std::path::Path;
 
