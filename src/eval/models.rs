@@ -8,12 +8,13 @@
 //! every centre style in turn, seeds from `data::EXTERNAL_SEED_BASE`); it is never used for
 //! training or to set a constant, so it says how the models do on images they were not
 //! shaped by (inference rules that answer failures read on it are also measured on seeds
-//! no rule looked at; see the README). For each study of either set: the T2 is selected, assembled and preprocessed
-//! as in the pipeline; the two heads the pipeline's rule finds without a floor
-//! (`model::sphere::locate_heads` with floor 0: the detector's best pair when the image
-//! agrees, else a pair the image confirms, else the other head found in the image, else
-//! the detector's pair; where it finds none, the two best candidates), each
-//! moved onto its sphere, are matched to the true heads (`training::detector::judge`: both found, centre error < radius / 2) — and so are
+//! no rule looked at; see the README). For each study of either set: the T2 is selected,
+//! assembled and preprocessed as in the pipeline; the two heads the pipeline's rule finds
+//! without a floor (`model::sphere::locate_heads` with floor 0: the detector's best pair
+//! when the image agrees, else a pair the image confirms, else the other head found in the
+//! image, else the detector's pair; where it finds none, the two best candidates), each
+//! moved onto its sphere, are matched to the true heads (`training::detector::judge`: both
+//! found, centre error < radius / 2) — and so are
 //! the network's own centres, reported as the network alone; each head is staged
 //! twice — on a crop around its true centre (the stager alone) and on a crop around the
 //! detector's centre (the two networks together, as the pipeline runs them: the heads and

@@ -278,23 +278,25 @@ pub fn locate_heads(
     input: &Volume,
     min_score: f32,
 ) -> Result<(Located, Located), String> {
-    let confident = crate::model::detector::pair_heads(dets, min_score);
     let mut fits: Vec<Option<Located>> = vec![None; dets.len()];
     let index = |d: &Detection| dets.iter().position(|x| std::ptr::eq(x, d));
-    let mut unverified = None;
-    if let Ok((r, l)) = &confident {
-        let both = on_two_threads(&[*r, *l], |d| locate(d, t2, input));
-        if same_size_heads(&both[0].fit, &both[1].fit) {
-            let mut both = both.into_iter();
-            let (r, l) = (both.next().expect("two"), both.next().expect("two"));
-            return Ok((r, l));
-        }
-        for (d, l) in [*r, *l].into_iter().zip(&both) {
+    // 1. The detector's confident pair; kept as the last resort (step 4) when the image
+    //    does not confirm it.
+    let fallback = crate::model::detector::pair_heads(dets, min_score).map(|(r, l)| {
+        let [r_fit, l_fit]: [Located; 2] = on_two_threads(&[r, l], |d| locate(d, t2, input))
+            .try_into()
+            .expect("two fits");
+        for (d, f) in [(r, &r_fit), (l, &l_fit)] {
             if let Some(i) = index(d) {
-                fits[i] = Some(l.clone());
+                fits[i] = Some(f.clone());
             }
         }
-        unverified = Some((both[0].clone(), both[1].clone()));
+        (r_fit, l_fit)
+    });
+    if let Ok((r, l)) = &fallback
+        && same_size_heads(&r.fit, &l.fit)
+    {
+        return fallback;
     }
     // 2. Every candidate that may take part, fitted.
     let weak = min_score * PARTNER_SCORE_FRACTION;
@@ -345,12 +347,8 @@ pub fn locate_heads(
             return Ok(sided((*a).clone(), m));
         }
     }
-    // 4. The detector's pair, though the image did not confirm it.
-    match (unverified, confident) {
-        (Some(pair), _) => Ok(pair),
-        (None, Err(reason)) => Err(reason),
-        (None, Ok(_)) => unreachable!("a confident pair is always located"),
-    }
+    // 4. The detector's pair, though the image did not confirm it; or why there is none.
+    fallback
 }
 
 /// Whether a partner centred at `b` lies where the other head of the head at `a` must.
@@ -395,15 +393,11 @@ fn mirror(a: &Located, dets: &[Detection], t2: &Volume, input: &Volume) -> Optio
         .filter(|d| dist(d.center_lps_mm, fit.center_lps_mm) < fit.radius_mm)
         .map(|d| d.score)
         .fold(0.0f32, f32::max);
-    let shift = [0, 1, 2].map(|x| fit.center_lps_mm[x] - c[x]);
-    let box_at = |p: V3| [p[0] + shift[0], p[1] + shift[1], p[2] + shift[2]];
+    // The confident head's box, moved onto the sphere found.
     Some(Located {
         detection: Detection {
             score,
-            center_voxel: input.patient_to_voxel(fit.center_lps_mm),
-            size_voxel: a.detection.size_voxel,
-            center_lps_mm: fit.center_lps_mm,
-            bbox_lps_mm: a.detection.bbox_lps_mm.map(box_at),
+            ..moved(&a.detection, &fit, input)
         },
         fit,
         origin: Origin::Mirror,
@@ -820,20 +814,29 @@ mod tests {
         assert!(locate_heads(&[detection(0.6, [-125.0, 4.0, -6.0])], &far, &far, 0.3).is_err());
     }
 
-    #[test]
-    fn a_confident_pair_the_image_refutes_gives_way_to_one_it_confirms() {
+    /// Two heads, and detections scoring `scores` on the left head, on the midline 100 mm
+    /// right of it (no sphere there; with the left head, the best-scoring pair that lies as
+    /// two heads do) and on the right head: the heads located (checked to be on the
+    /// spheres), the heads' centres (right, left), and the detections.
+    fn with_a_false_midline_head(
+        scores: [f32; 3],
+    ) -> ((Located, Located), [V3; 2], [Detection; 3]) {
         let (v, [right, left]) = two_heads([23.0, 23.0]);
-        // A confident false head on the midline, 100 mm right of the left head (no sphere
-        // there), and a weaker detection on the right head.
-        let midline = [-10.0, 0.0, -3.0];
         let dets = [
-            detection(0.7, left),
-            detection(0.65, midline),
-            detection(0.2, right),
+            detection(scores[0], left),
+            detection(scores[1], [-10.0, 0.0, -3.0]),
+            detection(scores[2], right),
         ];
         let (r, l) = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
         assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
         assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+        ((r, l), [right, left], dets)
+    }
+
+    #[test]
+    fn a_confident_pair_the_image_refutes_gives_way_to_one_it_confirms() {
+        // The right head only weakly detected: it is taken as the left head's partner.
+        let ((r, _), [_, left], dets) = with_a_false_midline_head([0.7, 0.65, 0.2]);
         assert_eq!(r.origin, Origin::Partner);
         assert_eq!(r.detection.score, 0.2);
         // With nothing the image confirms, the detector's confident pair stands.
@@ -845,21 +848,11 @@ mod tests {
 
     #[test]
     fn of_several_confident_candidates_the_pair_the_image_confirms_is_taken() {
-        let (v, [right, left]) = two_heads([23.0, 23.0]);
-        // The best-scoring pair that lies as two heads do is the left head and a candidate
-        // on the midline, where the image shows no sphere.
-        let midline = [-10.0, 0.0, -3.0];
-        let dets = [
-            detection(0.8, left),
-            detection(0.75, midline),
-            detection(0.5, right),
-        ];
-        let (r, l) = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
-        assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
-        assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+        let ((r, l), [right, left], _) = with_a_false_midline_head([0.8, 0.75, 0.5]);
         assert_eq!((r.origin, l.origin), (Origin::Detected, Origin::Detected));
         assert_eq!((r.detection.score, l.detection.score), (0.5, 0.8));
         // Two heads the image confirms, neither confident: no pair.
+        let (v, _) = two_heads([23.0, 23.0]);
         let weak = [detection(0.25, left), detection(0.2, right)];
         assert!(locate_heads(&weak, &v, &v, 0.3).is_err());
     }
