@@ -183,7 +183,8 @@ fn development_studies_are_measured_and_never_written() {
 }
 
 /// `--write` without reference checkpoints writes the test figures measured, each with the
-/// command that made it, and keeps the rest — the fp16 comparison with its command too.
+/// command that made it, and keeps the rest — each network's fp16 comparison with its
+/// command too.
 #[test]
 fn write_without_references_keeps_the_fp16_comparison_and_its_command() {
     let (dir, read) = copied_models();
@@ -220,6 +221,22 @@ fn write_without_references_keeps_the_fp16_comparison_and_its_command() {
     let b = &detector_before["metrics"];
     assert_eq!(d["fp16_vs_f32"], b["fp16_vs_f32"]);
     assert_eq!(d["fp16_vs_f32_command"], b["fp16_vs_f32_command"]);
+    // Each manifest's comparison is of its own network's weights.
+    for (row, own, other) in [
+        (
+            &s["fp16_vs_f32"],
+            "max_probability_difference",
+            "max_detection_score_difference",
+        ),
+        (
+            &d["fp16_vs_f32"],
+            "max_detection_score_difference",
+            "max_probability_difference",
+        ),
+    ] {
+        assert!(row[own].is_number(), "{row}");
+        assert!(row.get(other).is_none(), "{row}");
+    }
     assert_eq!(d["command"], b["command"]);
     assert_eq!(d["external"]["command"], s["external"]["command"]);
 }

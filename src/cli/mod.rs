@@ -332,10 +332,6 @@ fn evaluate_models(a: args::EvaluateModelsArgs) -> anyhow::Result<()> {
         "nothing to evaluate: --studies, --external-studies and --randomised are 0 and no --dataset"
     );
     anyhow::ensure!(
-        a.reference_detector.is_some() == a.reference_stager.is_some(),
-        "--reference-detector and --reference-stager go together: the fp16 comparison covers both networks"
-    );
-    anyhow::ensure!(
         !a.write || a.studies + a.external_studies > 0 || a.dataset.is_some(),
         "--write needs a test set (--studies, --external-studies or --dataset): development figures (--randomised) are never written into the manifests"
     );

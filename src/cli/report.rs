@@ -148,13 +148,16 @@ pub(super) fn model_evaluation(e: &crate::eval::models::Evaluation) {
         stagers(&[("stager at true centres", &d.stager_at_true_centers)]);
     }
     if let Some(a) = &e.fp16_vs_f32 {
-        println!(
-            "fp16 vs f32 weights: max stage probability difference {:.2e}, {} stage disagreements, max detection score difference {:.2e}, max centre difference {:.3} mm",
-            a.max_probability_difference,
-            a.stage_disagreements,
-            a.max_detection_score_difference,
-            a.max_center_difference_mm
-        );
+        if let (Some(p), Some(n)) = (a.max_probability_difference, a.stage_disagreements) {
+            println!(
+                "fp16 vs f32 stager weights: max stage probability difference {p:.2e}, {n} stage disagreements"
+            );
+        }
+        if let (Some(s), Some(c)) = (a.max_detection_score_difference, a.max_center_difference_mm) {
+            println!(
+                "fp16 vs f32 detector weights: max detection score difference {s:.2e}, max centre difference {c:.3} mm"
+            );
+        }
     }
 }
 

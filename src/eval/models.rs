@@ -22,11 +22,12 @@
 //! floor, and
 //! right heads are mirrored exactly as in training).
 //!
-//! With reference checkpoints (the f32 weights a training run kept), the same inputs also run
-//! through the f32 networks, and the largest difference of any stage probability and any
-//! detection score between fp16 and f32 weights is reported. That comparison measures the
-//! weights, not the inference rules, so `--write` without reference checkpoints keeps the
-//! one a manifest has, with the command that made it (`fp16_vs_f32_command`).
+//! With a reference checkpoint (the f32 weights a training run kept) for either network or
+//! both, the same inputs also run through that f32 network, and the largest difference of
+//! any stage probability or detection score between its fp16 and f32 weights is reported.
+//! That comparison measures the weights, not the inference rules: each manifest carries its
+//! own network's part, and `--write` without that network's reference keeps the part the
+//! manifest has, with the command that made it (`fp16_vs_f32_command`).
 //!
 //! With `--randomised N`, the networks are also measured on domain-randomised development
 //! studies (`phantom::randomised`, from the first seed training validates on): the detector
@@ -172,18 +173,29 @@ pub struct ClassMetrics {
     pub specificity: f64,
 }
 
-/// Agreement of fp16 weights with the f32 weights they came from.
-#[derive(Debug, Clone, Serialize)]
+/// Agreement of fp16 weights with the f32 weights they came from, for each network whose
+/// reference checkpoint was given (the other network's fields are absent).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Fp16Agreement {
     /// Largest |p_fp16 − p_f32| over every stage probability.
-    pub max_probability_difference: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_probability_difference: Option<f64>,
     /// Heads whose predicted stage differs.
-    pub stage_disagreements: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_disagreements: Option<usize>,
     /// Largest difference of the best detection score.
-    pub max_detection_score_difference: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_detection_score_difference: Option<f64>,
     /// Largest distance between the fp16 and f32 detections' centres, mm.
-    pub max_center_difference_mm: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_center_difference_mm: Option<f64>,
 }
+
+/// The fields of [`Fp16Agreement`] that describe the detector's weights.
+const DETECTOR_FP16_KEYS: [&str; 2] =
+    ["max_detection_score_difference", "max_center_difference_mm"];
+/// The fields of [`Fp16Agreement`] that describe the stager's weights.
+const STAGER_FP16_KEYS: [&str; 2] = ["max_probability_difference", "stage_disagreements"];
 
 /// Which phantom a test set comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -409,12 +421,15 @@ pub fn evaluate(
         ref_det,
         ref_stg,
     };
-    let mut agree = Fp16Agreement {
-        max_probability_difference: 0.0,
-        stage_disagreements: 0,
-        max_detection_score_difference: 0.0,
-        max_center_difference_mm: 0.0,
-    };
+    let mut agree = Fp16Agreement::default();
+    if ctx.ref_det.is_some() {
+        agree.max_detection_score_difference = Some(0.0);
+        agree.max_center_difference_mm = Some(0.0);
+    }
+    if ctx.ref_stg.is_some() {
+        agree.max_probability_difference = Some(0.0);
+        agree.stage_disagreements = Some(0);
+    }
     let generated = |family: Family, first: u64| {
         move |i: usize| -> anyhow::Result<Source> {
             let seed = first + i as u64;
@@ -677,12 +692,15 @@ fn evaluate_set(
         if let Some(rd) = &ctx.ref_det {
             let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
             if let (Some(a), Some(b)) = (dets.first(), rdets.first()) {
-                agree.max_detection_score_difference = agree
-                    .max_detection_score_difference
-                    .max((a.score - b.score).abs() as f64);
-                agree.max_center_difference_mm = agree
-                    .max_center_difference_mm
-                    .max(dist(a.center_lps_mm, b.center_lps_mm));
+                let most = |x: &mut Option<f64>, v: f64| *x = Some(x.unwrap_or(0.0).max(v));
+                most(
+                    &mut agree.max_detection_score_difference,
+                    (a.score - b.score).abs() as f64,
+                );
+                most(
+                    &mut agree.max_center_difference_mm,
+                    dist(a.center_lps_mm, b.center_lps_mm),
+                );
             }
         }
         // The pipeline's rule for which detections are the heads, and which side.
@@ -703,10 +721,11 @@ fn evaluate_set(
             if let Some(r) = &ctx.ref_stg {
                 let q = probabilities(r, &c, crop.shape)?;
                 for (a, b) in p.iter().zip(&q) {
-                    agree.max_probability_difference =
-                        agree.max_probability_difference.max((a - b).abs() as f64);
+                    let d = (a - b).abs() as f64;
+                    let m = agree.max_probability_difference.get_or_insert(0.0);
+                    *m = m.max(d);
                 }
-                agree.stage_disagreements += (argmax(&p) != argmax(&q)) as usize;
+                *agree.stage_disagreements.get_or_insert(0) += (argmax(&p) != argmax(&q)) as usize;
             }
             // The detection the pipeline would call this side, if it is this head.
             let called = sided.iter().find(|(s, d)| {
@@ -805,28 +824,51 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
             "test_style": data::HELD_OUT_STYLE,
         })
     };
-    // The fp16 comparison measures the weights, not the inference rules: without reference
-    // checkpoints the manifest keeps the one it has, with the command that made it.
-    let fp16_command = |m: &Manifest| -> serde_json::Value {
-        if e.fp16_vs_f32.is_some() {
-            return e.command.clone().into();
+    // The fp16 comparison measures the weights, not the inference rules: each manifest
+    // carries its own network's part; without that network's reference checkpoint it keeps
+    // the part it has, with the command that made it.
+    let fp16 = |m: &Manifest, keys: &[&str]| -> (serde_json::Value, serde_json::Value) {
+        let own = |row: &serde_json::Value| -> serde_json::Value {
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                if let Some(v) = row.get(*k).filter(|v| !v.is_null()) {
+                    out.insert(k.to_string(), v.clone());
+                }
+            }
+            if out.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::Value::Object(out)
+            }
+        };
+        if let Some(a) = &e.fp16_vs_f32 {
+            let row = own(&serde_json::to_value(a).expect("figures serialise"));
+            if !row.is_null() {
+                return (row, e.command.clone().into());
+            }
         }
         match &m.metrics {
-            Some(old) if old.get("fp16_vs_f32").is_some_and(|v| !v.is_null()) => old
-                .get("fp16_vs_f32_command")
-                .or_else(|| old.get("command"))
-                .cloned()
-                .unwrap_or_default(),
-            _ => serde_json::Value::Null,
+            Some(old) => match own(old.get("fp16_vs_f32").unwrap_or(&serde_json::Value::Null)) {
+                serde_json::Value::Null => (serde_json::Value::Null, serde_json::Value::Null),
+                row => (
+                    row,
+                    old.get("fp16_vs_f32_command")
+                        .or_else(|| old.get("command"))
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+            },
+            None => (serde_json::Value::Null, serde_json::Value::Null),
         }
     };
     // The top-level figures are the in-distribution ones: their command changes with them.
     let top_command = e.in_distribution.as_ref().map(|_| e.command.clone());
     let mut dm = weights::read_manifest(&opts.detector)?;
+    let (row, row_command) = fp16(&dm, &DETECTOR_FP16_KEYS);
     let mut top = serde_json::json!({
         "command": top_command,
-        "fp16_vs_f32": e.fp16_vs_f32,
-        "fp16_vs_f32_command": fp16_command(&dm),
+        "fp16_vs_f32": row,
+        "fp16_vs_f32_command": row_command,
         "external": part(&e.external, &["detector", "detector_network_alone"]),
         "dataset": part(&e.dataset, &["detector", "detector_network_alone"]),
     });
@@ -847,10 +889,11 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
         "stager_at_detected_centers",
         "pipeline",
     ];
+    let (row, row_command) = fp16(&sm, &STAGER_FP16_KEYS);
     let mut top = serde_json::json!({
         "command": top_command,
-        "fp16_vs_f32": e.fp16_vs_f32,
-        "fp16_vs_f32_command": fp16_command(&sm),
+        "fp16_vs_f32": row,
+        "fp16_vs_f32_command": row_command,
         "external": part(&e.external, &keys),
         "dataset": part(&e.dataset, &keys),
     });

@@ -579,14 +579,16 @@ mod tests {
         values: [f32; 3],
         noise: f32,
     ) -> Volume {
-        volume_with_spheres(dims, spacing, &[(center, radius)], values, noise)
+        volume_with_spheres(dims, spacing, &[(center, radius, 1.0)], values, noise)
     }
 
-    /// As [`volume_with_sphere`], with several spheres.
+    /// As [`volume_with_sphere`], with several spheres (centre, radius, contrast): a
+    /// sphere's inside and shell differ from the outside by `contrast` times as much as
+    /// `values` say.
     fn volume_with_spheres(
         dims: [usize; 3],
         spacing: [f64; 3],
-        spheres: &[(V3, f64)],
+        spheres: &[(V3, f64, f32)],
         values: [f32; 3],
         noise: f32,
     ) -> Volume {
@@ -599,12 +601,13 @@ mod tests {
                     let p = [i, j, k];
                     let p = [0, 1, 2].map(|a| origin[a] + p[a] as f64 * spacing[a]);
                     let mut base = values[2];
-                    for &(center, radius) in spheres {
+                    for &(center, radius, contrast) in spheres {
                         let d = dist(p, center);
+                        let outside = values[2];
                         if d < radius - 1.5 {
-                            base = values[0];
+                            base = outside + contrast * (values[0] - outside);
                         } else if d < radius + 1.5 {
-                            base = values[1];
+                            base = outside + contrast * (values[1] - outside);
                         }
                     }
                     state ^= state << 13;
@@ -705,6 +708,12 @@ mod tests {
 
     /// A pelvis-sized STIR-like volume holding `spheres` (centre, radius).
     fn hip_volume(spheres: &[(V3, f64)]) -> Volume {
+        let full: Vec<(V3, f64, f32)> = spheres.iter().map(|&(c, r)| (c, r, 1.0)).collect();
+        hip_volume_of_contrasts(&full)
+    }
+
+    /// As [`hip_volume`], each sphere (centre, radius, contrast) with its own contrast.
+    fn hip_volume_of_contrasts(spheres: &[(V3, f64, f32)]) -> Volume {
         volume_with_spheres(
             [160, 64, 32],
             [2.0, 2.5, 5.0],
@@ -855,5 +864,33 @@ mod tests {
         let (v, _) = two_heads([23.0, 23.0]);
         let weak = [detection(0.25, left), detection(0.2, right)];
         assert!(locate_heads(&weak, &v, &v, 0.3).is_err());
+    }
+
+    #[test]
+    fn the_other_head_needs_half_the_confident_heads_edges() {
+        let (right, left) = ([-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]);
+        let confident = detection(0.6, right);
+        // Edges are measured in each neighbourhood's own units, so a faint sphere alone is
+        // still edged; one barely above the noise (a twentieth of the contrast) is not.
+        for (contrast, taken) in [(0.7, true), (0.05, false)] {
+            let v = hip_volume_of_contrasts(&[(right, 23.0, 1.0), (left, 23.0, contrast)]);
+            // Found by the image alone (no candidate there)...
+            let mirror = locate_heads(std::slice::from_ref(&confident), &v, &v, 0.3);
+            // ... or offered by a weak candidate, as a partner.
+            let partner = locate_heads(&[confident.clone(), detection(0.15, left)], &v, &v, 0.3);
+            if taken {
+                let (_, l) = mirror.expect("a head of 0.7 the contrast is taken");
+                assert_eq!(l.origin, Origin::Mirror);
+                assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+                let (_, l) = partner.expect("as a partner too");
+                assert_eq!(l.origin, Origin::Partner);
+            } else {
+                assert!(
+                    mirror.is_err(),
+                    "a sphere in the noise is no head: {mirror:?}"
+                );
+                assert!(partner.is_err(), "nor a partner: {partner:?}");
+            }
+        }
     }
 }

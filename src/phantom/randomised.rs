@@ -41,7 +41,7 @@ distractors (0-40 bowel-like ellipsoids above the heads and 0-8 soft-tissue bell
 signal, never touching a head); acquisition (coronal or axial slab of 16-40 slices of 3-7 mm with 0-2 mm gaps, in-plane \
 0.6-2 mm, field of view 220-440 mm centred -30..+75 mm from the heads superiorly and +-20 mm \
 otherwise, outside it not acquired); artefacts (bias field, gamma 0.67-1.5, Rician noise \
-1-8 %, phase-encode ghosts and motion copies); partial volume at the grid's voxel size";
+1-15 % log-uniform, phase-encode ghosts and motion copies); partial volume at the grid's voxel size";
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -307,7 +307,9 @@ pub fn draw_acquisition(rng: &mut ChaCha8Rng, scene: &Scene) -> Acquisition {
             rng.random_range(-0.15..0.15),
         ],
         gamma: rng.random_range(-0.4..0.4_f64).exp(),
-        noise: rng.random_range(0.01..0.08),
+        // Log-uniform 1-15 %: most studies as clean as a 3 T FS-T2, a tail as noisy as a
+        // thick-slice STIR at low field, where the lesion's edges are still there to a reader.
+        noise: rng.random_range(0.01_f64.ln()..0.15_f64.ln()).exp(),
         ghosts,
         phase_axis: if rng.random_bool(0.5) { 1 } else { 2 },
     }
