@@ -811,6 +811,9 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
             for (k, v) in t {
                 if !v.is_null() {
                     obj.insert(k, v);
+                } else if k.starts_with("fp16_vs_f32") {
+                    // No part of this network's: nothing of the other network's stays.
+                    obj.remove(&k);
                 }
             }
         }

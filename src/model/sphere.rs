@@ -867,11 +867,13 @@ mod tests {
     }
 
     #[test]
-    fn the_other_head_needs_half_the_confident_heads_edges() {
+    fn a_sphere_in_the_noise_is_neither_a_mirror_head_nor_a_partner() {
         let (right, left) = ([-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]);
         let confident = detection(0.6, right);
-        // Edges are measured in each neighbourhood's own units, so a faint sphere alone is
-        // still edged; one barely above the noise (a twentieth of the contrast) is not.
+        // The other head needs half the confident head's edges. Edges are measured in each
+        // neighbourhood's own units, so a faint sphere alone is still edged (0.15 of the
+        // contrast gives 0.59 of the edges); one barely above the noise (a twentieth) is
+        // not, and it is that ratio that refuses it (with a ratio of 0 it is taken).
         for (contrast, taken) in [(0.7, true), (0.05, false)] {
             let v = hip_volume_of_contrasts(&[(right, 23.0, 1.0), (left, 23.0, contrast)]);
             // Found by the image alone (no candidate there)...
