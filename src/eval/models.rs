@@ -191,6 +191,11 @@ pub struct Fp16Agreement {
     pub max_center_difference_mm: Option<f64>,
 }
 
+/// Raise the largest difference `most` seen so far to `v`.
+fn raise(most: &mut Option<f64>, v: f64) {
+    *most = Some(most.unwrap_or(0.0).max(v));
+}
+
 /// The fields of [`Fp16Agreement`] that describe the detector's weights.
 const DETECTOR_FP16_KEYS: [&str; 2] =
     ["max_detection_score_difference", "max_center_difference_mm"];
@@ -692,12 +697,11 @@ fn evaluate_set(
         if let Some(rd) = &ctx.ref_det {
             let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
             if let (Some(a), Some(b)) = (dets.first(), rdets.first()) {
-                let most = |x: &mut Option<f64>, v: f64| *x = Some(x.unwrap_or(0.0).max(v));
-                most(
+                raise(
                     &mut agree.max_detection_score_difference,
                     (a.score - b.score).abs() as f64,
                 );
-                most(
+                raise(
                     &mut agree.max_center_difference_mm,
                     dist(a.center_lps_mm, b.center_lps_mm),
                 );
@@ -721,9 +725,7 @@ fn evaluate_set(
             if let Some(r) = &ctx.ref_stg {
                 let q = probabilities(r, &c, crop.shape)?;
                 for (a, b) in p.iter().zip(&q) {
-                    let d = (a - b).abs() as f64;
-                    let m = agree.max_probability_difference.get_or_insert(0.0);
-                    *m = m.max(d);
+                    raise(&mut agree.max_probability_difference, (a - b).abs() as f64);
                 }
                 *agree.stage_disagreements.get_or_insert(0) += (argmax(&p) != argmax(&q)) as usize;
             }
