@@ -51,7 +51,34 @@ fn eval_on_the_external_family_reproduces_the_manifest() {
     let studies = e["studies"].as_u64().unwrap();
     assert!(studies >= 60, "the external test has {studies} studies");
     let seed = e["seed"].as_u64().unwrap();
+    by_style_adds_up(e);
     reproduce(&["--family", "external"], studies, seed, &e["pipeline"]);
+}
+
+/// A set's figures by style cover every style of the family and add up to the set's own.
+fn by_style_adds_up(set: &Value) {
+    let styles = set["by_style"].as_array().expect("figures by style");
+    let names: Vec<&str> = styles
+        .iter()
+        .map(|s| s["style"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["oasis12t", "umr3t", "vantage3t"], "{set}");
+    let sum = |k: &str| styles.iter().map(|s| s[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("studies"), set["studies"].as_u64().unwrap());
+    assert_eq!(
+        sum("both_heads_found"),
+        set["detector"]["both_heads_found"].as_u64().unwrap()
+    );
+    let stager = &set["stager_at_true_centers"];
+    let heads = stager["heads"].as_u64().unwrap();
+    assert_eq!(sum("heads"), heads);
+    let right = (stager["accuracy"].as_f64().unwrap() * heads as f64).round() as u64;
+    assert_eq!(sum("staged_right_at_true_centers"), right, "{set}");
+    // The pipeline's calls are the heads it staged, less those it left indeterminate.
+    let p = &set["pipeline"];
+    let n = |k: &str| p[k].as_u64().unwrap();
+    let called = n("heads_with_truth") - n("heads_not_analysed") - n("heads_indeterminate");
+    assert_eq!(sum("calls_right") + sum("calls_wrong"), called, "{set}");
 }
 
 /// Run `cmd`, which must succeed; its output.
@@ -222,6 +249,18 @@ fn write_without_references_keeps_the_fp16_comparison_and_its_command() {
     );
     let s = &read("3d-muldensenet-small.json")["metrics"];
     assert_eq!(s["external"]["studies"], 1, "{s}");
+    // The first external study is of the first style, and its figures by style are its own.
+    let styles = s["external"]["by_style"].as_array().unwrap();
+    assert_eq!(styles.len(), 1, "{s}");
+    assert_eq!(styles[0]["style"], "vantage3t");
+    assert_eq!(
+        (styles[0]["studies"].clone(), styles[0]["heads"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(
+        styles[0]["both_heads_found"],
+        s["external"]["detector"]["both_heads_found"]
+    );
     let command = s["external"]["command"].as_str().unwrap();
     assert!(command.contains("--external-studies 1"), "{command}");
     // The top-level figures are the in-distribution ones, not measured this time: their

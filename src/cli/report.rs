@@ -177,6 +177,19 @@ fn set_evaluation(e: &crate::eval::models::SetEvaluation) {
         ("stager at true centres", &e.stager_at_true_centers),
         ("stager at detected centres", &e.stager_at_detected_centers),
     ]);
+    println!("--- by style");
+    for s in &e.by_style {
+        println!(
+            "{}: {} studies, both heads found in {}; stager at true centres {}/{} heads; the pipeline's stage calls {} right, {} wrong",
+            s.style,
+            s.studies,
+            s.both_heads_found,
+            s.staged_right_at_true_centers,
+            s.heads,
+            s.calls_right,
+            s.calls_wrong
+        );
+    }
 }
 
 fn detectors(

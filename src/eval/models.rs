@@ -40,6 +40,11 @@
 //! `onfh-edge eval` does — so `eval` on the same test set written by `onfh-edge phantom`
 //! reproduces it.
 //!
+//! Each set is also broken down by scanner or centre style (the truth's `scanner`): how
+//! often the detector found both heads, how many heads the stager stages right at the true
+//! centres, and how many of the pipeline's stage calls (not `indeterminate`) are right or
+//! wrong — so a style the models cannot read shows, rather than averaging away.
+//!
 //! This module measures; it writes nothing but what its caller asks (`--write` puts the
 //! figures into the manifests).
 
@@ -56,6 +61,7 @@ use crate::model::stager::Stager;
 use crate::model::weights::{self, Architecture, Manifest};
 use crate::pipeline;
 use crate::result::Side;
+use crate::result::StageCall;
 use crate::training::data;
 use crate::training::detector::judge;
 use crate::volume::Preprocess;
@@ -242,6 +248,47 @@ pub struct SetEvaluation {
     pub stager_at_detected_centers: StagerMetrics,
     /// The paper's table from the whole pipeline (what `onfh-edge eval` prints).
     pub pipeline: super::Report,
+    /// The same set by scanner or centre style, in name order.
+    pub by_style: Vec<StyleFigures>,
+}
+
+/// One scanner or centre style's share of a test set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StyleFigures {
+    /// The style, as the study's truth names it.
+    pub style: String,
+    /// Studies.
+    pub studies: usize,
+    /// Studies with both heads found by the pipeline's rule without its floor (as
+    /// `detector`).
+    pub both_heads_found: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Heads the stager stages right on crops at the true centres.
+    pub staged_right_at_true_centers: usize,
+    /// Heads the pipeline called a stage (not `indeterminate`), right, by side.
+    pub calls_right: usize,
+    /// Heads the pipeline called a stage that is not the true one.
+    pub calls_wrong: usize,
+}
+
+impl StyleFigures {
+    /// Count one analysed study's stage calls against its truth (heads matched by side).
+    fn count_calls(&mut self, a: &crate::result::Analysis, truth: &crate::phantom::StudyTruth) {
+        for f in &a.heads {
+            let Some(h) = truth.heads.iter().find(|h| h.side == f.side) else {
+                continue;
+            };
+            if f.stage == StageCall::Indeterminate {
+                continue;
+            }
+            if f.stage == StageCall::of_class(data::class_of(h.stage) as usize) {
+                self.calls_right += 1;
+            } else {
+                self.calls_wrong += 1;
+            }
+        }
+    }
 }
 
 /// Everything measured.
@@ -649,18 +696,29 @@ fn evaluate_set(
     let (mut refined, mut alone) = (DetectorTally::default(), DetectorTally::default());
     let (mut at_truth, mut at_det) = (Vec::new(), Vec::new());
     let mut unreadable = 0usize;
+    let mut by_style = std::collections::BTreeMap::<String, StyleFigures>::new();
     for i in 0..n {
         let seed = first_seed + i as u64;
         progress(family, i + 1, seed);
         let src = fetch(i)?;
         let (dir, truth) = (&src.dir, &src.truth);
-        results.push(pipeline::analyze(
+        let analysis = pipeline::analyze(
             std::slice::from_ref(dir),
             &ctx.models,
             &ctx.settings,
             &rules,
             None,
-        ));
+        );
+        let style = by_style
+            .entry(truth.scanner.clone())
+            .or_insert_with(|| StyleFigures {
+                style: truth.scanner.clone(),
+                ..Default::default()
+            });
+        style.studies += 1;
+        style.heads += truth.heads.len();
+        style.count_calls(&analysis, truth);
+        results.push(analysis);
         for h in &truth.heads {
             truth_rows.push(super::TruthRow {
                 study: truth.study_uid.clone(),
@@ -693,7 +751,10 @@ fn evaluate_set(
         let dets = det.candidates(&sample.volume, &dev, DType::F32)?;
         alone.add(&judge(&dets, &sample.heads), &sample.heads);
         let pair = judged_pair(&dets, &study.volume, &sample.volume);
-        refined.add(&judge(&pair, &sample.heads), &sample.heads);
+        let judged = judge(&pair, &sample.heads);
+        refined.add(&judged, &sample.heads);
+        let style = by_style.get_mut(&truth.scanner).expect("entered above");
+        style.both_heads_found += judged.both_found as usize;
         if let Some(rd) = &ctx.ref_det {
             let rdets = rd.candidates(&sample.volume, &dev, DType::F32)?;
             if let (Some(a), Some(b)) = (dets.first(), rdets.first()) {
@@ -722,6 +783,7 @@ fn evaluate_set(
             let c = crop::crop(&study.volume, h.center_lps_mm, h.side == Side::Right, crop);
             let p = probabilities(stg, &c, crop.shape)?;
             at_truth.push((truth_class, Some(argmax(&p))));
+            style.staged_right_at_true_centers += (argmax(&p) == truth_class) as usize;
             if let Some(r) = &ctx.ref_stg {
                 let q = probabilities(r, &c, crop.shape)?;
                 for (a, b) in p.iter().zip(&q) {
@@ -769,6 +831,7 @@ fn evaluate_set(
         stager_at_true_centers: stager_metrics(&at_truth, &ctx.classes),
         stager_at_detected_centers: stager_metrics(&at_det, &ctx.classes),
         pipeline: super::evaluate(&truth_rows, &results, &Default::default()),
+        by_style: by_style.into_values().collect(),
     })
 }
 
@@ -893,6 +956,7 @@ pub fn write_metrics(opts: &EvalOptions, e: &Evaluation) -> anyhow::Result<()> {
         "stager_at_true_centers",
         "stager_at_detected_centers",
         "pipeline",
+        "by_style",
     ];
     let (row, row_command) = fp16(&sm, &STAGER_FP16_KEYS);
     let mut top = serde_json::json!({
