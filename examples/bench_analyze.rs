@@ -95,15 +95,18 @@ fn main() -> anyhow::Result<()> {
         .heads
         .iter()
         .flat_map(|hd| {
-            crop::crop(
+            crop::crop_channels(
                 &study.volume,
+                study.t1.as_ref(),
                 hd.center_lps_mm,
                 hd.side == onfh_edge::result::Side::Right,
                 &crop_cfg,
             )
+            .0
         })
         .collect();
-    let crops = Tensor::from_vec(crops, (2, cd, 1, ch, cw), &Device::Cpu)?;
+    let cc = crop_cfg.channel_count();
+    let crops = Tensor::from_vec(crops, (2, cd, cc, ch, cw), &Device::Cpu)?;
     let inputs = dir.path().join("inputs.safetensors");
     let mut t = HashMap::new();
     t.insert("volume".to_string(), vol.transpose(1, 2)?.contiguous()?);

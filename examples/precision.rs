@@ -52,18 +52,20 @@ fn main() -> anyhow::Result<()> {
         .heads
         .iter()
         .flat_map(|h| {
-            onfh_edge::model::crop::crop(
+            onfh_edge::model::crop::crop_channels(
                 &study.volume,
+                study.t1.as_ref(),
                 h.center_lps_mm,
                 h.side == onfh_edge::result::Side::Right,
                 crop,
             )
+            .0
         })
         .collect();
     let [w, h, d] = sample.volume.dims;
     let vol = Tensor::from_slice(&sample.volume.data, (1, d, 1, h, w), &Device::Cpu)?;
     let [cd, ch, cw] = crop.shape;
-    let heads = Tensor::from_vec(crops, (2, cd, 1, ch, cw), &Device::Cpu)?;
+    let heads = Tensor::from_vec(crops, (2, cd, crop.channel_count(), ch, cw), &Device::Cpu)?;
 
     println!("device {device:?}, {runs} runs each, input: phantom study seed {seed}");
     let mut outputs = Vec::new();

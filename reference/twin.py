@@ -53,7 +53,7 @@ class Stager(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.stem = nn.Module()
-        self.stem.conv = nn.Conv3d(1, cfg["stem_channels"], 3, padding=1, bias=False)
+        self.stem.conv = nn.Conv3d(cfg.get("in_channels", 1), cfg["stem_channels"], 3, padding=1, bias=False)
         self.stem.norm = nn.BatchNorm3d(cfg["stem_channels"])
         ch = cfg["stem_channels"]
         self.blocks = nn.ModuleList()

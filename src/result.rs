@@ -266,6 +266,10 @@ pub struct Analysis {
     pub study_instance_uid: String,
     /// The analysed series.
     pub series_instance_uid: String,
+    /// The T1-weighted companion the stager read beside the T2 (a stager with a T1
+    /// channel, and a T1 covering a head's crop); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t1_series_instance_uid: Option<String>,
     /// Accession Number.
     pub accession_number: String,
     /// Outcome.
@@ -380,4 +384,8 @@ pub struct SeriesVerdict {
     /// The verdict.
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// As the T1-weighted companion the stager reads beside the T2, for series that look
+    /// like a T1, when the stager takes one (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t1: Option<Verdict>,
 }

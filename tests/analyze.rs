@@ -568,3 +568,136 @@ fn a_normal_head_is_not_called_on_a_series_without_fat_suppression() {
     );
     assert_eq!(v["heads"][1]["stage"], "II", "{v:#}");
 }
+
+/// A stager with a T1 channel (made here from the shipped one: its stem widened, the T1's
+/// weights set) reads the study's T1 companion: the result names it and records the T1
+/// verdicts; without the T1 the study is still staged, on the T2 alone, and says so by
+/// naming none. The shipped T2-only stager records neither.
+#[test]
+fn a_stager_with_a_t1_channel_reads_the_t1_companion() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+    use onfh_edge::model::crop::Channel;
+    use onfh_edge::model::stager::Stager;
+    use onfh_edge::model::weights::{self, Architecture};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for f in ["3dc-yolox-small.json", "3dc-yolox-small.safetensors"] {
+        std::fs::copy(root.join(f), models.join(f)).unwrap();
+    }
+    let shipped = weights::read_manifest(&root.join("3d-muldensenet-small.json")).unwrap();
+    let Architecture::Stager { config, crop } = shipped.architecture.clone() else {
+        panic!("not a stager");
+    };
+    let config = onfh_edge::model::stager::StagerConfig {
+        in_channels: 2,
+        ..config
+    };
+    let crop = onfh_edge::model::crop::CropConfig {
+        channels: vec![Channel::T2, Channel::T1],
+        ..crop
+    };
+    let map = VarMap::new();
+    Stager::new(
+        &config,
+        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    weights::init_from_widening(
+        &map,
+        &root.join("3d-muldensenet-small.json"),
+        &["stem.conv.weight"],
+    )
+    .unwrap();
+    {
+        let vars = map.data().lock().unwrap();
+        let stem = vars.get("stem.conv.weight").unwrap();
+        let (co, _, k0, k1, k2) = stem.dims5().unwrap();
+        let t2 = stem.narrow(1, 0, 1).unwrap();
+        let t1 = Tensor::randn(0f32, 0.05, (co, 1, k0, k1, k2), &Device::Cpu).unwrap();
+        stem.set(&Tensor::cat(&[&t2, &t1], 1).unwrap()).unwrap();
+    }
+    let ckpt = dir.path().join("t1.safetensors");
+    map.save(&ckpt).unwrap();
+    let mut m = shipped.clone();
+    m.name = "3d-muldensenet-small-t1".into();
+    m.architecture = Architecture::Stager { config, crop };
+    m.metrics = None;
+    weights::export(&ckpt, m, &models).unwrap();
+    let cfg = dir.path().join("t1.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[analysis]\nmodels_dir = {:?}\nstager = \"3d-muldensenet-small-t1.json\"\n",
+            models.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let study = dir.path().join("study");
+    let truth = phantom::generate_study(
+        &study,
+        9_000_202,
+        &Options {
+            stages: Some([Stage::S0, Stage::S2]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t1 = truth.series.iter().find(|s| s.kind == "t1").unwrap();
+    let run = |config: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onfh-edge"));
+        cmd.arg("analyze").arg("--json").arg(&study);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let o = cmd.output().unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stderr)));
+        v
+    };
+    let t1_verdicts = |v: &Value| -> Vec<(String, String)> {
+        v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| !s["t1"].is_null())
+            .map(|s| {
+                (
+                    s["series_uid"].as_str().unwrap().to_owned(),
+                    s["t1"]["verdict"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let v = run(Some(&cfg));
+    assert_eq!(v["heads"].as_array().map(Vec::len), Some(2), "{v:#}");
+    assert_eq!(v["t1_series_instance_uid"], t1.series_uid.as_str(), "{v:#}");
+    assert_eq!(
+        v["model"]["name"],
+        "3dc-yolox-small + 3d-muldensenet-small-t1"
+    );
+    assert_eq!(
+        t1_verdicts(&v),
+        [(t1.series_uid.clone(), "chosen".to_owned())],
+        "{v:#}"
+    );
+    // The T2's own selection is as before.
+    let t2_uid = v["series_instance_uid"].as_str().unwrap().to_owned();
+    assert_ne!(t2_uid, t1.series_uid);
+
+    // The shipped stager neither reads nor records a T1.
+    let v0 = run(None);
+    assert!(v0.get("t1_series_instance_uid").is_none(), "{v0:#}");
+    assert!(t1_verdicts(&v0).is_empty(), "{v0:#}");
+    assert_eq!(v0["series_instance_uid"], t2_uid.as_str());
+
+    // Without its T1 the study is staged on the T2 alone, and names no T1.
+    std::fs::remove_dir_all(study.join(&t1.folder)).unwrap();
+    let v = run(Some(&cfg));
+    assert_eq!(v["heads"].as_array().map(Vec::len), Some(2), "{v:#}");
+    assert!(v.get("t1_series_instance_uid").is_none(), "{v:#}");
+    assert!(t1_verdicts(&v).is_empty(), "{v:#}");
+}

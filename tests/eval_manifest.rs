@@ -196,6 +196,15 @@ fn development_studies_are_measured_and_never_written() {
     for k in ["detector", "detector_network_alone"] {
         assert!(d[k]["both_heads_found"].as_u64().unwrap() <= 3, "{k}");
         assert!(d[k]["mean_center_error_mm"].as_f64().unwrap().is_finite());
+        // A head without a candidate is counted, not an infinite (null) maximum.
+        assert!(
+            d[k]["max_center_error_over_radius"].as_f64().is_some(),
+            "{k}"
+        );
+        assert!(
+            d[k]["heads_without_candidate"].as_u64().unwrap() <= 6,
+            "{k}"
+        );
     }
     assert!(e["in_distribution"].is_null() && e["external"].is_null());
     assert!(e["fp16_vs_f32"].is_null());

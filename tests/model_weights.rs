@@ -236,3 +236,94 @@ fn a_detector_exports_and_loads() {
         .manifest;
     assert_eq!(m.classes, ["femoral head"]);
 }
+
+/// A T2-only stager given a T1 channel by `--init`: the widened network computes what the
+/// T2-only one did whatever the T1 holds, exports, and loads; a manifest whose network and
+/// crop disagree on the channels is refused.
+#[test]
+fn a_t2_only_stager_widens_to_a_t1_channel_and_loads() {
+    use onfh_edge::model::crop::Channel;
+    let dir = tempfile::tempdir().unwrap();
+    let (t2_net, _) = exported_stager(dir.path());
+    let ckpt = dir.path().join("stager.best.safetensors");
+    let two = StagerConfig {
+        in_channels: 2,
+        ..StagerConfig::small()
+    };
+    let map = VarMap::new();
+    let net = Stager::new(
+        &two,
+        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    // Only a variable named may be widened.
+    let err = weights::init_from(&map, &ckpt).unwrap_err();
+    assert!(err.to_string().contains("stem.conv.weight"), "{err}");
+    let (n, notes) = weights::init_from_widening(&map, &ckpt, &["stem.conv.weight"]).unwrap();
+    assert!(n > 10);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("1 -> 2 input channels"), "{notes:?}");
+    // (N, D, 2, H, W): the T2 planes are the T2-only crops, the T1 planes anything.
+    let t2 = crops();
+    let t1 = Tensor::rand(0f32, 1.0, t2.shape(), &Device::Cpu).unwrap();
+    let both = Tensor::cat(&[&t2, &t1], 2).unwrap();
+    let a: Vec<Vec<f32>> = t2_net.probabilities(&t2).unwrap().to_vec2().unwrap();
+    let b: Vec<Vec<f32>> = net.probabilities(&both).unwrap().to_vec2().unwrap();
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    }
+    // The T2-only net refuses two channels, the two-channel one a single channel.
+    assert!(t2_net.probabilities(&both).is_err());
+    assert!(net.probabilities(&t2).is_err());
+    // Export and load with a crop that reads the T1.
+    let wide = dir.path().join("wide.safetensors");
+    map.save(&wide).unwrap();
+    let crop_t1 = CropConfig {
+        channels: vec![Channel::T2, Channel::T1],
+        ..CropConfig::small()
+    };
+    let arch = Architecture::Stager {
+        config: two.clone(),
+        crop: crop_t1.clone(),
+    };
+    let out = dir.path().join("t1");
+    std::fs::create_dir_all(&out).unwrap();
+    weights::export(&wide, manifest("stager-t1", arch), &out).unwrap();
+    let loaded =
+        weights::load_stager(out.join("stager-t1.json"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(loaded.crop.channels, [Channel::T2, Channel::T1]);
+    assert!(loaded.net.probabilities(&both).is_ok());
+    // A network of two channels with a T2-only crop (or the other way round) is neither
+    // exported nor, written by hand, loaded.
+    let good = std::fs::read_to_string(out.join("stager-t1.json")).unwrap();
+    for (config, crop) in [
+        (two.clone(), CropConfig::small()),
+        (StagerConfig::small(), crop_t1),
+    ] {
+        let bad = dir.path().join("bad");
+        let _ = std::fs::remove_dir_all(&bad);
+        std::fs::create_dir_all(&bad).unwrap();
+        let src = if config.in_channels == 2 {
+            &wide
+        } else {
+            &ckpt
+        };
+        let arch = Architecture::Stager { config, crop };
+        let Err(err) = weights::export(src, manifest("bad", arch), &bad) else {
+            panic!("a stager whose network and crop disagree on the channels was exported");
+        };
+        assert!(err.to_string().contains("channel"), "{err}");
+        assert!(!bad.join("bad.json").exists());
+    }
+    let mut edited: Manifest = serde_json::from_str(&good).unwrap();
+    if let Architecture::Stager { crop, .. } = &mut edited.architecture {
+        crop.channels = vec![Channel::T2];
+    }
+    let text = serde_json::to_string(&edited).unwrap();
+    std::fs::write(out.join("stager-t1.json"), text).unwrap();
+    let Err(err) = weights::load_stager(out.join("stager-t1.json"), &Device::Cpu, DType::F32)
+    else {
+        panic!("a stager whose network and crop disagree on the channels was loaded");
+    };
+    assert!(err.to_string().contains("channel"), "{err}");
+}

@@ -330,6 +330,11 @@ pub struct StagerArgs {
     /// Standard deviation of that displacement per axis, mm.
     #[arg(long, default_value_t = 3.0)]
     pub jitter_mm: f64,
+    /// Read the T1 companion beside the T2 (a second input channel; the model is named
+    /// `3d-muldensenet-<preset>-t1`). With `--init` from a T2-only stager, its stem is
+    /// widened with the T1's weights from zero.
+    #[arg(long)]
+    pub t1: bool,
 }
 
 /// The arguments of `train detector` (the run's, then this network's schedule).

@@ -15,6 +15,9 @@ pub(super) fn analysis(a: &Analysis) {
     println!("study     {}", a.study_instance_uid);
     println!("accession {}", printable(&a.accession_number));
     println!("series    {}", a.series_instance_uid);
+    if let Some(t1) = &a.t1_series_instance_uid {
+        println!("t1        {t1} (read by the stager beside the T2)");
+    }
     println!("status    {}{}", a.status, reason(a));
     for line in a.head_table(|_| String::new()) {
         println!("{line}");
@@ -204,13 +207,17 @@ fn detectors(
         ("detector network alone", alone),
     ] {
         println!(
-            "{what}: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius)",
+            "{what}: both heads found in {}/{} studies ({:.1} %), centre error mean {:.2} mm, max {:.2} mm ({:.2} x radius){}",
             d.both_heads_found,
             d.studies,
             100.0 * d.detection_rate,
             d.mean_center_error_mm,
             d.max_center_error_mm,
-            d.max_center_error_over_radius
+            d.max_center_error_over_radius,
+            match d.heads_without_candidate {
+                0 => String::new(),
+                n => format!("; {n} heads without any candidate"),
+            }
         );
     }
 }

@@ -8,17 +8,22 @@ use crate::model::weights::Manifest;
 use crate::training::{EpochRecord, Trained};
 
 pub(super) fn stager(a: StagerArgs) -> anyhow::Result<()> {
+    use crate::model::crop::Channel;
     use crate::model::{crop::CropConfig, stager::StagerConfig};
     use crate::training::stager as train;
-    let config = match a.run.preset.as_str() {
+    let mut config = match a.run.preset.as_str() {
         "small" => StagerConfig::small(),
         "paper" => StagerConfig::paper(),
         other => anyhow::bail!("unknown preset {other:?} (small or paper)"),
     };
-    let crop = CropConfig {
+    let mut crop = CropConfig {
         shape: config.input,
         ..CropConfig::small()
     };
+    if a.t1 {
+        config.in_channels = 2;
+        crop.channels = vec![Channel::T2, Channel::T1];
+    }
     let opts = train::TrainOptions {
         config,
         crop,
@@ -41,7 +46,11 @@ pub(super) fn stager(a: StagerArgs) -> anyhow::Result<()> {
     let job = Job {
         what: "stager",
         run: &a.run,
-        name: format!("3d-muldensenet-{}", a.run.preset),
+        name: format!(
+            "3d-muldensenet-{}{}",
+            a.run.preset,
+            if a.t1 { "-t1" } else { "" }
+        ),
         studies: (a.train_studies, a.val_studies),
     };
     job.run(

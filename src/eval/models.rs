@@ -107,20 +107,25 @@ pub struct DetectorMetrics {
     pub both_heads_found: usize,
     /// `both_heads_found / studies`.
     pub detection_rate: f64,
-    /// Mean centre error of all heads, mm.
+    /// Mean centre error of the heads with a candidate (the nearest), mm.
     pub mean_center_error_mm: f64,
-    /// Largest centre error of all heads, mm.
+    /// Largest centre error of the heads with a candidate, mm.
     pub max_center_error_mm: f64,
-    /// Largest centre error as a fraction of that head's radius.
+    /// Largest centre error as a fraction of that head's radius (the same heads).
     pub max_center_error_over_radius: f64,
+    /// Heads with no candidate at all (no centre error to measure; not found).
+    pub heads_without_candidate: usize,
 }
 
 /// Detector tallies over a test set, before they become [`DetectorMetrics`].
 #[derive(Default)]
 struct DetectorTally {
     found: usize,
+    /// Centre errors of the heads with a candidate, mm.
     errors: Vec<f64>,
     rel: f64,
+    /// Heads with none.
+    missing: usize,
 }
 
 impl DetectorTally {
@@ -131,26 +136,26 @@ impl DetectorTally {
     ) {
         self.found += j.both_found as usize;
         for (e, h) in j.center_error_mm.iter().zip(heads) {
-            let e = e.unwrap_or(f64::INFINITY);
-            self.errors.push(e);
-            self.rel = self.rel.max(e / h.radius_mm);
+            match e {
+                Some(e) => {
+                    self.errors.push(*e);
+                    self.rel = self.rel.max(e / h.radius_mm);
+                }
+                None => self.missing += 1,
+            }
         }
     }
 
     fn metrics(&self, studies: usize) -> DetectorMetrics {
-        let finite: Vec<f64> = self
-            .errors
-            .iter()
-            .cloned()
-            .filter(|e| e.is_finite())
-            .collect();
+        let e = &self.errors;
         DetectorMetrics {
             studies,
             both_heads_found: self.found,
             detection_rate: self.found as f64 / studies.max(1) as f64,
-            mean_center_error_mm: finite.iter().sum::<f64>() / finite.len().max(1) as f64,
-            max_center_error_mm: finite.iter().cloned().fold(0.0, f64::max),
+            mean_center_error_mm: e.iter().sum::<f64>() / e.len().max(1) as f64,
+            max_center_error_mm: e.iter().cloned().fold(0.0, f64::max),
             max_center_error_over_radius: self.rel,
+            heads_without_candidate: self.missing,
         }
     }
 }
@@ -381,9 +386,9 @@ fn f32_stager(m: &Manifest, checkpoint: &Path) -> anyhow::Result<Stager> {
     )?)
 }
 
-fn probabilities(net: &Stager, crop: &[f32], shape: [usize; 3]) -> anyhow::Result<Vec<f32>> {
-    let [d, h, w] = shape;
-    let x = Tensor::from_slice(crop, (1, d, 1, h, w), &Device::Cpu)?;
+fn probabilities(net: &Stager, crop: &[f32], cfg: &CropConfig) -> anyhow::Result<Vec<f32>> {
+    let [d, h, w] = cfg.shape;
+    let x = Tensor::from_slice(crop, (1, d, cfg.channel_count(), h, w), &Device::Cpu)?;
     Ok(net.probabilities(&x)?.flatten_all()?.to_vec1()?)
 }
 
@@ -525,7 +530,7 @@ pub fn evaluate(
     };
     let dataset = match &opts.dataset {
         Some(csv) => {
-            let ds = crate::training::dataset::load(csv, &[])?;
+            let ds = crate::training::dataset::load_with_t1(csv, &[], ctx.crop.uses_t1())?;
             let test: Vec<_> = ds
                 .split(crate::training::dataset::Split::Test)
                 .cloned()
@@ -625,7 +630,7 @@ fn evaluate_randomised(
         let pair = judged_pair(&dets, &t2, &sample.volume);
         refined.add(&judge(&pair, &sample.heads), &sample.heads);
         for h in data::randomised_head_samples(seed, &ctx.crop, 1, 0.0) {
-            let p = probabilities(&ctx.stg, &h.voxels, ctx.crop.shape)?;
+            let p = probabilities(&ctx.stg, &h.voxels, &ctx.crop)?;
             at_truth.push((h.class, Some(argmax(&p))));
         }
     }
@@ -780,12 +785,14 @@ fn evaluate_set(
         };
         for h in &study.truth.heads {
             let truth_class = data::class_of(h.stage);
-            let c = crop::crop(&study.volume, h.center_lps_mm, h.side == Side::Right, crop);
-            let p = probabilities(stg, &c, crop.shape)?;
+            let t1 = study.t1.as_ref();
+            let mirror = h.side == Side::Right;
+            let c = crop::crop_channels(&study.volume, t1, h.center_lps_mm, mirror, crop).0;
+            let p = probabilities(stg, &c, crop)?;
             at_truth.push((truth_class, Some(argmax(&p))));
             style.staged_right_at_true_centers += (argmax(&p) == truth_class) as usize;
             if let Some(r) = &ctx.ref_stg {
-                let q = probabilities(r, &c, crop.shape)?;
+                let q = probabilities(r, &c, crop)?;
                 for (a, b) in p.iter().zip(&q) {
                     raise(&mut agree.max_probability_difference, (a - b).abs() as f64);
                 }
@@ -797,8 +804,9 @@ fn evaluate_set(
             });
             let pred = match called {
                 Some((s, d)) => {
-                    let c = crop::crop(&study.volume, d.center_lps_mm, *s == Side::Right, crop);
-                    Some(argmax(&probabilities(stg, &c, crop.shape)?))
+                    let mirror = *s == Side::Right;
+                    let c = crop::crop_channels(&study.volume, t1, d.center_lps_mm, mirror, crop).0;
+                    Some(argmax(&probabilities(stg, &c, crop)?))
                 }
                 None => None,
             };

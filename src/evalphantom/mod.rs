@@ -592,6 +592,15 @@ mod tests {
             "{style}: {:?}",
             sel.verdicts
         );
+        // Its T1 companion is the style's T1 series.
+        let t1 = crate::volume::select_t1(&report.series, &Rules::default(), sel.chosen.unwrap());
+        let want_t1 = truth.series.iter().find(|s| s.kind == "t1").unwrap();
+        assert_eq!(
+            report.series[t1.chosen.expect("a T1 companion")].series_uid,
+            want_t1.series_uid,
+            "{style}: {:?}",
+            t1.verdicts
+        );
         let vol = assemble(chosen).unwrap();
         let anat = Anatomy::draw(seed, opts.stages);
         let bands = anat.hips[0].bands().unwrap();

@@ -40,7 +40,7 @@ pub struct Staged {
     pub heatmap: Vec<f32>,
 }
 
-/// Stage one crop `(1, D, 1, H, W)` and explain the predicted class.
+/// Stage one crop `(1, D, C, H, W)` and explain the predicted class.
 pub fn stage_and_explain(net: &Stager, crop: &Tensor, method: CamMethod) -> Result<Staged> {
     let (n, _, _, _, _) = crop.dims5()?;
     if n != 1 {
@@ -49,7 +49,7 @@ pub fn stage_and_explain(net: &Stager, crop: &Tensor, method: CamMethod) -> Resu
     Ok(stage_and_explain_batch(net, crop, method)?.remove(0))
 }
 
-/// Stage crops `(N, D, 1, H, W)` in one pass and explain each one's predicted class. The
+/// Stage crops `(N, D, C, H, W)` in one pass and explain each one's predicted class. The
 /// crops do not interact (batch norm in inference), so back-propagating the sum of each
 /// crop's own class score gives every crop its own gradient.
 pub fn stage_and_explain_batch(

@@ -35,6 +35,18 @@ pub struct StagerConfig {
     pub compression: f64,
     /// Number of classes (3: stage 0, I, II).
     pub classes: usize,
+    /// Input channels: 1 (the T2) or 2 (the T2 and its T1 companion; the crop's
+    /// `channels`). Manifests without the key take one (and are written back without it).
+    #[serde(default = "one_channel", skip_serializing_if = "is_one_channel")]
+    pub in_channels: usize,
+}
+
+fn one_channel() -> usize {
+    1
+}
+
+fn is_one_channel(c: &usize) -> bool {
+    *c == 1
 }
 
 impl StagerConfig {
@@ -48,6 +60,7 @@ impl StagerConfig {
             bn_size: 2,
             compression: 0.5,
             classes: 3,
+            in_channels: 1,
         }
     }
 
@@ -62,6 +75,7 @@ impl StagerConfig {
             || !(1..=1024).contains(&self.growth)
             || !(1..=16).contains(&self.bn_size)
             || !(2..=16).contains(&self.classes)
+            || !(1..=2).contains(&self.in_channels)
             || !(self.compression > 0.0 && self.compression <= 1.0)
             || self.input.iter().any(|x| !(1..=1024).contains(x))
         {
@@ -81,6 +95,7 @@ impl StagerConfig {
             bn_size: 4,
             compression: 0.5,
             classes: 3,
+            in_channels: 1,
         }
     }
 }
@@ -104,7 +119,7 @@ impl Stager {
         cfg.validate()?;
         let stem = ConvNorm::new(
             Conv3d::new(
-                1,
+                cfg.in_channels,
                 cfg.stem_channels,
                 Conv3dConfig::cube(3, 1),
                 vb.pp("stem").pp("conv"),
@@ -142,13 +157,14 @@ impl Stager {
     }
 
     /// The last 3D activation `(N, D', C, H', W')` (the Grad-CAM layer), from a batch of
-    /// crops `(N, D, 1, H, W)`.
+    /// crops `(N, D, C, H, W)` with `C` the configuration's input channels.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, d, c, h, w) = x.dims5()?;
         let [ed, eh, ew] = self.config.input;
-        if c != 1 || (d, h, w) != (ed, eh, ew) {
+        let ec = self.config.in_channels;
+        if c != ec || (d, h, w) != (ed, eh, ew) {
             candle_core::bail!(
-                "stager input must be (N, {ed}, 1, {eh}, {ew}), got {:?}",
+                "stager input must be (N, {ed}, {ec}, {eh}, {ew}), got {:?}",
                 x.shape()
             );
         }
@@ -172,7 +188,7 @@ impl Stager {
         self.classify(&self.features(x, train)?)
     }
 
-    /// Class probabilities `(N, classes)` (f32) for crops `(N, D, 1, H, W)`; refuses
+    /// Class probabilities `(N, classes)` (f32) for crops `(N, D, C, H, W)`; refuses
     /// crops holding NaN or infinity rather than return a meaningless prediction.
     pub fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
         let finite = x

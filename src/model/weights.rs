@@ -647,6 +647,12 @@ pub fn load_stager(
             ),
         });
     }
+    if let Err(message) = channels_agree(&config, &crop) {
+        return Err(ModelError::Manifest {
+            path: source.label(),
+            message,
+        });
+    }
     let tensors = load_weights(&source, &m, device, dtype)?;
     let net = Stager::new(&config, VarBuilder::from_tensors(tensors, dtype, device)).map_err(
         candle(format!("{}: building the stager", source.label().display())),
@@ -659,10 +665,37 @@ pub fn load_stager(
     })
 }
 
+/// A stager's input channels and its crop's channel list agree, and the list is one this
+/// build reads.
+fn channels_agree(config: &StagerConfig, crop: &CropConfig) -> Result<(), String> {
+    crop.check_channels()?;
+    if crop.channel_count() != config.in_channels {
+        return Err(format!(
+            "the stager takes {} input channel(s), its crop lists {:?}",
+            config.in_channels, crop.channels
+        ));
+    }
+    Ok(())
+}
+
 /// Initialise a network's variables from a model (a manifest, `*.json`) or a checkpoint
 /// (`*.safetensors`, f32 or f16) for fine-tuning: every variable of `map` must be present
 /// with its shape; values are converted to f32. Returns how many tensors were set.
 pub fn init_from(map: &candle_nn::VarMap, path: &Path) -> Result<usize, ModelError> {
+    init_from_widening(map, path, &[]).map(|(n, _)| n)
+}
+
+/// [`init_from`], except that a variable named in `widen` may have more input channels
+/// (dimension 1) than the checkpoint's tensor: the checkpoint's channels come first and
+/// the new ones start at zero, so the widened network computes exactly what the
+/// checkpoint's did until training moves them (a stager given a T1 channel starts as the
+/// T2-only stager it came from). Returns how many tensors were set, and a note per
+/// widened one.
+pub fn init_from_widening(
+    map: &candle_nn::VarMap,
+    path: &Path,
+    widen: &[&str],
+) -> Result<(usize, Vec<String>), ModelError> {
     let file = if path.extension().is_some_and(|e| e == "json") {
         let m = read_manifest(path)?;
         path.parent()
@@ -677,15 +710,33 @@ pub fn init_from(map: &candle_nn::VarMap, path: &Path) -> Result<usize, ModelErr
             message: e.to_string(),
         })?;
     let vars = map.data().lock().expect("var map lock");
+    let mut notes = Vec::new();
     for (name, var) in vars.iter() {
         let mismatch = |problems: String| ModelError::Mismatch {
             path: file.clone(),
             kind: "initial",
             problems,
         };
-        let t = tensors
+        let mut t = tensors
             .get(name)
-            .ok_or_else(|| mismatch(format!("no tensor {name}")))?;
+            .ok_or_else(|| mismatch(format!("no tensor {name}")))?
+            .clone();
+        let (have, want) = (t.dims().to_vec(), var.dims().to_vec());
+        let wider = have.len() == want.len()
+            && have.len() >= 2
+            && have[1] < want[1]
+            && (0..have.len()).all(|i| i == 1 || have[i] == want[i]);
+        if widen.contains(&name.as_str()) && wider {
+            let mut extra = want.clone();
+            extra[1] = want[1] - have[1];
+            let zeros = Tensor::zeros(extra, t.dtype(), &Device::Cpu)
+                .map_err(candle(format!("widening {name}")))?;
+            t = Tensor::cat(&[&t, &zeros], 1).map_err(candle(format!("widening {name}")))?;
+            notes.push(format!(
+                "{name}: {} -> {} input channels, the new ones from zero",
+                have[1], want[1]
+            ));
+        }
         if t.dims() != var.dims() {
             return Err(mismatch(format!(
                 "tensor {name} has shape {:?}, the network {:?}",
@@ -698,7 +749,7 @@ pub fn init_from(map: &candle_nn::VarMap, path: &Path) -> Result<usize, ModelErr
             .map_err(candle(format!("converting {name}")))?;
         var.set(&t).map_err(candle(format!("setting {name}")))?;
     }
-    Ok(vars.len())
+    Ok((vars.len(), notes))
 }
 
 /// Convert an f32 training checkpoint into `<dir>/<manifest.name>.safetensors` (fp16) and
@@ -716,6 +767,14 @@ pub fn export(
         }
     })?;
     check_tensors(checkpoint, &manifest.architecture, &tensors)?;
+    if let Architecture::Stager { config, crop } = &manifest.architecture
+        && let Err(message) = channels_agree(config, crop)
+    {
+        return Err(ModelError::Manifest {
+            path: checkpoint.to_owned(),
+            message,
+        });
+    }
     let mut half = HashMap::new();
     let mut parameters = 0;
     for (name, t) in &tensors {

@@ -38,7 +38,9 @@ direction within each stage); contrast (a mean and spread per label: fat-suppres
 plain T2/PD-like, or independent draws with any ordering; oedema and the granulation line move \
 from marrow towards fluid, the sclerotic line towards cortex, marrow and fluid always differ); \
 distractors (0-40 bowel-like ellipsoids above the heads and 0-8 soft-tissue bellies, random \
-signal, never touching a head); acquisition (coronal or axial slab of 16-40 slices of 3-7 mm with 0-2 mm gaps, in-plane \
+signal, never touching a head); muscle compartments (none in a quarter of studies, else 8-59 \
+Voronoi cells inside the muscle, signal x0.85-1.15 each, fat planes 0.8-3 mm wide along their \
+borders); acquisition (coronal or axial slab of 16-40 slices of 3-7 mm with 0-2 mm gaps, in-plane \
 0.6-2 mm, field of view 220-440 mm centred -30..+75 mm from the heads superiorly and +-20 mm \
 otherwise, outside it not acquired); artefacts (bias field, gamma 0.67-1.5, Rician noise \
 1-15 % log-uniform, phase-encode ghosts and motion copies); partial volume at the grid's voxel size";
@@ -65,6 +67,9 @@ pub struct Scene {
     /// tissue, never touching a femoral head. A detector must learn heads, not "the only
     /// round things in the pelvis".
     blobs: Vec<(V3, V3, f64)>,
+    /// Muscle compartments: seeds (patient mm) of a Voronoi diagram inside the muscle label,
+    /// each with a signal gain, and the width of the fat planes along their borders (mm).
+    septa: (Vec<(V3, f64)>, f64),
 }
 
 /// Draw a scene; `stages` pins (right, left).
@@ -145,12 +150,38 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, stages: Option<[Stage; 2]>) -> Scene {
     };
     let heads = head_truths(&anatomy, &pose);
     let blobs = draw_blobs(rng, &heads, a, b);
+    let septa = draw_septa(rng, &heads, a, b);
     Scene {
         anatomy,
         pose,
         heads,
         blobs,
+        septa,
     }
+}
+
+/// Muscle groups separated by thin fat planes: 8-59 compartment seeds through the body
+/// (none in a quarter of studies), each compartment's signal x0.85-1.15, planes 0.8-3 mm.
+fn draw_septa(rng: &mut ChaCha8Rng, heads: &[HeadTruth], a: f64, b: f64) -> (Vec<(V3, f64)>, f64) {
+    let mid = [0, 1, 2].map(|i| (heads[0].center_lps_mm[i] + heads[1].center_lps_mm[i]) / 2.0);
+    let n = if rng.random_bool(0.25) {
+        0
+    } else {
+        rng.random_range(8..60)
+    };
+    let seeds = (0..n)
+        .map(|_| {
+            (
+                [
+                    mid[0] + rng.random_range(-a..a),
+                    mid[1] + rng.random_range(-b..b),
+                    mid[2] + rng.random_range(-160.0..160.0),
+                ],
+                rng.random_range(0.85..1.15),
+            )
+        })
+        .collect();
+    (seeds, rng.random_range(0.8..3.0))
 }
 
 /// Bowel-like clusters above the heads and larger soft-tissue bellies anywhere in the body,
@@ -315,6 +346,74 @@ pub fn draw_acquisition(rng: &mut ChaCha8Rng, scene: &Scene) -> Acquisition {
     }
 }
 
+/// What the T1-weighted companion series adds (recorded in a T1 stager's manifest).
+pub const T1_DESCRIPTION: &str = "T1 companion for a stager with a T1 channel (in a fifth of \
+studies none; else its own acquisition of the same scene drawn as above, centred within 15 mm \
+of the T2's, with T1 contrast: fat 0.75-1, marrow 0.8-1 x fat, muscle 0.25-0.45, fluid \
+0.08-0.3, cortex under 0.06, oedema from marrow 50-110 % of the way to muscle (never below \
+fluid), granulation 60-100 % of the way to fluid, sclerosis towards cortex, the necrotic \
+segment marrow x0.8-1.05); where it is drawn and the T2 has bright marrow (no fat \
+suppression), in half of those studies the T2's oedema is only 0-20 % of the way from \
+marrow to fluid, as on a plain T2 where fatty marrow hides it";
+
+/// A T1-weighted acquisition of `scene`, the companion of the T2 acquisition `t2`: its own
+/// slab, resolution and artefacts, centred within 15 mm of the T2's, and T1 contrast
+/// (fat and marrow bright, oedema dark inside the marrow, fluid darker).
+pub fn draw_t1_acquisition(rng: &mut ChaCha8Rng, scene: &Scene, t2: &Acquisition) -> Acquisition {
+    let mut a = draw_acquisition(rng, scene);
+    a.center = [0, 1, 2].map(|i| t2.center[i] + rng.random_range(-15.0..15.0));
+    (a.means, a.spread) = draw_t1_contrast(rng);
+    a
+}
+
+/// On a T2 with bright marrow (no fat suppression), in half of the draws, make marrow
+/// oedema as faint as fatty marrow leaves it on a plain T2 (0-20 % of the way from marrow
+/// to fluid). Only for studies that also have a T1, which still shows it.
+pub fn hide_oedema_on_plain_t2(rng: &mut ChaCha8Rng, t2: &mut Acquisition) {
+    let m = &mut t2.means;
+    let (marrow, fluid) = (m[Label::Marrow as usize], m[Label::Joint as usize]);
+    if marrow > m[Label::Muscle as usize] && rng.random_bool(0.5) {
+        m[Label::Oedema as usize] = marrow + (fluid - marrow) * rng.random_range(0.0..0.2);
+    }
+}
+
+/// Per-label spreads, shared by the T2 and T1 draws: the necrotic core a little wider.
+fn draw_spreads(rng: &mut ChaCha8Rng) -> [f64; LABELS] {
+    let mut s = [0.0; LABELS];
+    for (i, v) in s.iter_mut().enumerate() {
+        *v = if i == Label::Necrotic as usize {
+            rng.random_range(0.02..0.08)
+        } else {
+            rng.random_range(0.0..0.05)
+        };
+    }
+    s
+}
+
+/// T1 means and spreads per label.
+fn draw_t1_contrast(rng: &mut ChaCha8Rng) -> ([f64; LABELS], [f64; LABELS]) {
+    let mut m = [0.0; LABELS];
+    let u = |rng: &mut ChaCha8Rng, lo: f64, hi: f64| rng.random_range(lo..hi);
+    m[Label::Fat as usize] = u(rng, 0.75, 1.0);
+    m[Label::Marrow as usize] = m[Label::Fat as usize] * u(rng, 0.8, 1.0);
+    m[Label::Muscle as usize] = u(rng, 0.25, 0.45);
+    m[Label::Joint as usize] = u(rng, 0.08, 0.3);
+    m[Label::Urine as usize] = (m[Label::Joint as usize] + u(rng, -0.05, 0.05)).max(0.0);
+    m[Label::Cortex as usize] = u(rng, 0.0, 0.06);
+    m[Label::Air as usize] = u(rng, 0.0, 0.03);
+    let (marrow, muscle, fluid, cortex) = (
+        m[Label::Marrow as usize],
+        m[Label::Muscle as usize],
+        m[Label::Joint as usize],
+        m[Label::Cortex as usize],
+    );
+    m[Label::Oedema as usize] = (marrow + (muscle - marrow) * u(rng, 0.5, 1.1)).max(fluid);
+    m[Label::Granulation as usize] = marrow + (fluid - marrow) * u(rng, 0.6, 1.0);
+    m[Label::Sclerosis as usize] = marrow + (cortex - marrow) * u(rng, 0.6, 1.0);
+    m[Label::Necrotic as usize] = marrow * u(rng, 0.8, 1.05);
+    (m, draw_spreads(rng))
+}
+
 /// Means and spreads per label: T2-like with or without fat suppression, or independent.
 fn draw_contrast(rng: &mut ChaCha8Rng) -> ([f64; LABELS], [f64; LABELS]) {
     let mut m = [0.0; LABELS];
@@ -368,15 +467,7 @@ fn draw_contrast(rng: &mut ChaCha8Rng) -> ([f64; LABELS], [f64; LABELS]) {
     m[Label::Granulation as usize] = marrow + (fluid - marrow) * u(rng, 0.55, 1.0);
     m[Label::Sclerosis as usize] = marrow + (cortex - marrow) * u(rng, 0.6, 1.0);
     m[Label::Necrotic as usize] = marrow * u(rng, 0.85, 1.15);
-    let mut s = [0.0; LABELS];
-    for (i, v) in s.iter_mut().enumerate() {
-        *v = if i == Label::Necrotic as usize {
-            u(rng, 0.02, 0.08)
-        } else {
-            u(rng, 0.0, 0.05)
-        };
-    }
-    (m, s)
+    (m, draw_spreads(rng))
 }
 
 /// A grid to render on: its affine (voxel (column, row, slice) to patient mm) and shape
@@ -445,6 +536,32 @@ pub fn render(scene: &Scene, acq: &Acquisition, grid: &Grid, seed: u64) -> (Vec<
                     for l in 0..LABELS {
                         mean += f[l] * acq.means[l];
                         spread += f[l] * acq.spread[l];
+                    }
+                    let m = f[Label::Muscle as usize];
+                    if m > 0.0 && scene.septa.0.len() >= 2 {
+                        // The two nearest compartment seeds: the border between them is
+                        // about (d2 - d1) / 2 away.
+                        let (mut d1, mut d2, mut gain) = (f64::MAX, f64::MAX, 1.0);
+                        for (c, g) in &scene.septa.0 {
+                            let d = ((p[0] - c[0]).powi(2)
+                                + (p[1] - c[1]).powi(2)
+                                + (p[2] - c[2]).powi(2))
+                            .sqrt();
+                            if d < d1 {
+                                (d2, d1, gain) = (d1, d, *g);
+                            } else if d < d2 {
+                                d2 = d;
+                            }
+                        }
+                        let (fat, muscle) = (Label::Fat as usize, Label::Muscle as usize);
+                        let w = anatomy::coverage(
+                            (d2 - d1) / 2.0 - scene.septa.1 / 2.0,
+                            vox * scene.pose.scale,
+                        );
+                        mean += m
+                            * ((gain - 1.0) * acq.means[muscle] * (1.0 - w)
+                                + w * (acq.means[fat] - acq.means[muscle]));
+                        spread += m * w * (acq.spread[fat] - acq.spread[muscle]);
                     }
                     // Distractors are inside the body only (not over air).
                     if f[Label::Air as usize] < 0.5 {
@@ -637,6 +754,110 @@ mod tests {
             (centre - marrow).abs() < (centre - fluid).abs() + 0.1,
             "centre {centre}, marrow {marrow}, fluid {fluid}"
         );
+    }
+
+    #[test]
+    fn compartments_draw_fat_planes_through_the_muscle_and_never_touch_a_head() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut scene = draw_scene(&mut rng, None);
+        let mut acq = draw_acquisition(&mut rng, &scene);
+        acq.center = scene.heads_midpoint();
+        acq.slab_mm = 600.0;
+        acq.fov_mm = [600.0, 600.0];
+        acq.noise = 0.0;
+        acq.ghosts.clear();
+        acq.slice_mm = 1.0;
+        acq.pixel_mm = 1.0;
+        // Muscle and fat far apart, so the planes show which way a voxel moved.
+        let (fat, muscle) = (Label::Fat as usize, Label::Muscle as usize);
+        acq.means[fat] = 1.0;
+        acq.means[muscle] = 0.3;
+        acq.spread[fat] = acq.spread[muscle];
+        let grid = Grid::canonical(scene.heads_midpoint(), [240.0; 3], [40, 60, 60]);
+        scene.septa.0.clear();
+        let (plain, _) = render(&scene, &acq, &grid, 1);
+        let mid = scene.heads_midpoint();
+        scene.septa = (
+            (0..40)
+                .map(|n| {
+                    let t = n as f64;
+                    let at = [
+                        mid[0] + 150.0 * (t * 1.3).sin(),
+                        mid[1] + 90.0 * (t * 2.1).cos(),
+                        mid[2] + 140.0 * (t * 0.7).sin(),
+                    ];
+                    (at, 1.0)
+                })
+                .collect(),
+            3.0,
+        );
+        let (planes, _) = render(&scene, &acq, &grid, 1);
+        let [d, h, w] = grid.shape;
+        let (mut brighter, mut darker, mut in_heads) = (0usize, 0usize, 0usize);
+        for k in 0..d {
+            for j in 0..h {
+                for i in 0..w {
+                    let idx = (k * h + j) * w + i;
+                    let p = grid.point(i as f64, j as f64, k as f64);
+                    let in_head = scene.heads.iter().any(|hd| {
+                        let c = hd.center_lps_mm;
+                        let r2: f64 = (0..3).map(|a| (p[a] - c[a]).powi(2)).sum();
+                        r2.sqrt() < hd.radius_mm - 4.0
+                    });
+                    let diff = planes[idx] - plain[idx];
+                    if in_head {
+                        in_heads += 1;
+                        assert!(diff.abs() < 1e-4, "a plane reached a head at {p:?}: {diff}");
+                    } else if diff > 1e-4 {
+                        brighter += 1;
+                    } else if diff < -1e-4 {
+                        darker += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            in_heads > 100,
+            "the grid holds both heads ({in_heads} voxels)"
+        );
+        // Gains of 1: a voxel only changes towards fat, and many do.
+        assert!(brighter > 500, "{brighter} voxels on fat planes");
+        assert_eq!(darker, 0, "{darker} voxels moved away from fat");
+    }
+
+    #[test]
+    fn t1_contrast_keeps_marrow_bright_and_oedema_dark_inside_it() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..200 {
+            let (m, _) = draw_t1_contrast(&mut rng);
+            let at = |l: Label| m[l as usize];
+            assert!(at(Label::Fat) >= at(Label::Marrow));
+            assert!(at(Label::Marrow) > at(Label::Muscle));
+            // At least half the marrow-muscle gap (marrow >= 0.6, muscle <= 0.45).
+            assert!(at(Label::Marrow) - at(Label::Oedema) > 0.07, "{m:?}");
+            assert!(at(Label::Oedema) >= at(Label::Joint));
+            assert!(at(Label::Oedema) > at(Label::Cortex));
+        }
+        // Hiding oedema on a plain T2 moves it towards marrow, never on a fat-suppressed one.
+        let scene = draw_scene(&mut rng, None);
+        let mut hidden = 0;
+        for _ in 0..100 {
+            let mut t2 = draw_acquisition(&mut rng, &scene);
+            let before = t2.means;
+            hide_oedema_on_plain_t2(&mut rng, &mut t2);
+            let (marrow, fluid) = (
+                before[Label::Marrow as usize],
+                before[Label::Joint as usize],
+            );
+            let o = t2.means[Label::Oedema as usize];
+            if marrow <= before[Label::Muscle as usize] {
+                assert_eq!(t2.means, before);
+            } else if o != before[Label::Oedema as usize] {
+                hidden += 1;
+                assert!((o - marrow).abs() <= 0.2 * (fluid - marrow).abs() + 1e-12);
+            }
+        }
+        assert!(hidden > 10, "{hidden}");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! confident head may take a weak partner, or a head the image alone shows, where the
 //! other head must lie), each moved onto the sphere its edges make in the T2 (the score
 //! unchanged); crop
-//! each head around the detected centre on the canonical grid (`model::crop::crop_with_grid`
-//! — patient millimetres, not array indices), right heads mirrored as in training; stage and
+//! each head around the detected centre on the canonical grid (`model::crop::crop_channels`
+//! — patient millimetres, not array indices; for a stager with a T1 channel the T1
+//! companion, `volume::select_t1`, on the same grid), right heads mirrored as in training;
+//! stage and
 //! explain; place the heatmaps back into the T2's grid; write NIfTI (T2 and heatmap, the
 //! T2's affine) and one PNG montage per head when an output folder is given.
 //!
@@ -243,6 +245,7 @@ impl Analysis {
         Analysis {
             study_instance_uid: String::new(),
             series_instance_uid: String::new(),
+            t1_series_instance_uid: None,
             accession_number: String::new(),
             status: Status::Error,
             reason: None,
@@ -333,16 +336,16 @@ fn analyze_study(
 ) -> Analysis {
     let start = Instant::now();
     let mut a = Analysis::empty(models);
-    let (t2, fat_suppressed) = match read_t2(paths, rules, &mut a) {
-        Ok((t2, sources, fat_suppressed)) => {
+    let (t2, t1, fat_suppressed) = match read_t2(paths, rules, models.crop.uses_t1(), &mut a) {
+        Ok(read) => {
             if out.is_some() {
                 *parts = Some(ExportParts {
-                    t2: t2.clone(),
-                    sources,
+                    t2: read.t2.clone(),
+                    sources: read.sources,
                     heat: None,
                 });
             }
-            (t2, fat_suppressed)
+            (read.t2, read.t1, read.fat_suppressed)
         }
         Err((status, reason)) => return a.fail(status, reason, start),
     };
@@ -389,11 +392,15 @@ fn analyze_study(
         models,
         settings,
         &t2,
+        t1.as_ref(),
         [(Side::Right, &right), (Side::Left, &left)],
     ) {
         Ok(s) => s,
         Err(e) => return a.fail(Status::Error, format!("stager failed: {e}"), start),
     };
+    if staged.iter().any(|h| h.t1_read) {
+        a.t1_series_instance_uid = t1.as_ref().map(|v| v.series_uid.clone());
+    }
     a.timings_ms.stage = ms(t);
 
     let t = Instant::now();
@@ -454,14 +461,29 @@ fn analyze_study(
     a
 }
 
+/// What [`read_t2`] read.
+struct ReadStudy {
+    /// The chosen T2.
+    t2: volume::Volume,
+    /// Each of its slices' source instance.
+    sources: Vec<volume::SliceSource>,
+    /// Whether the T2 is fat-suppressed.
+    fat_suppressed: bool,
+    /// Its T1 companion, when asked for, selected and assembled.
+    t1: Option<volume::Volume>,
+}
+
 /// Collect and scan the files, check they hold one study, select its T2 and assemble it
-/// (with each slice's source instance); fills the study's identity and the series
-/// verdicts into `a`. The error is the status and reason the analysis ends with.
+/// (with each slice's source instance) and, when `want_t1`, its T1 companion (a T1 that
+/// does not assemble is rejected with the reason, and the stager reads none); fills the
+/// study's identity and the series verdicts into `a`. The error is the status and reason
+/// the analysis ends with.
 fn read_t2(
     paths: &[PathBuf],
     rules: &volume::Rules,
+    want_t1: bool,
     a: &mut Analysis,
-) -> Result<(volume::Volume, Vec<volume::SliceSource>, bool), (Status, String)> {
+) -> Result<ReadStudy, (Status, String)> {
     let files = volume::collect_files(paths)
         .map_err(|e| (Status::Error, format!("cannot read the input: {e}")))?;
     let report = volume::scan_files(&files);
@@ -504,9 +526,36 @@ fn read_t2(
     let series = &report.series[chosen];
     a.series_instance_uid = series.series_uid.clone();
     let fat_suppressed = volume::select::fat_suppressed(series, rules);
-    volume::assemble_with_sources(series)
-        .map(|(v, sources)| (v, sources, fat_suppressed))
-        .map_err(|e| (Status::Error, format!("series could not be assembled: {e}")))
+    let (t2, sources) = volume::assemble_with_sources(series)
+        .map_err(|e| (Status::Error, format!("series could not be assembled: {e}")))?;
+    let mut t1 = None;
+    if want_t1 {
+        let mut sel = volume::select_t1(&report.series, rules, chosen);
+        while let Some(i) = sel.chosen {
+            match volume::assemble(&report.series[i]) {
+                Ok(v) => {
+                    t1 = Some(v);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        study_uid = %a.study_instance_uid,
+                        "the T1 series {} could not be assembled ({e}); the next usable T1, or the T2 alone",
+                        report.series[i].series_uid
+                    );
+                    let why = format!("could not be assembled: {e}");
+                    sel.fall_back(i, why, &report.series);
+                }
+            }
+        }
+        sel.attach(&mut a.series);
+    }
+    Ok(ReadStudy {
+        t2,
+        sources,
+        fat_suppressed,
+        t1,
+    })
 }
 
 /// One head as the stager saw it.
@@ -516,6 +565,8 @@ struct StagedHead<'a> {
     staged: gradcam::Staged,
     /// The crop's voxel-to-patient affine.
     affine: [[f64; 4]; 4],
+    /// Whether the stager read a T1 for this head.
+    t1_read: bool,
 }
 
 impl StagedHead<'_> {
@@ -560,31 +611,34 @@ impl StagedHead<'_> {
     }
 }
 
-/// Crop both heads through the T2's affine (the right one mirrored) and stage them in one
-/// batch with Grad-CAM; heatmap values under `heatmap_floor` become 0.
+/// Crop both heads through the T2's affine (the right one mirrored), with the T1 on the
+/// same grid for a stager that reads one, and stage them in one batch with Grad-CAM;
+/// heatmap values under `heatmap_floor` become 0.
 fn stage_heads<'a>(
     models: &Models,
     settings: &AnalysisSettings,
     t2: &volume::Volume,
+    t1: Option<&volume::Volume>,
     heads: [(Side, &'a detector::Detection); 2],
 ) -> candle_core::Result<Vec<StagedHead<'a>>> {
     let [d, h, w] = models.crop.shape;
-    let mut voxels = Vec::with_capacity(2 * d * h * w);
+    let c = models.crop.channel_count();
+    let mut voxels = Vec::with_capacity(2 * d * c * h * w);
     let mut grids = Vec::with_capacity(2);
     for (side, det) in heads {
-        let (crop, affine) =
-            crop::crop_with_grid(t2, det.center_lps_mm, side == Side::Right, &models.crop);
+        let (crop, affine, t1_read) =
+            crop::crop_channels(t2, t1, det.center_lps_mm, side == Side::Right, &models.crop);
         voxels.extend(crop);
-        grids.push((side, det, affine));
+        grids.push((side, det, affine, t1_read));
     }
-    let x = Tensor::from_vec(voxels, (2, d, 1, h, w), &Device::Cpu)?
+    let x = Tensor::from_vec(voxels, (2, d, c, h, w), &Device::Cpu)?
         .to_device(&models.device)?
         .to_dtype(models.dtype)?;
     let staged = gradcam::stage_and_explain_batch(&models.stager, &x, settings.heatmap)?;
     Ok(grids
         .into_iter()
         .zip(staged)
-        .map(|((side, det, affine), mut staged)| {
+        .map(|((side, det, affine, t1_read), mut staged)| {
             staged
                 .heatmap
                 .iter_mut()
@@ -595,6 +649,7 @@ fn stage_heads<'a>(
                 det,
                 staged,
                 affine,
+                t1_read,
             }
         })
         .collect())

@@ -22,7 +22,7 @@
 
 use std::path::Path;
 
-use crate::model::crop::{CropConfig, crop};
+use crate::model::crop::{CropConfig, MIN_T1_COVERAGE, crop_channels, interleave};
 use crate::model::detector::VoxelBox;
 use crate::phantom::{self, StudyTruth, anatomy::Stage, randomised};
 use crate::result::Side;
@@ -60,7 +60,8 @@ pub fn test_options() -> phantom::Options {
 /// One head crop and its label.
 #[derive(Debug, Clone)]
 pub struct HeadSample {
-    /// Windowed voxels, (D, H, W) row-major, right heads mirrored.
+    /// Windowed voxels, (D, C, H, W) row-major (C the crop's channels: the T2, and the
+    /// T1 companion for a stager that reads one), right heads mirrored.
     pub voxels: Vec<f32>,
     /// Class index: 0, 1, 2 for stage 0, I, II.
     pub class: u32,
@@ -105,6 +106,8 @@ pub struct PhantomStudy {
     pub truth: StudyTruth,
     /// The selected T2 series, assembled (patient mm affine).
     pub volume: Volume,
+    /// Its T1 companion (`volume::select_t1`), when the study has one that assembles.
+    pub t1: Option<Volume>,
 }
 
 /// Generate phantom study `seed` under `dir`, then select and assemble its T2 series the
@@ -122,9 +125,9 @@ pub fn phantom_study(
 /// family) the way the pipeline does.
 pub fn assemble_study(dir: &Path, truth: StudyTruth) -> Result<PhantomStudy, DataError> {
     let seed = truth.seed;
-    let volume = volume::assemble_t2_in(dir, &volume::Rules::default())
+    let (volume, t1) = volume::assemble_t2_t1_in(dir, &volume::Rules::default())
         .map_err(|source| DataError::T2 { seed, source })?;
-    Ok(PhantomStudy { truth, volume })
+    Ok(PhantomStudy { truth, volume, t1 })
 }
 
 /// The two head crops of a study; with `jitter`, `(copies, sigma_mm)` extra crops per head
@@ -147,8 +150,9 @@ pub fn head_samples(
             }
         }
         for c in centers {
+            let mirror = h.side == Side::Right;
             out.push(HeadSample {
-                voxels: crop(&study.volume, c, h.side == Side::Right, cfg),
+                voxels: crop_channels(&study.volume, study.t1.as_ref(), c, mirror, cfg).0,
                 class: class_of(h.stage),
                 side: h.side,
                 seed: study.truth.seed,
@@ -264,9 +268,19 @@ fn randomised_volume(
 /// Voxel size of [`randomised_t2`], mm.
 pub const RANDOMISED_T2_MM: f64 = 2.0;
 
+/// Share of randomised studies drawn without a T1 companion (for a stager with a T1
+/// channel): it must also read studies that have none.
+pub const RANDOMISED_T1_ABSENT: f64 = 0.2;
+
+/// Salt of the T1 companion's draws, apart from the T2's stream (whether a T1 is drawn
+/// does not change the T2's scene, acquisition or jitter).
+const T1_SALT: u64 = 0x7131_c0a1_d00d_0001;
+
 /// Domain-randomised head crops of the study drawn from `seed`: per head, `copies` crops
 /// around the true centre displaced by N(0, `jitter_mm`) (the first one undisplaced),
 /// rendered on the crop's grid, normalised as `crop` does and mirrored for right heads.
+/// For a crop with a T1 channel, the T1 companion (`randomised::draw_t1_acquisition`,
+/// none in [`RANDOMISED_T1_ABSENT`] of studies) on the same grid, as `crop_channels` does.
 pub fn randomised_head_samples(
     seed: u64,
     cfg: &CropConfig,
@@ -277,6 +291,19 @@ pub fn randomised_head_samples(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let scene = randomised::draw_scene(&mut rng, None);
     let acq = randomised::draw_acquisition(&mut rng, &scene);
+    // The T1 companion, and the T2 as it looks beside it (oedema perhaps hidden): used
+    // only for a crop the T1 covers, so that a hidden lesion always shows on the T1.
+    let t1 = if cfg.uses_t1() {
+        let mut trng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ T1_SALT);
+        (!trng.random_bool(RANDOMISED_T1_ABSENT)).then(|| {
+            let t1 = randomised::draw_t1_acquisition(&mut trng, &scene, &acq);
+            let mut beside = acq.clone();
+            randomised::hide_oedema_on_plain_t2(&mut trng, &mut beside);
+            (t1, beside)
+        })
+    } else {
+        None
+    };
     let normal = rand_distr::Normal::new(0.0, jitter_mm.max(1e-9)).expect("finite sigma");
     let mut out = Vec::new();
     for (n, h) in scene.heads.iter().enumerate() {
@@ -289,13 +316,32 @@ pub fn randomised_head_samples(
             };
             let grid = randomised::Grid::canonical(center, cfg.field_of_view_mm, cfg.shape);
             let noise_seed = seed ^ ((n * 64 + copy) as u64).wrapping_mul(0x2545_f491);
-            let (mut voxels, inside) = randomised::render(&scene, &acq, &grid, noise_seed);
-            normalise(&mut voxels, &inside, &cfg.normalisation());
-            if h.side == Side::Right {
-                for row in voxels.chunks_mut(cfg.shape[2]) {
-                    row.reverse();
+            let mirror = h.side == Side::Right;
+            let channel = |acq: &randomised::Acquisition, noise_seed: u64| {
+                let (mut voxels, inside) = randomised::render(&scene, acq, &grid, noise_seed);
+                let covered = inside.iter().filter(|x| **x).count() as f64 / inside.len() as f64;
+                normalise(&mut voxels, &inside, &cfg.normalisation());
+                if mirror {
+                    for row in voxels.chunks_mut(cfg.shape[2]) {
+                        row.reverse();
+                    }
                 }
-            }
+                (voxels, covered)
+            };
+            let t1_read = t1
+                .as_ref()
+                .map(|(a, beside)| (channel(a, noise_seed ^ T1_SALT), beside))
+                .filter(|((_, covered), _)| *covered >= MIN_T1_COVERAGE);
+            let voxels = match (cfg.uses_t1(), t1_read) {
+                (false, _) => channel(&acq, noise_seed).0,
+                (true, Some(((t1v, _), beside))) => {
+                    interleave(&[&channel(beside, noise_seed).0, &t1v], cfg.shape)
+                }
+                (true, None) => {
+                    let t2 = channel(&acq, noise_seed).0;
+                    interleave(&[&t2, &vec![0.0; t2.len()]], cfg.shape)
+                }
+            };
             out.push(HeadSample {
                 voxels,
                 class: class_of(h.stage),

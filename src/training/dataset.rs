@@ -170,6 +170,12 @@ fn hashed_split(study: &str) -> Split {
 /// `need` lists the splits that must hold every stage (training needs `Train`; evaluation
 /// needs nothing more than one study in its split, which the caller checks).
 pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
+    load_with_t1(csv, need, false)
+}
+
+/// [`load`], with each study's T1 companion assembled too when `want_t1` (for a stager
+/// that reads one; otherwise it is not decoded or kept).
+pub fn load_with_t1(csv: &Path, need: &[Split], want_t1: bool) -> Result<Dataset, DatasetError> {
     let bytes = std::fs::read(csv).map_err(|source| DatasetError::Io {
         path: csv.to_owned(),
         source,
@@ -179,7 +185,7 @@ pub fn load(csv: &Path, need: &[Split]) -> Result<Dataset, DatasetError> {
     let base = csv.parent().unwrap_or(Path::new(".")).to_owned();
     let mut studies = Vec::new();
     for (index, rows) in parse(csv, &text, &base)?.into_iter().enumerate() {
-        studies.push(load_study(csv, &base, index, rows)?);
+        studies.push(load_study(csv, &base, index, rows, want_t1)?);
     }
     let ds = Dataset {
         path: csv.to_owned(),
@@ -383,21 +389,27 @@ fn parse_row(
     Ok((study.to_owned(), split, head))
 }
 
-/// One study of the dataset: its T2 assembled, each head located (given, or from the
-/// label map), right head first.
+/// One study of the dataset: its T2 (and, with `want_t1`, its T1 companion) assembled,
+/// each head located (given, or from the label map), right head first.
 fn load_study(
     csv: &Path,
     base: &Path,
     index: usize,
     rows: StudyRows,
+    want_t1: bool,
 ) -> Result<DatasetStudy, DatasetError> {
     let dir = base.join(&rows.name);
     if !dir.is_dir() {
         let m = format!("study folder {} does not exist", dir.display());
         return Err(row_err(csv, rows.first_row, m));
     }
-    let volume = volume::assemble_t2_in(&dir, &volume::Rules::default())
-        .map_err(|e| row_err(csv, rows.first_row, format!("{}: {e}", dir.display())))?;
+    let rules = volume::Rules::default();
+    let (volume, t1) = if want_t1 {
+        volume::assemble_t2_t1_in(&dir, &rules)
+    } else {
+        volume::assemble_t2_in(&dir, &rules).map(|v| (v, None))
+    }
+    .map_err(|e| row_err(csv, rows.first_row, format!("{}: {e}", dir.display())))?;
     let mut heads = Vec::new();
     for h in &rows.heads {
         let (center, radius) = match (&h.center_radius, &h.label_map) {
@@ -424,7 +436,7 @@ fn load_study(
     Ok(DatasetStudy {
         split: rows.split.unwrap_or_else(|| hashed_split(&rows.name)),
         dir,
-        study: PhantomStudy { truth, volume },
+        study: PhantomStudy { truth, volume, t1 },
     })
 }
 

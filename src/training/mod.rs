@@ -120,6 +120,16 @@ pub fn manifest<R: EpochRecord>(
         Some(d) => format!("site dataset {} (train and val splits)", d.csv),
         None => spec.phantom_data,
     };
+    let randomisation = (spec.randomised > 0).then(|| {
+        let mut text = crate::phantom::randomised::DESCRIPTION.to_owned();
+        if let crate::model::weights::Architecture::Stager { crop, .. } = &spec.architecture
+            && crop.uses_t1()
+        {
+            text.push_str("; ");
+            text.push_str(crate::phantom::randomised::T1_DESCRIPTION);
+        }
+        text
+    });
     Manifest {
         format: MANIFEST_FORMAT,
         name: spec.name.to_owned(),
@@ -153,8 +163,7 @@ pub fn manifest<R: EpochRecord>(
                 .collect(),
             selected: best.selected(),
             normalisation: Some(normalisation_text(&spec.normalisation)),
-            randomisation: (spec.randomised > 0)
-                .then(|| crate::phantom::randomised::DESCRIPTION.to_owned()),
+            randomisation,
             dataset: trained.dataset.clone(),
             wall_time: Some(wall_time_text(trained.wall_time)),
         },
@@ -270,6 +279,9 @@ pub trait Task {
     /// Names the checkpoints (`<KIND>.best.safetensors`, `<KIND>.last.safetensors`) and
     /// the run record (`<KIND>.trained.json`).
     const KIND: &'static str;
+    /// Variables that `--init` may widen with zero input channels (a T1 channel added to a
+    /// T2-only stager); none by default.
+    const WIDENABLE: &'static [&'static str] = &[];
     /// The network on `vb`.
     fn build(&self, vb: VarBuilder) -> candle_core::Result<Self::Net>;
     /// Domain-randomised samples drawn afresh for `epoch` (never one appearance twice).
@@ -314,7 +326,10 @@ pub fn fit<T: Task>(
     if run.resume && last.exists() {
         map.load(&last)?;
     } else if let Some(init) = run.init {
-        crate::model::weights::init_from(&map, init)?;
+        let (_, notes) = crate::model::weights::init_from_widening(&map, init, T::WIDENABLE)?;
+        for n in notes {
+            eprintln!("initialised from {}: {n}", init.display());
+        }
     }
     let mut opt = AdamW::new(
         map.all_vars(),

@@ -111,25 +111,26 @@ pub fn samples(
     Ok(out)
 }
 
+/// Crops `(N, D, C, H, W)` and their classes; with `rng`, each crop's channels get their
+/// own brightness gain and every voxel Gaussian noise.
 fn to_batch(
     samples: &[&HeadSample],
-    shape: [usize; 3],
+    crop: &CropConfig,
     rng: Option<&mut ChaCha8Rng>,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let [d, h, w] = shape;
-    let mut data = Vec::with_capacity(samples.len() * d * h * w);
+    let [d, h, w] = crop.shape;
+    let c = crop.channel_count();
+    let mut data = Vec::with_capacity(samples.len() * d * c * h * w);
     let mut labels = Vec::with_capacity(samples.len());
     let mut rng = rng;
     for s in samples {
         match rng.as_deref_mut() {
             Some(r) => {
-                let gain: f32 = r.random_range(0.9..1.1);
+                let gains: Vec<f32> = (0..c).map(|_| r.random_range(0.9..1.1)).collect();
                 let normal = rand_distr::Normal::new(0f32, 0.02).expect("finite sigma");
-                data.extend(
-                    s.voxels
-                        .iter()
-                        .map(|x| (x * gain + r.sample(normal)).clamp(0.0, 1.0)),
-                );
+                data.extend(s.voxels.iter().enumerate().map(|(i, x)| {
+                    (x * gains[(i / (h * w)) % c] + r.sample(normal)).clamp(0.0, 1.0)
+                }));
             }
             None => data.extend_from_slice(&s.voxels),
         }
@@ -137,7 +138,7 @@ fn to_batch(
     }
     let n = samples.len();
     Ok((
-        Tensor::from_vec(data, (n, d, 1, h, w), &Device::Cpu)?,
+        Tensor::from_vec(data, (n, d, c, h, w), &Device::Cpu)?,
         Tensor::from_vec(labels, n, &Device::Cpu)?,
     ))
 }
@@ -155,6 +156,13 @@ pub fn train_stager(
         opts.crop.shape,
         opts.config.input
     );
+    opts.crop.check_channels().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        opts.crop.channel_count() == opts.config.in_channels,
+        "the crop's channels {:?} differ from the network's {} input channel(s)",
+        opts.crop.channels,
+        opts.config.in_channels
+    );
     anyhow::ensure!(
         opts.batch > 0
             && opts.train_studies + opts.randomised > 0
@@ -166,7 +174,7 @@ pub fn train_stager(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed);
     let (train, val, dataset) = match &opts.dataset {
         Some(csv) => {
-            let ds = dataset::load(csv, &[Split::Train])?;
+            let ds = dataset::load_with_t1(csv, &[Split::Train], opts.crop.uses_t1())?;
             let mut train = Vec::new();
             for s in ds.split(Split::Train) {
                 let j = opts.jitter.map(|(n, sd)| (n, sd, &mut rng));
@@ -262,6 +270,7 @@ impl Task for StagerTask<'_> {
     type Net = Stager;
     type Report = EpochReport;
     const KIND: &'static str = "stager";
+    const WIDENABLE: &'static [&'static str] = &["stem.conv.weight"];
 
     fn build(&self, vb: VarBuilder) -> candle_core::Result<Stager> {
         Stager::new(&self.opts.config, vb)
@@ -293,7 +302,7 @@ impl Task for StagerTask<'_> {
         items: &[&HeadSample],
         rng: &mut ChaCha8Rng,
     ) -> candle_core::Result<Tensor> {
-        let (x, y) = to_batch(items, self.opts.crop.shape, Some(rng))?;
+        let (x, y) = to_batch(items, &self.opts.crop, Some(rng))?;
         focal_loss(&net.forward_t(&x, true)?, &y, self.opts.gamma, None)
     }
 
@@ -308,7 +317,7 @@ impl Task for StagerTask<'_> {
         let mut seen = 0usize;
         for chunk in val.chunks(self.opts.batch) {
             let items: Vec<&HeadSample> = chunk.iter().collect();
-            let (x, y) = to_batch(&items, self.opts.crop.shape, None)?;
+            let (x, y) = to_batch(&items, &self.opts.crop, None)?;
             let logits = net.forward_t(&x, false)?;
             vloss += focal_loss(&logits, &y, self.opts.gamma, None)?.to_scalar::<f32>()?
                 * items.len() as f32;
@@ -396,17 +405,33 @@ pub fn stager_manifest(
         },
         classes: vec!["stage 0".into(), "stage I".into(), "stage II".into()],
         phantom_data: format!(
-            "{} + {} classic phantom studies (`onfh-edge phantom`: T2 selected and assembled \
+            "{} + {} classic phantom studies (`onfh-edge phantom`: T2{} selected and assembled \
              as in the pipeline)",
-            opts.train_studies, opts.val_studies
+            opts.train_studies,
+            opts.val_studies,
+            if opts.crop.uses_t1() {
+                " and its T1 companion"
+            } else {
+                ""
+            }
         ),
         recipe: format!(
-            "femoral-head crops, cropped around the true centre (plus {} crops per head \
+            "femoral-head crops{}, cropped around the true centre (plus {} crops per head \
              displaced by N(0, {} mm)), right heads mirrored, each crop normalised on its own, \
              from {{data}}; {} domain-randomised studies drawn afresh per epoch \
              (`phantom::randomised`, rendered on the crop grid), {} fixed ones for \
              validation; augmentation: brightness x0.9-1.1, Gaussian noise sigma 0.02; focal \
              loss gamma {}",
+            if opts.crop.uses_t1() {
+                format!(
+                    " of two channels, the T2 and its T1 companion on the same grid (zeros \
+                     where a study has none or it covers under {:.0} % of the crop; a T2-only \
+                     stem given --init is widened with the T1's weights from zero)",
+                    100.0 * crate::model::crop::MIN_T1_COVERAGE
+                )
+            } else {
+                String::new()
+            },
             opts.jitter.map_or(0, |j| j.0),
             opts.jitter.map_or(0.0, |j| j.1),
             opts.randomised,

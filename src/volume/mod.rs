@@ -3,7 +3,9 @@
 //! - `scan`: read the headers of a set of files, group instances into series, and describe
 //!   each series (description, sequence, timing, image type, orientation, slice count).
 //! - `select`: choose the T2-weighted series to analyse by configurable rules and record
-//!   why every other series was passed over.
+//!   why every other series was passed over; and, for a stager that reads one, the T1
+//!   companion of that T2 (same study and Frame of Reference, neither fat-suppressed nor
+//!   post-contrast).
 //! - `assemble`: decode one series into a volume — slices ordered by their position along
 //!   the slice normal (never by Instance Number), spacing checked, rescale applied — with the
 //!   voxel-to-patient (LPS mm) affine.
@@ -27,7 +29,7 @@ pub use assemble::{
 };
 pub use preprocess::{Preprocess, preprocess, resample, sample};
 pub use scan::{Instance, ScanReport, Series, collect_files, scan_files};
-pub use select::{Rules, Selection, select};
+pub use select::{Rules, Selection, T1Rules, T1Selection, select, select_t1};
 
 /// Most bytes a deflated file may inflate to before it is refused as unparseable.
 pub const MAX_INFLATED_BYTES: u64 = 2 << 30;
@@ -101,6 +103,26 @@ pub enum T2Error {
 /// The T2 of the study written under `dir`, selected (with `rules`) and assembled as the
 /// pipeline does; for studies on disk outside the pipeline (phantoms, site datasets).
 pub fn assemble_t2_in(dir: &std::path::Path, rules: &Rules) -> Result<Volume, T2Error> {
+    let (series, chosen) = scan_and_select(dir, rules)?;
+    Ok(assemble::assemble(&series[chosen])?)
+}
+
+/// The T2 of the study under `dir`, as [`assemble_t2_in`], and its T1 companion
+/// ([`select_t1`]) when one is selected and assembles (a T1 that does not is no T1).
+pub fn assemble_t2_t1_in(
+    dir: &std::path::Path,
+    rules: &Rules,
+) -> Result<(Volume, Option<Volume>), T2Error> {
+    let (series, chosen) = scan_and_select(dir, rules)?;
+    let t2 = assemble::assemble(&series[chosen])?;
+    let t1 = select_t1(&series, rules, chosen)
+        .chosen
+        .and_then(|i| assemble::assemble(&series[i]).ok());
+    Ok((t2, t1))
+}
+
+/// The series under `dir` and the index of the chosen T2.
+fn scan_and_select(dir: &std::path::Path, rules: &Rules) -> Result<(Vec<Series>, usize), T2Error> {
     let files = collect_files(&[dir.to_owned()]).map_err(|source| T2Error::Io {
         dir: dir.to_owned(),
         source,
@@ -113,7 +135,7 @@ pub fn assemble_t2_in(dir: &std::path::Path, rules: &Rules) -> Result<Volume, T2
             verdicts: sel.verdicts,
         });
     };
-    Ok(assemble::assemble(&report.series[chosen])?)
+    Ok((report.series, chosen))
 }
 
 #[cfg(test)]

@@ -61,6 +61,10 @@ pub struct Series {
     /// Why the pixel data of some instance have been through lossy compression, if they
     /// have (see `lossy_evidence`).
     pub lossy: Option<String>,
+    /// Frame of Reference UID: series sharing one share patient millimetres.
+    pub frame_of_reference_uid: Option<String>,
+    /// Contrast/Bolus Agent, when one was given (a post-contrast series).
+    pub contrast_agent: Option<String>,
     /// The instances.
     pub instances: Vec<Instance>,
 }
@@ -268,6 +272,8 @@ pub fn scan_files(files: &[PathBuf]) -> ScanReport {
                 repetition_time,
                 echo_time,
                 lossy: None,
+                frame_of_reference_uid: text(&obj, tags::FRAME_OF_REFERENCE_UID),
+                contrast_agent: text(&obj, tags::CONTRAST_BOLUS_AGENT),
                 instances: Vec::new(),
             });
         if entry.lossy.is_none() {

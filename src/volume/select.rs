@@ -11,6 +11,10 @@
 //! wins; then the preferred orientation (coronal first, as the paper), then the one with
 //! more slices, then the lower series number. Rules are data (`Rules`), with defaults that
 //! fit common vendor naming.
+//!
+//! `select_t1` then finds the chosen T2's T1-weighted companion (`T1Rules`), which a stager
+//! with a T1 channel reads beside it: on T1, marrow oedema is dark inside bright fatty
+//! marrow, where a T2 without fat suppression can hide it.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +50,47 @@ pub struct Rules {
     /// Case-insensitive whole words in description or protocol that mark fat suppression
     /// (a Scan Options (0018,0022) value `FS` marks it too).
     pub fat_suppressed_words: Vec<String>,
+    /// The T1-weighted companion series (`[selection.t1]`), read beside the T2 by a stager
+    /// that takes a T1 channel.
+    pub t1: T1Rules,
+}
+
+/// How the T1-weighted companion of the chosen T2 is found. It must be in the T2's study
+/// and Frame of Reference, not fat-suppressed (the stager reads marrow fat on it) and not
+/// post-contrast; among several, a coronal one, then one in the T2's plane, then more
+/// slices, then the lower series number. Localizers, derived images, lossy images (unless
+/// allowed), ruled-out Scanning Sequences and orientations are refused as for the T2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct T1Rules {
+    /// Case-insensitive words in description or protocol that mark a T1-weighted series.
+    pub include: Vec<String>,
+    /// Case-insensitive words that mark a series as something else (checked first, on the
+    /// Series Description, as for the T2).
+    pub exclude: Vec<String>,
+    /// Repetition time range for T1 weighting (ms).
+    pub repetition_time_ms: [f64; 2],
+    /// Echo time range for T1 weighting (ms).
+    pub echo_time_ms: [f64; 2],
+    /// Fewest slices.
+    pub min_slices: usize,
+}
+
+impl Default for T1Rules {
+    fn default() -> Self {
+        T1Rules {
+            include: vec!["t1".into()],
+            exclude: [
+                "loc", "survey", "scout", "3-pl", "t2", "pd", "stir", "tirm", "dwi", "adc",
+                "flair", "dixon", "post", "gd", "gad",
+            ]
+            .map(String::from)
+            .to_vec(),
+            repetition_time_ms: [250.0, 1000.0],
+            echo_time_ms: [4.0, 30.0],
+            min_slices: 12,
+        }
+    }
 }
 
 impl Rules {
@@ -71,8 +116,33 @@ impl Rules {
                 ));
             }
         }
+        for (key, [lo, hi]) in [
+            (
+                "selection.t1.repetition_time_ms",
+                self.t1.repetition_time_ms,
+            ),
+            ("selection.t1.echo_time_ms", self.t1.echo_time_ms),
+        ] {
+            if !(lo >= 0.0 && lo < hi) {
+                return Err((key, "must be [low, high] with 0 <= low < high".into()));
+            }
+        }
+        for (key, words) in [
+            ("selection.t1.include", &self.t1.include),
+            ("selection.t1.exclude", &self.t1.exclude),
+        ] {
+            if words.iter().any(|w| w.trim().is_empty()) {
+                return Err((
+                    key,
+                    "words must not be empty (an empty word matches every name)".into(),
+                ));
+            }
+        }
         if self.min_slices == 0 {
             return Err(("selection.min_slices", "must be at least 1".into()));
+        }
+        if self.t1.min_slices == 0 {
+            return Err(("selection.t1.min_slices", "must be at least 1".into()));
         }
         if self.orientations.is_empty() {
             return Err(("selection.orientations", "must list at least one".into()));
@@ -108,6 +178,7 @@ impl Default for Rules {
             ]
             .map(String::from)
             .to_vec(),
+            t1: T1Rules::default(),
         }
     }
 }
@@ -163,8 +234,8 @@ pub fn fat_suppressed(s: &Series, rules: &Rules) -> bool {
         || whole_word_match(&s.protocol, &rules.fat_suppressed_words).is_some()
 }
 
-/// Why a series is not usable, or None when it is.
-fn unusable(s: &Series, rules: &Rules) -> Option<String> {
+/// Why a series is not an original MR image, or None when it is.
+fn not_an_mr_image(s: &Series) -> Option<String> {
     if s.modality != "MR" {
         return Some(format!("modality {:?} is not MR", s.modality));
     }
@@ -184,17 +255,25 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
     {
         return Some("derived or secondary image (Image Type)".into());
     }
-    // Exclusions read the Series Description: a Protocol Name is often the whole exam's
-    // ("HIP T1 T2") and would exclude every series. It stands in only when there is no
-    // description. Inclusion may come from either.
-    let own_name = if s.description.trim().is_empty() {
+    None
+}
+
+/// The Series Description, or the Protocol Name where there is no description.
+///
+/// Exclusions read the Series Description: a Protocol Name is often the whole exam's
+/// ("HIP T1 T2") and would exclude every series. It stands in only when there is no
+/// description. Inclusion may come from either.
+fn own_name(s: &Series) -> &str {
+    if s.description.trim().is_empty() {
         &s.protocol
     } else {
         &s.description
-    };
-    if let Some(w) = words_match(own_name, &rules.exclude) {
-        return Some(format!("description {own_name:?} says {w:?}"));
     }
+}
+
+/// Why a series' acquisition rules it out whatever its weighting (Scanning Sequence,
+/// lossy compression), or None.
+fn ruled_out_acquisition(s: &Series, rules: &Rules) -> Option<String> {
     if let Some(v) = s.scanning_sequence.iter().find(|v| {
         rules
             .reject_scanning_sequences
@@ -207,6 +286,44 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
         return Some(format!(
             "lossy-compressed images ({why}); selection.allow_lossy is off"
         ));
+    }
+    None
+}
+
+/// Why a series does not hold one allowed orientation with enough slices, or None.
+fn unusable_geometry(s: &Series, orientations: &[Plane], min_slices: usize) -> Option<String> {
+    let planes = s.planes();
+    match planes.as_slice() {
+        [] => return Some("no Image Orientation (Patient)".into()),
+        [p] if !orientations.contains(p) => {
+            return Some(format!("{p:?} orientation is not allowed"));
+        }
+        [_] => {}
+        _ => return Some("mixed orientations".into()),
+    }
+    if s.slices() < min_slices {
+        return Some(format!(
+            "only {} slices (at least {min_slices})",
+            s.slices()
+        ));
+    }
+    None
+}
+
+/// Why a series is not usable, or None when it is.
+fn unusable(s: &Series, rules: &Rules) -> Option<String> {
+    if let Some(why) = not_an_mr_image(s) {
+        return Some(why);
+    }
+    // Exclusions read the Series Description: a Protocol Name is often the whole exam's
+    // ("HIP T1 T2") and would exclude every series. It stands in only when there is no
+    // description. Inclusion may come from either.
+    let own_name = own_name(s);
+    if let Some(w) = words_match(own_name, &rules.exclude) {
+        return Some(format!("description {own_name:?} says {w:?}"));
+    }
+    if let Some(why) = ruled_out_acquisition(s, rules) {
+        return Some(why);
     }
     let name = format!("{} {}", s.description, s.protocol);
     let timing = match (s.repetition_time, s.echo_time) {
@@ -225,23 +342,7 @@ fn unusable(s: &Series, rules: &Rules) -> Option<String> {
     if words_match(&name, &rules.include).is_none() && timing.is_none() {
         return Some("not identified as T2-weighted (no matching name, no timing)".into());
     }
-    let planes = s.planes();
-    match planes.as_slice() {
-        [] => return Some("no Image Orientation (Patient)".into()),
-        [p] if !rules.orientations.contains(p) => {
-            return Some(format!("{p:?} orientation is not allowed"));
-        }
-        [_] => {}
-        _ => return Some("mixed orientations".into()),
-    }
-    if s.slices() < rules.min_slices {
-        return Some(format!(
-            "only {} slices (at least {})",
-            s.slices(),
-            rules.min_slices
-        ));
-    }
-    None
+    unusable_geometry(s, &rules.orientations, rules.min_slices)
 }
 
 /// Choose the series to analyse.
@@ -295,9 +396,162 @@ pub fn select(series: &[Series], rules: &Rules) -> Selection {
                 )),
                 (None, None) => unreachable!("a usable series means something was chosen"),
             },
+            t1: None,
         })
         .collect();
     Selection { chosen, verdicts }
+}
+
+/// The T1-weighted companion of a chosen T2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct T1Selection {
+    /// Index (into the scanned series) of the chosen T1, if any.
+    pub chosen: Option<usize>,
+    /// Per scanned series, a verdict for those that look like a T1 (named T1, or T1
+    /// timing); None for the others and for the T2 itself.
+    pub verdicts: Vec<Option<Verdict>>,
+    /// The usable T1 series, best first (the chosen one first).
+    pub ranked: Vec<usize>,
+}
+
+impl T1Selection {
+    /// The chosen T1 `failed` could not be read (`why`): reject it and fall back to the
+    /// next usable one, if any, rewriting the verdicts so that the others name the one now
+    /// chosen. Returns it.
+    pub fn fall_back(&mut self, failed: usize, why: String, series: &[Series]) -> Option<usize> {
+        self.ranked.retain(|i| *i != failed);
+        self.verdicts[failed] = Some(Verdict::Rejected(why));
+        self.chosen = self.ranked.first().copied();
+        if let Some(c) = self.chosen {
+            for &i in &self.ranked {
+                self.verdicts[i] = Some(if i == c {
+                    Verdict::Chosen
+                } else {
+                    t1_passed_for(&series[c])
+                });
+            }
+        }
+        self.chosen
+    }
+
+    /// Record the T1 verdicts beside the T2 ones (the same series, in the same order).
+    pub fn attach(&self, verdicts: &mut [SeriesVerdict]) {
+        for (v, t1) in verdicts.iter_mut().zip(&self.verdicts) {
+            v.t1 = t1.clone();
+        }
+    }
+}
+
+/// Whether `s` looks like a T1-weighted series: a T1 word in its names, or T1 timing.
+fn looks_t1(s: &Series, rules: &T1Rules) -> bool {
+    let name = format!("{} {}", s.description, s.protocol);
+    let timing = match (s.repetition_time, s.echo_time) {
+        (Some(tr), Some(te)) => {
+            rules.repetition_time_ms[0] <= tr
+                && tr <= rules.repetition_time_ms[1]
+                && rules.echo_time_ms[0] <= te
+                && te <= rules.echo_time_ms[1]
+        }
+        _ => false,
+    };
+    timing || words_match(&name, &rules.include).is_some()
+}
+
+/// Why `s` cannot be the T1 companion of the T2 `t2`, or None.
+fn unusable_t1(s: &Series, rules: &Rules, t2: &Series) -> Option<String> {
+    let r = &rules.t1;
+    if let Some(why) = not_an_mr_image(s) {
+        return Some(why);
+    }
+    if s.study_uid != t2.study_uid {
+        return Some("another study than the T2's".into());
+    }
+    if let (Some(a), Some(b)) = (&s.frame_of_reference_uid, &t2.frame_of_reference_uid)
+        && a != b
+    {
+        return Some(format!(
+            "Frame of Reference {a} is not the T2's ({b}): its millimetres are not the T2's"
+        ));
+    }
+    let own_name = own_name(s);
+    if let Some(w) = words_match(own_name, &r.exclude) {
+        return Some(format!("description {own_name:?} says {w:?}"));
+    }
+    if let Some(why) = ruled_out_acquisition(s, rules) {
+        return Some(why);
+    }
+    if fat_suppressed(s, rules) {
+        return Some("fat-suppressed: the stager reads the marrow's fat on the T1".into());
+    }
+    if let Some(agent) = &s.contrast_agent {
+        // Some scanners write a "none" on plain series.
+        let none = ["none", "no", "n/a", "na", "nil", "0", "-"];
+        if !none.contains(&agent.trim().to_lowercase().as_str()) {
+            return Some(format!("post-contrast (Contrast/Bolus Agent {agent:?})"));
+        }
+    }
+    if let (Some(tr), Some(te)) = (s.repetition_time, s.echo_time) {
+        let [tr0, tr1] = r.repetition_time_ms;
+        let [te0, te1] = r.echo_time_ms;
+        if !(tr0..=tr1).contains(&tr) || !(te0..=te1).contains(&te) {
+            return Some(format!(
+                "TR {tr} ms / TE {te} ms is not T1 weighting (TR {tr0}-{tr1}, TE {te0}-{te1})"
+            ));
+        }
+    } else if !looks_t1(s, r) {
+        return Some("not identified as T1-weighted (no matching name, no timing)".into());
+    }
+    unusable_geometry(s, &rules.orientations, r.min_slices)
+}
+
+/// Choose the T1 companion of the T2 at index `t2`.
+pub fn select_t1(series: &[Series], rules: &Rules, t2: usize) -> T1Selection {
+    let t2s = &series[t2];
+    let why: Vec<Option<String>> = series.iter().map(|s| unusable_t1(s, rules, t2s)).collect();
+    let t2_plane = t2s.planes().first().copied();
+    let rank = |s: &Series| {
+        let plane = s.planes()[0];
+        (
+            plane != Plane::Coronal,
+            Some(plane) != t2_plane,
+            std::cmp::Reverse(s.slices()),
+            s.number.unwrap_or(i64::MAX),
+        )
+    };
+    let mut ranked: Vec<usize> = (0..series.len())
+        .filter(|i| *i != t2 && why[*i].is_none())
+        .collect();
+    ranked.sort_by_key(|i| rank(&series[*i]));
+    let chosen = ranked.first().copied();
+    let verdicts = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i == t2 || !looks_t1(s, &rules.t1) {
+                return None;
+            }
+            Some(match (&why[i], chosen) {
+                (Some(why), _) => Verdict::Rejected(why.clone()),
+                (None, Some(c)) if c == i => Verdict::Chosen,
+                (None, Some(c)) => t1_passed_for(&series[c]),
+                (None, None) => unreachable!("a usable T1 means one was chosen"),
+            })
+        })
+        .collect();
+    T1Selection {
+        chosen,
+        verdicts,
+        ranked,
+    }
+}
+
+/// The verdict of a usable T1 passed over for `chosen`.
+fn t1_passed_for(chosen: &Series) -> Verdict {
+    Verdict::Passed(format!(
+        "usable, but T1 series {} ({}) is preferred",
+        chosen.number.map(|n| n.to_string()).unwrap_or_default(),
+        chosen.description
+    ))
 }
 
 #[cfg(test)]
@@ -321,6 +575,8 @@ mod tests {
             repetition_time: Some(tr),
             echo_time: Some(te),
             lossy: None,
+            frame_of_reference_uid: Some("1.9".into()),
+            contrast_agent: None,
             instances: (0..n)
                 .map(|k| Instance {
                     path: format!("/x/{k}").into(),
@@ -353,6 +609,83 @@ mod tests {
         assert!(matches!(&s.verdicts[2].verdict, Verdict::Passed(r) if r.contains("preferred")));
         assert!(
             matches!(&s.verdicts[4].verdict, Verdict::Rejected(r) if r.contains("only 5 slices"))
+        );
+    }
+
+    #[test]
+    fn the_t1_companion_is_coronal_of_the_same_frame_and_neither_fat_suppressed_nor_enhanced() {
+        let uid = |mut s: Series, n: &str| {
+            s.series_uid = format!("1.2.{n}");
+            s
+        };
+        let mut other_frame = uid(series("T1 SE COR", 500.0, 10.0, COR.0, COR.1, 30), "a");
+        other_frame.frame_of_reference_uid = Some("1.8".into());
+        let mut enhanced = uid(series("t1 cor", 500.0, 10.0, COR.0, COR.1, 30), "b");
+        enhanced.contrast_agent = Some("gadoterate".into());
+        let all = vec![
+            uid(
+                series("t2_tse_fs_cor", 3800.0, 75.0, COR.0, COR.1, 24),
+                "t2",
+            ),
+            uid(series("t1_tse_ax", 550.0, 12.0, AX.0, AX.1, 30), "ax"),
+            uid(series("t1_tse_cor", 550.0, 12.0, COR.0, COR.1, 20), "cor"),
+            uid(series("t1_tse_fs_cor", 550.0, 12.0, COR.0, COR.1, 20), "fs"),
+            other_frame,
+            enhanced,
+            uid(
+                series("T1 post Gd COR", 550.0, 12.0, COR.0, COR.1, 20),
+                "gd",
+            ),
+            uid(series("localizer", 8.0, 4.0, COR.0, COR.1, 3), "loc"),
+        ];
+        let rules = Rules::default();
+        let s = select(&all, &rules);
+        assert_eq!(s.chosen, Some(0));
+        let t1 = select_t1(&all, &rules, 0);
+        assert_eq!(t1.chosen, Some(2), "{:?}", t1.verdicts);
+        let v = &t1.verdicts;
+        assert_eq!(v[0], None, "the T2 is not a T1 candidate");
+        assert!(matches!(&v[1], Some(Verdict::Passed(r)) if r.contains("t1_tse_cor")));
+        assert_eq!(v[2], Some(Verdict::Chosen));
+        assert!(matches!(&v[3], Some(Verdict::Rejected(r)) if r.contains("fat-suppressed")));
+        assert!(matches!(&v[4], Some(Verdict::Rejected(r)) if r.contains("Frame of Reference")));
+        assert!(matches!(&v[5], Some(Verdict::Rejected(r)) if r.contains("gadoterate")));
+        assert!(matches!(&v[6], Some(Verdict::Rejected(r)) if r.contains("\"post\"")));
+        assert_eq!(v[7], None, "a localizer does not look like a T1");
+        // Recorded beside the T2 verdicts; the T2's own verdicts are unchanged.
+        let mut verdicts = s.verdicts.clone();
+        t1.attach(&mut verdicts);
+        assert_eq!(verdicts[2].t1, Some(Verdict::Chosen));
+        assert_eq!(verdicts[2].verdict, s.verdicts[2].verdict);
+        // Without a usable T1 there is none; an axial one stands in for a coronal.
+        let t1 = select_t1(&all[..2], &rules, 0);
+        assert_eq!(t1.chosen, Some(1));
+        let t1 = select_t1(&[all[0].clone(), all[3].clone()], &rules, 0);
+        assert_eq!(t1.chosen, None);
+        // A "none" agent is no contrast.
+        let mut plain = all[2].clone();
+        plain.contrast_agent = Some("NONE".into());
+        assert_eq!(
+            select_t1(&[all[0].clone(), plain], &rules, 0).chosen,
+            Some(1)
+        );
+        // The chosen T1 unreadable: the next usable one, and the verdicts say so.
+        let mut t1 = select_t1(&all, &rules, 0);
+        assert_eq!(
+            t1.fall_back(2, "could not be assembled".into(), &all),
+            Some(1)
+        );
+        assert_eq!(t1.verdicts[1], Some(Verdict::Chosen));
+        assert!(
+            matches!(&t1.verdicts[2], Some(Verdict::Rejected(r)) if r == "could not be assembled")
+        );
+        assert_eq!(t1.fall_back(1, "unreadable".into(), &all), None);
+        // Another study's T1 is never taken.
+        let mut elsewhere = all[2].clone();
+        elsewhere.study_uid = "1.7".into();
+        let t1 = select_t1(&[all[0].clone(), elsewhere], &rules, 0);
+        assert!(
+            matches!(&t1.verdicts[1], Some(Verdict::Rejected(r)) if r.contains("another study"))
         );
     }
 
