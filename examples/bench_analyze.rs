@@ -64,7 +64,13 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let seed = data::TEST_SEED_BASE;
     let study_dir = dir.path().join("study");
-    let study = data::phantom_study(&study_dir, seed, &data::test_options())?;
+    let onfh_edge::model::weights::Architecture::Stager { crop: crop_cfg, .. } =
+        &models.stager_manifest.architecture
+    else {
+        anyhow::bail!("the stager manifest is not a stager's");
+    };
+    let crop_cfg = crop_cfg.clone();
+    let study = data::phantom_study(&study_dir, seed, &data::test_options(), crop_cfg.uses_t1())?;
     let paths = vec![study_dir.clone()];
 
     // The networks' inputs, exactly as the pipeline makes them.
@@ -84,12 +90,6 @@ fn main() -> anyhow::Result<()> {
     let input = onfh_edge::volume::preprocess(&study.volume, &settings.preprocess);
     let [w, h, d] = input.dims;
     let vol = Tensor::from_slice(&input.data, (1, d, 1, h, w), &Device::Cpu)?;
-    let onfh_edge::model::weights::Architecture::Stager { crop: crop_cfg, .. } =
-        &models.stager_manifest.architecture
-    else {
-        anyhow::bail!("the stager manifest is not a stager's");
-    };
-    let crop_cfg = crop_cfg.clone();
     let [cd, ch, cw] = crop_cfg.shape;
     let crops: Vec<f32> = a
         .heads

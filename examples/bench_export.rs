@@ -72,7 +72,12 @@ fn main() -> anyhow::Result<()> {
     let models = pipeline::Models::load(&settings.analysis, &settings.preprocess)?;
     let dir = tempfile::tempdir()?;
     let study_dir = dir.path().join("study");
-    data::phantom_study(&study_dir, data::TEST_SEED_BASE, &data::test_options())?;
+    data::phantom_study(
+        &study_dir,
+        data::TEST_SEED_BASE,
+        &data::test_options(),
+        false,
+    )?;
     let paths = vec![study_dir.clone()];
     let analyse = |out: &Path| {
         pipeline::analyze(

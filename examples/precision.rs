@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let seed = data::TEST_SEED_BASE;
-    let study = data::phantom_study(dir.path(), seed, &data::test_options())?;
+    let study = data::phantom_study(dir.path(), seed, &data::test_options(), true)?;
     let m = weights::read_manifest(&det_m)?;
     let Architecture::Detector { preprocess, .. } = &m.architecture else {
         anyhow::bail!("{} is not a detector manifest", det_m.display());

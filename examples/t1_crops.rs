@@ -80,7 +80,7 @@ fn main() {
         )
         .expect("external study");
         let style = truth.scanner.clone();
-        let study = data::assemble_study(&dir, truth).expect("assemble");
+        let study = data::assemble_study(&dir, truth, true).expect("assemble");
         println!(
             "seed {seed} {style}: T1 {}",
             if study.t1.is_some() {

@@ -104,7 +104,7 @@ fn wrong_input_is_an_error() {
 #[test]
 fn training_steps_on_a_phantom_study_reduce_the_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let study = data::phantom_study(dir.path(), 11, &data::training_options(11)).unwrap();
+    let study = data::phantom_study(dir.path(), 11, &data::training_options(11), false).unwrap();
     let cfg = DetectorConfig::small();
     let sample = data::detector_sample(&study, &onfh_edge::volume::Preprocess::default());
     assert_eq!(sample.boxes.len(), 2);

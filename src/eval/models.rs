@@ -733,7 +733,7 @@ fn evaluate_set(
         }
         let study = match src.assembled.clone() {
             Some(s) => Ok(s),
-            None => data::assemble_study(dir, truth.clone()),
+            None => data::assemble_study(dir, truth.clone(), crop.uses_t1()),
         };
         if src.remove {
             let _ = std::fs::remove_dir_all(dir);

@@ -110,22 +110,28 @@ pub struct PhantomStudy {
     pub t1: Option<Volume>,
 }
 
-/// Generate phantom study `seed` under `dir`, then select and assemble its T2 series the
-/// way the pipeline does.
+/// Generate phantom study `seed` under `dir`, then select and assemble its T2 series (and,
+/// when `want_t1`, its T1 companion) the way the pipeline does.
 pub fn phantom_study(
     dir: &Path,
     seed: u64,
     options: &phantom::Options,
+    want_t1: bool,
 ) -> Result<PhantomStudy, DataError> {
     let truth: StudyTruth = phantom::generate_study(dir, seed, options)?;
-    assemble_study(dir, truth)
+    assemble_study(dir, truth, want_t1)
 }
 
 /// Select and assemble the T2 of a study already written under `dir` (by either phantom
-/// family) the way the pipeline does.
-pub fn assemble_study(dir: &Path, truth: StudyTruth) -> Result<PhantomStudy, DataError> {
+/// family) the way the pipeline does, and its T1 companion when `want_t1` (a stager with
+/// a T1 channel).
+pub fn assemble_study(
+    dir: &Path,
+    truth: StudyTruth,
+    want_t1: bool,
+) -> Result<PhantomStudy, DataError> {
     let seed = truth.seed;
-    let (volume, t1) = volume::assemble_t2_t1_in(dir, &volume::Rules::default())
+    let (volume, t1) = volume::assemble_t2_t1_in(dir, &volume::Rules::default(), want_t1)
         .map_err(|source| DataError::T2 { seed, source })?;
     Ok(PhantomStudy { truth, volume, t1 })
 }
@@ -169,7 +175,7 @@ pub fn study_samples(
     seed: u64,
     cfg: &CropConfig,
 ) -> Result<Vec<HeadSample>, DataError> {
-    let study = phantom_study(dir, seed, &training_options(seed))?;
+    let study = phantom_study(dir, seed, &training_options(seed), cfg.uses_t1())?;
     Ok(head_samples(&study, cfg, None))
 }
 

@@ -404,12 +404,8 @@ fn load_study(
         return Err(row_err(csv, rows.first_row, m));
     }
     let rules = volume::Rules::default();
-    let (volume, t1) = if want_t1 {
-        volume::assemble_t2_t1_in(&dir, &rules)
-    } else {
-        volume::assemble_t2_in(&dir, &rules).map(|v| (v, None))
-    }
-    .map_err(|e| row_err(csv, rows.first_row, format!("{}: {e}", dir.display())))?;
+    let (volume, t1) = volume::assemble_t2_t1_in(&dir, &rules, want_t1)
+        .map_err(|e| row_err(csv, rows.first_row, format!("{}: {e}", dir.display())))?;
     let mut heads = Vec::new();
     for h in &rows.heads {
         let (center, radius) = match (&h.center_radius, &h.label_map) {

@@ -157,7 +157,7 @@ pub fn samples(
     let mut out = Vec::new();
     for seed in seeds {
         let dir = scratch.join(format!("study_{seed}"));
-        let study = data::phantom_study(&dir, seed, &options(seed))?;
+        let study = data::phantom_study(&dir, seed, &options(seed), false)?;
         out.push(data::detector_sample(&study, pre));
         let _ = std::fs::remove_dir_all(&dir);
     }

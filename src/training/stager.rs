@@ -102,7 +102,7 @@ pub fn samples(
     let mut out = Vec::new();
     for seed in seeds {
         let dir = scratch.join(format!("study_{seed}"));
-        let study = data::phantom_study(&dir, seed, &data::training_options(seed))?;
+        let study = data::phantom_study(&dir, seed, &data::training_options(seed), crop.uses_t1())?;
         let j = jitter.as_mut().map(|(n, s, r)| (*n, *s, &mut **r));
         out.extend(data::head_samples(&study, crop, j));
         // The DICOM files are not needed once cropped.

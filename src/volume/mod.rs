@@ -107,16 +107,19 @@ pub fn assemble_t2_in(dir: &std::path::Path, rules: &Rules) -> Result<Volume, T2
     Ok(assemble::assemble(&series[chosen])?)
 }
 
-/// The T2 of the study under `dir`, as [`assemble_t2_in`], and its T1 companion
-/// ([`select_t1`]) when one is selected and assembles (a T1 that does not is no T1).
+/// The T2 of the study under `dir`, as [`assemble_t2_in`], and, when `want_t1`, its T1
+/// companion ([`select_t1`]) when one is selected and assembles (a T1 that does not is no
+/// T1). Without `want_t1` no T1 is selected or read.
 pub fn assemble_t2_t1_in(
     dir: &std::path::Path,
     rules: &Rules,
+    want_t1: bool,
 ) -> Result<(Volume, Option<Volume>), T2Error> {
     let (series, chosen) = scan_and_select(dir, rules)?;
     let t2 = assemble::assemble(&series[chosen])?;
-    let t1 = select_t1(&series, rules, chosen)
-        .chosen
+    let t1 = want_t1
+        .then(|| select_t1(&series, rules, chosen).chosen)
+        .flatten()
         .and_then(|i| assemble::assemble(&series[i]).ok());
     Ok((t2, t1))
 }
