@@ -20,6 +20,7 @@
 //! are derived from the seed under [`UID_ROOT`].
 
 pub mod anatomy;
+pub mod mr_signal;
 pub mod randomised;
 
 use std::path::{Path, PathBuf};

@@ -285,7 +285,7 @@ const T1_SALT: u64 = 0x7131_c0a1_d00d_0001;
 /// Domain-randomised head crops of the study drawn from `seed`: per head, `copies` crops
 /// around the true centre displaced by N(0, `jitter_mm`) (the first one undisplaced),
 /// rendered on the crop's grid, normalised as `crop` does and mirrored for right heads.
-/// For a crop with a T1 channel, the T1 companion (`randomised::draw_t1_acquisition`,
+/// For a crop with a T1 channel, the T1 companion (`randomised::draw_t1_pair`,
 /// none in [`RANDOMISED_T1_ABSENT`] of studies) on the same grid, as `crop_channels` does.
 pub fn randomised_head_samples(
     seed: u64,
@@ -297,16 +297,13 @@ pub fn randomised_head_samples(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let scene = randomised::draw_scene(&mut rng, None);
     let acq = randomised::draw_acquisition(&mut rng, &scene);
-    // The T1 companion, and the T2 as it looks beside it (oedema perhaps hidden): used
-    // only for a crop the T1 covers, so that a hidden lesion always shows on the T1.
+    // The T1 companion, and the T2 as it looks beside it (from the same tissues, so a
+    // plain T2 may hide oedema): used only for a crop the T1 covers, so that a lesion a
+    // plain T2 hides still shows on the T1.
     let t1 = if cfg.uses_t1() {
         let mut trng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ T1_SALT);
-        (!trng.random_bool(RANDOMISED_T1_ABSENT)).then(|| {
-            let t1 = randomised::draw_t1_acquisition(&mut trng, &scene, &acq);
-            let mut beside = acq.clone();
-            randomised::hide_oedema_on_plain_t2(&mut trng, &mut beside);
-            (t1, beside)
-        })
+        (!trng.random_bool(RANDOMISED_T1_ABSENT))
+            .then(|| randomised::draw_t1_pair(&mut trng, &scene, &acq))
     } else {
         None
     };
