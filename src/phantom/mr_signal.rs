@@ -8,7 +8,9 @@
 //! The values are broad ranges around textbook relaxation times of the pelvis at 1.5-3 T
 //! (fat T1 250-400 ms; muscle T1 800-1450 ms, T2 28-50 ms; fluid T1 2-4 s, T2 0.3-1.5 s),
 //! drawn anew per study; oedema is marrow with part of its fat replaced by water of longer
-//! relaxation times, from faint to marked. Used only for the T1 companion pairs.
+//! relaxation times, from faint to marked; the necrotic segment of stage II takes one of
+//! Mitchell's four signal classes (fat-, blood-, fluid- or fibrous-like). Used only for the T1
+//! companion pairs.
 //!
 //! Not here: textures, geometry, artefacts (`randomised`), or anything read at inference.
 
@@ -79,16 +81,28 @@ pub fn draw_tissues(rng: &mut ChaCha8Rng) -> Tissues {
     t[Label::Oedema as usize] = water(
         marrow.pd,
         marrow.fat_fraction * u(0.15, 0.9),
-        u(1000.0, 1800.0),
+        marrow.t1_ms + u(400.0, 1000.0),
         u(60.0, 150.0),
     );
-    // The necrotic segment of early ONFH keeps its fat: marrow-like, a little altered.
-    t[Label::Necrotic as usize] = water(
-        marrow.pd * u(0.9, 1.05),
-        (marrow.fat_fraction * u(0.8, 1.05)).min(1.0),
-        marrow.t1_ms * u(0.9, 1.2),
-        marrow.t2_ms * u(0.9, 1.3),
-    );
+    // The necrotic segment, by Mitchell's classes: A fat-like (the commonest early), B like
+    // subacute blood (bright on T1 and T2), C fluid-like (dark on T1, bright on T2), D
+    // fibrous (dark on both).
+    t[Label::Necrotic as usize] = match u(0.0, 1.0) {
+        x if x < 0.5 => water(
+            marrow.pd * u(0.9, 1.05),
+            (marrow.fat_fraction * u(0.8, 1.05)).min(1.0),
+            marrow.t1_ms * u(0.9, 1.2),
+            marrow.t2_ms * u(0.9, 1.3),
+        ),
+        x if x < 0.6 => water(
+            u(0.8, 1.0),
+            marrow.fat_fraction * u(0.3, 0.8),
+            u(300.0, 600.0),
+            u(80.0, 200.0),
+        ),
+        x if x < 0.8 => water(u(0.8, 1.0), u(0.0, 0.3), u(1500.0, 3000.0), u(150.0, 600.0)),
+        _ => water(u(0.5, 0.8), u(0.0, 0.2), u(800.0, 1500.0), u(20.0, 45.0)),
+    };
     // The double line: granulation (watery, bright on T2, dark on T1) inside sclerosis
     // (little signal on any sequence).
     t[Label::Granulation as usize] =
