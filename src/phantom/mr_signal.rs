@@ -212,10 +212,17 @@ mod tests {
             let tissues = draw_tissues(&mut rng);
             let seq = draw_t2_sequence(&mut rng, &tissues);
             let m = means(&tissues, seq);
-            assert!(
-                at(&m, Label::Joint) > at(&m, Label::Muscle),
-                "{seq:?} {m:?}"
-            );
+            // Fluid above muscle on a T2 (long TE) and on STIR; a short-TR PD may invert it.
+            let t2_weighted = match seq {
+                Sequence::SpinEcho { te_ms, .. } => te_ms >= 60.0,
+                Sequence::Stir { .. } => true,
+            };
+            if t2_weighted {
+                assert!(
+                    at(&m, Label::Joint) > at(&m, Label::Muscle),
+                    "{seq:?} {m:?}"
+                );
+            }
             assert!(
                 at(&m, Label::Granulation) > at(&m, Label::Sclerosis),
                 "{seq:?} {m:?}"

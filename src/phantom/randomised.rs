@@ -354,7 +354,8 @@ of the T2's). T2 and T1 come from one two-compartment signal model per study (`m
 label proton density, fat fraction, water T1 and T2 drawn around textbook pelvic values at \
 1.5-3 T; fat T1 250-400 ms, apparent T2 80-180 ms; oedema = marrow with 10-85 % of its fat \
 replaced by water of T1 400-1000 ms longer than the marrow water's, T2 60-150 ms; the necrotic segment by Mitchell's classes: \
-fat-like in half the heads, else blood-, fluid- or fibrous-like (1:2:2); \
+fat-like in half the studies (both heads of a study share it), else blood-, fluid- or \
+fibrous-like (1:2:2); \
 granulation watery, sclerosis of little signal): the T1 is a spin echo of TR 400-750 ms, \
 TE 8-20 ms; the T2 beside it, in 60 % of those studies, a fat-saturated T2/PD, a STIR near \
 fat's null point, or a plain T2/PD of the same tissues (so a plain T2 hides oedema where \
