@@ -8,7 +8,7 @@
 //! The values are broad ranges around textbook relaxation times of the pelvis at 1.5-3 T
 //! (fat T1 250-400 ms; muscle T1 800-1450 ms, T2 28-50 ms; fluid T1 2-4 s, T2 0.3-1.5 s),
 //! drawn anew per study; oedema is marrow with part of its fat replaced by water of longer
-//! relaxation times, from faint to marked; the necrotic segment of stage II takes one of
+//! relaxation times, from faint to marked (log-uniform); the necrotic segment of stage II takes one of
 //! Mitchell's four signal classes (fat-, blood-, fluid- or fibrous-like). Used only for the T1
 //! companion pairs.
 //!
@@ -77,10 +77,12 @@ pub fn draw_tissues(rng: &mut ChaCha8Rng) -> Tissues {
     let marrow = water(u(0.8, 1.0), u(0.6, 0.95), u(600.0, 1200.0), u(30.0, 60.0));
     t[Label::Marrow as usize] = marrow;
     // Oedema: part of the marrow's fat replaced by water of longer T1 and T2, from faint
-    // (a tenth of the fat gone) to marked (most of it).
+    // (8 % of the fat gone) to marked (85 %), log-uniform: faint oedema, a few per cent
+    // darker than marrow on a T1 and hidden on a plain T2, is as common as marked.
+    let replaced = u(0.08_f64.ln(), 0.85_f64.ln()).exp();
     t[Label::Oedema as usize] = water(
         marrow.pd,
-        marrow.fat_fraction * u(0.15, 0.9),
+        marrow.fat_fraction * (1.0 - replaced),
         marrow.t1_ms + u(400.0, 1000.0),
         u(60.0, 150.0),
     );
@@ -123,7 +125,9 @@ pub fn draw_t2_sequence(rng: &mut ChaCha8Rng, tissues: &Tissues) -> Sequence {
     } else {
         rng.random_range(20.0..45.0)
     };
-    match rng.random_range(0..3) {
+    // A quarter fat-saturated, a quarter STIR, half plain: the plain T2 is where the T1
+    // carries the diagnosis.
+    match rng.random_range(0..4) {
         0 => Sequence::SpinEcho {
             tr_ms,
             te_ms,

@@ -282,6 +282,25 @@ pub const RANDOMISED_T1_ABSENT: f64 = 0.2;
 /// does not change the T2's scene, acquisition or jitter).
 const T1_SALT: u64 = 0x7131_c0a1_d00d_0001;
 
+/// Whether channel `c` of an interleaved crop (`interleave`'s layout, `channels` channels
+/// of `shape`) holds any signal (a T1 channel is all zero where the study has none).
+pub fn channel_present(voxels: &[f32], shape: [usize; 3], channels: usize, c: usize) -> bool {
+    let plane = shape[1] * shape[2];
+    (0..shape[0]).any(|k| {
+        let at = (k * channels + c) * plane;
+        voxels[at..at + plane].iter().any(|&v| v != 0.0)
+    })
+}
+
+/// Blank channel `c` of an interleaved crop (all zero, as a T1 channel without a T1).
+pub fn blank_channel(voxels: &mut [f32], shape: [usize; 3], channels: usize, c: usize) {
+    let plane = shape[1] * shape[2];
+    for k in 0..shape[0] {
+        let at = (k * channels + c) * plane;
+        voxels[at..at + plane].fill(0.0);
+    }
+}
+
 /// Domain-randomised head crops of the study drawn from `seed`: per head, `copies` crops
 /// around the true centre displaced by N(0, `jitter_mm`) (the first one undisplaced),
 /// rendered on the crop's grid, normalised as `crop` does and mirrored for right heads.

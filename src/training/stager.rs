@@ -242,6 +242,26 @@ pub fn train_stager(
     )
 }
 
+/// Share of randomised training crops with a T1 whose T2 channel is blanked (modality
+/// dropout, training only): a stager widened from a T2-only one otherwise goes on reading
+/// the T2 alone and ignores what only the T1 shows.
+pub const T2_DROPOUT_WITH_T1: f64 = 0.3;
+
+const DROPOUT_SALT: u64 = 0x6d6f_6464_726f_7031;
+
+/// Blank the T2 channel of [`T2_DROPOUT_WITH_T1`] of the crops that carry a T1, drawn from
+/// the study's seed (reproducible).
+fn modality_dropout(samples: &mut [HeadSample], crop: &CropConfig, seed: u64) {
+    let (shape, channels) = (crop.shape, crop.channel_count());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DROPOUT_SALT);
+    for s in samples {
+        let drop = rng.random_bool(T2_DROPOUT_WITH_T1);
+        if drop && data::channel_present(&s.voxels, shape, channels, 1) {
+            data::blank_channel(&mut s.voxels, shape, channels, 0);
+        }
+    }
+}
+
 impl TrainOptions {
     /// The schedule and checkpoints of the run.
     pub fn run(&self) -> Run<'_> {
@@ -286,7 +306,11 @@ impl Task for StagerTask<'_> {
                     + RANDOMISED_TRAINING_SEEDS
                     + (epoch as u64) * RANDOMISED_EPOCH_STRIDE
                     + n;
-                data::randomised_head_samples(seed, &o.crop, copies, sigma)
+                let mut samples = data::randomised_head_samples(seed, &o.crop, copies, sigma);
+                if o.crop.uses_t1() {
+                    modality_dropout(&mut samples, &o.crop, seed);
+                }
+                samples
             })
             .collect()
     }
@@ -448,4 +472,46 @@ pub fn stager_manifest(
         randomised: opts.randomised,
     };
     manifest(spec, opts.run(), trained, best, command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::crop::Channel;
+
+    #[test]
+    fn modality_dropout_blanks_the_t2_of_some_crops_with_a_t1_and_nothing_else() {
+        let mut crop = CropConfig::small();
+        crop.channels = vec![Channel::T2, Channel::T1];
+        let (shape, channels) = (crop.shape, 2);
+        let (mut with_t1, mut blanked) = (0, 0);
+        for seed in 0..40u64 {
+            let before = data::randomised_head_samples(seed, &crop, 1, 0.0);
+            let mut after = before.clone();
+            modality_dropout(&mut after, &crop, seed);
+            for (b, a) in before.iter().zip(&after) {
+                let t1 = data::channel_present(&b.voxels, shape, channels, 1);
+                let t2_kept = data::channel_present(&a.voxels, shape, channels, 0);
+                assert!(data::channel_present(&b.voxels, shape, channels, 0));
+                with_t1 += t1 as usize;
+                if !t2_kept {
+                    assert!(t1, "a crop without a T1 keeps its T2");
+                    blanked += 1;
+                    // The T1 channel and the label are untouched.
+                    let mut expect = b.voxels.clone();
+                    data::blank_channel(&mut expect, shape, channels, 0);
+                    assert_eq!(a.voxels, expect);
+                } else {
+                    assert_eq!(a.voxels, b.voxels);
+                }
+                assert_eq!(a.class, b.class);
+            }
+        }
+        let share = blanked as f64 / with_t1 as f64;
+        assert!(with_t1 > 40, "{with_t1} crops with a T1");
+        assert!(
+            (0.12..0.5).contains(&share),
+            "{blanked} of {with_t1} blanked"
+        );
+    }
 }
