@@ -359,8 +359,7 @@ fibrous-like (1:2:2); \
 granulation watery, sclerosis of little signal): the T1 is a spin echo of TR 400-750 ms, \
 TE 8-20 ms; the T2 beside it, in 80 % of those studies, a fat-saturated T2/PD (a quarter), \
 a STIR near fat's null point (a quarter) or a plain T2/PD (half) of the same tissues (so a plain T2 hides oedema where \
-physics hides it, and the T1 still shows it), else the label-wise draw above; in training, \
-30 % of the crops that carry a T1 have their T2 channel blanked (modality dropout)";
+physics hides it, and the T1 still shows it), else the label-wise draw above";
 
 /// Share of T1-bearing studies whose T2 also comes from the T1's signal model (the rest
 /// keep the label-wise T2 draw).

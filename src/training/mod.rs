@@ -127,6 +127,11 @@ pub fn manifest<R: EpochRecord>(
         {
             text.push_str("; ");
             text.push_str(crate::phantom::randomised::T1_DESCRIPTION);
+            text.push_str(&format!(
+                "; in training, {:.0} % of the crops that carry a T1 have their T2 channel \
+                 blanked (modality dropout)",
+                stager::T2_DROPOUT_WITH_T1 * 100.0
+            ));
         }
         text
     });
