@@ -22,8 +22,12 @@
 //! [`locate_heads`] is the one rule, used by the pipeline and the evaluation alike, that
 //! turns the detector's candidates into the two heads, asking the image at each step: the
 //! pair `detector::pair_heads` chooses, when both fits are head-sized spheres of the same
-//! size; otherwise the best-scoring pair of candidates the image confirms (a confident
-//! head and another, possibly a weak *partner*, where the other head must lie); otherwise
+//! size and the image around one mirrors the image around the other ([`symmetry`]: a
+//! pelvis is bilaterally symmetric, a head and a bowel loop are not), or that mirror and
+//! lie as two heads do whatever their fits' sizes — or, when two same-sized fits do not
+//! mirror, a pair of candidates that does; otherwise the best-scoring pair of
+//! candidates the image confirms (a confident head and another, possibly a weak
+//! *partner*, where the other head must lie); otherwise
 //! the other head looked for in the image alone where it must lie beside a confident head
 //! (a *mirror* head); otherwise the detector's pair as it was.
 //!
@@ -232,6 +236,22 @@ pub const MIN_PARTNER_EDGE: f64 = 0.01;
 pub const MIRROR_OFFSETS_MM: [f64; 3] = [160.0, 185.0, 210.0];
 /// Confident heads the mirror search starts from, at most (best first).
 const MIRROR_FROM: usize = 2;
+/// The detector's pair is taken as it is when the image around its two heads mirrors at
+/// least this well ([`symmetry`]) — even when their fits differ in size, if they lie as a
+/// head and its partner do; below it, a pair of candidates that mirrors at least this
+/// well replaces it ([`locate_heads`] step 1). Set on development studies only
+/// (`examples/probe_pairs.rs`): on 90 domain-randomised ones (seeds 900000..=900089) the
+/// two true heads correlate 0.10-0.95 (median 0.72; 5 of 87 pairs under 0.35 — lesions,
+/// bias fields and each leg's own abduction break the symmetry), on 20 classic ones in the
+/// held-out style (seeds 5000..=5019) 0.26-0.79 (3 under 0.35); the one pair there of a
+/// true head and another candidate whose fits agree and lie as a head and its partner do
+/// ([`PARTNER_SEPARATION_MM`], [`PARTNER_OFFSET_MM`]) correlates 0.17.
+pub const SYMMETRIC: f64 = 0.35;
+/// Half the side of the cube around a head that [`symmetry`] compares, in head radii (the
+/// head, the acetabulum's rim, the neck's root and the muscles beside them).
+const SYMMETRY_HALF_RADII: f64 = 1.5;
+/// Sampling step of [`symmetry`], mm.
+const SYMMETRY_STEP_MM: f64 = 2.0;
 
 /// A fit the image shows as a femoral head: a sphere inside the radius limits (a fit at a
 /// limit is an edge of something else) with real edges.
@@ -247,7 +267,7 @@ fn same_size_heads(a: &SphereFit, b: &SphereFit) -> bool {
 
 /// [`same_size_heads`], and the weaker edges at least [`PARTNER_EDGE_RATIO`] of the
 /// stronger.
-fn agree(a: &SphereFit, b: &SphereFit) -> bool {
+pub fn agree(a: &SphereFit, b: &SphereFit) -> bool {
     same_size_heads(a, b) && a.edge.min(b.edge) >= PARTNER_EDGE_RATIO * a.edge.max(b.edge)
 }
 
@@ -256,8 +276,16 @@ fn agree(a: &SphereFit, b: &SphereFit) -> bool {
 ///
 /// 1. The pair `detector::pair_heads` chooses with the floor `min_score`, when the image
 ///    agrees that both are heads: each fit is head-like (a sphere inside [`RADII_MM`],
-///    not at a limit, with edges over [`MIN_PARTNER_EDGE`]) and the radii agree within
-///    [`PARTNER_RADIUS_MM`].
+///    not at a limit, with edges over [`MIN_PARTNER_EDGE`]), the radii agree within
+///    [`PARTNER_RADIUS_MM`], and the image around one mirrors the other's
+///    ([`symmetry`] at least [`SYMMETRIC`], or too little of it in the volume to tell).
+///    Where the two spheres agree but do not mirror, every candidate scoring at least
+///    [`PARTNER_SCORE_FRACTION`] of the floor is fitted, and the best-scoring pair with a
+///    confident head whose fits agree (as in step 2), that lies as a head and its partner
+///    do ([`PARTNER_SEPARATION_MM`], [`PARTNER_OFFSET_MM`]) and that mirrors replaces it;
+///    if there is none, the detector's pair stands. A detector's pair whose fits are not
+///    both head-like of the same size is still taken when it mirrors at least
+///    [`SYMMETRIC`] and lies as a head and its partner do.
 /// 2. Otherwise every candidate with a score of at least [`PARTNER_SCORE_FRACTION`] of
 ///    the floor is fitted, and of the pairs with at least one confident head (score ≥
 ///    `min_score`) whose fits agree — head-like, same size, the weaker edges at least
@@ -293,11 +321,28 @@ pub fn locate_heads(
         }
         (r_fit, l_fit)
     });
-    if let Ok((r, l)) = &fallback
-        && same_size_heads(&r.fit, &l.fit)
-    {
-        return fallback;
-    }
+    let unmirrored = match &fallback {
+        Ok((r, l)) => {
+            let mirrors = symmetry(t2, &r.fit, &l.fit);
+            if same_size_heads(&r.fit, &l.fit) {
+                if mirrors.is_none_or(|s| s >= SYMMETRIC) {
+                    return fallback;
+                }
+                true
+            } else {
+                // Fits of different sizes (or one at a radius limit) around two places
+                // that mirror each other, lying as two heads do: the heads, whatever
+                // their fits say.
+                if mirrors.is_some_and(|s| s >= SYMMETRIC)
+                    && partner_lies(&r.fit.center_lps_mm, &l.fit.center_lps_mm)
+                {
+                    return fallback;
+                }
+                false
+            }
+        }
+        Err(_) => false,
+    };
     // 2. Every candidate that may take part, fitted.
     let weak = min_score * PARTNER_SCORE_FRACTION;
     let todo: Vec<usize> = (0..dets.len())
@@ -308,34 +353,35 @@ pub fn locate_heads(
         fits[i] = Some(l);
     }
     let located: Vec<&Located> = fits.iter().flatten().collect();
-    let mut best: Option<(f32, &Located, &Located)> = None;
-    for (i, a) in located.iter().enumerate() {
-        for b in &located[i + 1..] {
-            let (hi, lo) = if a.detection.score >= b.detection.score {
-                (a, b)
-            } else {
-                (b, a)
-            };
-            if hi.detection.score < min_score || !agree(&a.fit, &b.fit) {
-                continue;
-            }
-            let lies = if lo.detection.score >= min_score {
-                crate::model::detector::plausible_pair(&a.detection, &b.detection)
-            } else {
-                partner_lies(&hi.fit.center_lps_mm, &lo.fit.center_lps_mm)
-            };
-            let sum = a.detection.score + b.detection.score;
-            if lies && best.is_none_or(|(s, _, _)| sum > s) {
-                best = Some((sum, hi, lo));
-            }
-        }
-    }
-    if let Some((_, hi, lo)) = best {
-        let mut lo = (*lo).clone();
+    let taken = |(hi, lo): (&Located, &Located)| {
+        let mut lo = lo.clone();
         if lo.detection.score < min_score {
             lo.origin = Origin::Partner;
         }
-        return Ok(sided((*hi).clone(), lo));
+        sided(hi.clone(), lo)
+    };
+    if unmirrored {
+        // 1b. The detector's pair is two same-sized spheres, but the image around one does
+        //     not mirror the other's: a pair that does, lying as two heads do, replaces
+        //     it; otherwise it stands.
+        let mirrored = best_agreeing_pair(&located, min_score, |hi, lo| {
+            partner_lies(&hi.fit.center_lps_mm, &lo.fit.center_lps_mm)
+                && symmetry(t2, &hi.fit, &lo.fit).is_some_and(|s| s >= SYMMETRIC)
+        });
+        return match mirrored {
+            Some(pair) => Ok(taken(pair)),
+            None => fallback,
+        };
+    }
+    let lying = best_agreeing_pair(&located, min_score, |hi, lo| {
+        if lo.detection.score >= min_score {
+            crate::model::detector::plausible_pair(&hi.detection, &lo.detection)
+        } else {
+            partner_lies(&hi.fit.center_lps_mm, &lo.fit.center_lps_mm)
+        }
+    });
+    if let Some(pair) = lying {
+        return Ok(taken(pair));
     }
     // 3. The other head where it must lie, if the image shows it.
     for a in located
@@ -351,12 +397,94 @@ pub fn locate_heads(
     fallback
 }
 
+/// Of the pairs of `located` with a confident head (score ≥ `min_score`) whose fits
+/// [`agree`] and that `lies` accepts (called with the better-scoring head first), the one
+/// with the highest summed score, better-scoring head first.
+fn best_agreeing_pair<'a>(
+    located: &[&'a Located],
+    min_score: f32,
+    lies: impl Fn(&Located, &Located) -> bool,
+) -> Option<(&'a Located, &'a Located)> {
+    let mut best: Option<(f32, &Located, &Located)> = None;
+    for (i, a) in located.iter().enumerate() {
+        for b in &located[i + 1..] {
+            let (hi, lo) = if a.detection.score >= b.detection.score {
+                (*a, *b)
+            } else {
+                (*b, *a)
+            };
+            if hi.detection.score < min_score || !agree(&a.fit, &b.fit) || !lies(hi, lo) {
+                continue;
+            }
+            let sum = a.detection.score + b.detection.score;
+            if best.is_none_or(|(s, _, _)| sum > s) {
+                best = Some((sum, hi, lo));
+            }
+        }
+    }
+    best.map(|(_, hi, lo)| (hi, lo))
+}
+
 /// Whether a partner centred at `b` lies where the other head of the head at `a` must.
-fn partner_lies(a: &V3, b: &V3) -> bool {
+pub fn partner_lies(a: &V3, b: &V3) -> bool {
     let d = [0, 1, 2].map(|x| (a[x] - b[x]).abs());
     (PARTNER_SEPARATION_MM.0..=PARTNER_SEPARATION_MM.1).contains(&d[0])
         && d[1] <= PARTNER_OFFSET_MM
         && d[2] <= PARTNER_OFFSET_MM
+}
+
+/// How well the image around head `b` mirrors the image around head `a`: the Pearson
+/// correlation of `t2` over a cube of [`SYMMETRY_HALF_RADII`] of their mean radius around
+/// `b`, against the same cube reflected through the plane halfway between the two centres
+/// (normal to the line joining them, so a tilted or rotated pelvis still mirrors). Two
+/// femoral heads correlate strongly whatever the contrast; a head and a bowel loop, a
+/// muscle belly or the bladder wall do not. `None` where less than half the cube (or its
+/// reflection) lies inside the volume, or the two centres coincide.
+pub fn symmetry(t2: &Volume, a: &SphereFit, b: &SphereFit) -> Option<f64> {
+    let (ca, cb) = (a.center_lps_mm, b.center_lps_mm);
+    let len = dist(ca, cb);
+    if len < 1e-6 {
+        return None;
+    }
+    let n = [0, 1, 2].map(|x| (cb[x] - ca[x]) / len);
+    let half = SYMMETRY_HALF_RADII * (a.radius_mm + b.radius_mm) / 2.0;
+    let k = (half / SYMMETRY_STEP_MM).round() as i64;
+    let (mut pairs, mut total) = (Vec::new(), 0usize);
+    for z in -k..=k {
+        for y in -k..=k {
+            for x in -k..=k {
+                total += 1;
+                let u = [x, y, z].map(|i| i as f64 * SYMMETRY_STEP_MM);
+                let along = u[0] * n[0] + u[1] * n[1] + u[2] * n[2];
+                // b + u reflected through the mid-plane is a + u - 2 (u . n) n.
+                let p = [0, 1, 2].map(|i| cb[i] + u[i]);
+                let q = [0, 1, 2].map(|i| ca[i] + u[i] - 2.0 * along * n[i]);
+                if let (Some(s), Some(t)) = (
+                    sample(t2, t2.patient_to_voxel(p)),
+                    sample(t2, t2.patient_to_voxel(q)),
+                ) {
+                    pairs.push((s as f64, t as f64));
+                }
+            }
+        }
+    }
+    if pairs.len() * 2 < total {
+        return None;
+    }
+    let m = pairs.len() as f64;
+    let mean = |f: fn(&(f64, f64)) -> f64| pairs.iter().map(f).sum::<f64>() / m;
+    let (mx, my) = (mean(|p| p.0), mean(|p| p.1));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in &pairs {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx) * (x - mx);
+        syy += (y - my) * (y - my);
+    }
+    // A flat cube (no structure on either side) mirrors nothing.
+    if sxx <= 0.0 || syy <= 0.0 {
+        return Some(0.0);
+    }
+    Some(sxy / (sxx * syy).sqrt())
 }
 
 /// (right, left): the one further to patient left (+x in LPS) is the left head.
@@ -864,6 +992,107 @@ mod tests {
         let (v, _) = two_heads([23.0, 23.0]);
         let weak = [detection(0.25, left), detection(0.2, right)];
         assert!(locate_heads(&weak, &v, &v, 0.3).is_err());
+    }
+
+    /// A fit of `radius` at `c` (for [`symmetry`]).
+    fn fit_at(c: V3, radius: f64) -> SphereFit {
+        SphereFit {
+            center_lps_mm: c,
+            radius_mm: radius,
+            edge: 0.1,
+            moved_mm: 0.0,
+        }
+    }
+
+    #[test]
+    fn two_heads_mirror_each_other_and_a_head_and_something_else_do_not() {
+        let (right, left) = ([-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]);
+        // Something else of a head's size, 110 mm right of the left head: a sphere whose
+        // inside is bright and rim dark (the heads' are the other way round).
+        let other = [-20.0, 0.0, -3.0];
+        let v =
+            hip_volume_of_contrasts(&[(right, 23.0, 1.0), (left, 23.0, 1.0), (other, 23.0, -1.0)]);
+        let heads = symmetry(&v, &fit_at(left, 23.0), &fit_at(right, 23.0)).expect("inside");
+        assert!(heads > 0.8, "{heads}");
+        // Either way round.
+        let back = symmetry(&v, &fit_at(right, 23.0), &fit_at(left, 23.0)).expect("inside");
+        assert!((heads - back).abs() < 0.05, "{heads} {back}");
+        let not = symmetry(&v, &fit_at(left, 23.0), &fit_at(other, 23.0)).expect("inside");
+        assert!(not < 0.0, "{not}");
+        assert!(heads > SYMMETRIC && not < SYMMETRIC);
+        // Mostly outside the volume, or one point: no answer.
+        let out = [250.0, -2.0, -3.0];
+        assert_eq!(symmetry(&v, &fit_at(left, 23.0), &fit_at(out, 23.0)), None);
+        assert_eq!(symmetry(&v, &fit_at(left, 23.0), &fit_at(left, 23.0)), None);
+    }
+
+    /// Assert that the located (right, left) heads lie on `right` and `left`.
+    fn assert_at((r, l): &(Located, Located), right: V3, left: V3) {
+        assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
+        assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+    }
+
+    #[test]
+    fn a_confident_pair_that_does_not_mirror_gives_way_to_one_that_does() {
+        let (right, left) = ([-90.0, 4.0, -6.0], [90.0, -2.0, -3.0]);
+        let other = [-20.0, 0.0, -3.0];
+        let v =
+            hip_volume_of_contrasts(&[(right, 23.0, 1.0), (left, 23.0, 1.0), (other, 23.0, -1.0)]);
+        // The detector's confident pair is the left head and the other sphere (same size,
+        // lying as two heads may); the right head is only weakly detected.
+        let dets = [
+            detection(0.7, left),
+            detection(0.5, other),
+            detection(0.2, right),
+        ];
+        let pair = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
+        assert_at(&pair, right, left);
+        assert_eq!(
+            (pair.0.origin, pair.1.origin),
+            (Origin::Partner, Origin::Detected)
+        );
+        assert_eq!(pair.0.detection.score, 0.2);
+        // With no pair that mirrors, the detector's pair stands.
+        let pair = locate_heads(&dets[..2], &v, &v, 0.3).expect("the detector's pair");
+        assert_at(&pair, other, left);
+        assert_eq!(
+            (pair.0.origin, pair.1.origin),
+            (Origin::Detected, Origin::Detected)
+        );
+        // Two heads that mirror: taken at once, the weak candidate never looked at.
+        let (v, _) = two_heads([23.0, 23.0]);
+        let (r, _) = locate_heads(&[detection(0.7, left), detection(0.5, right)], &v, &v, 0.3)
+            .expect("both heads");
+        assert_eq!(r.detection.score, 0.5);
+    }
+
+    #[test]
+    fn a_confident_pair_that_mirrors_stands_though_its_fits_differ_in_size() {
+        // Heads of 23 and 28 mm (more than the 4 mm two fits may differ by), and something
+        // else of the left head's size where the right head's partner could lie.
+        let (right, left, other) = ([-100.0, 4.0, -6.0], [90.0, -2.0, -3.0], [-35.0, 0.0, -3.0]);
+        let v =
+            hip_volume_of_contrasts(&[(right, 23.0, 1.0), (left, 28.0, 1.0), (other, 28.0, -1.0)]);
+        let mirrors = symmetry(&v, &fit_at(left, 28.0), &fit_at(right, 23.0)).expect("inside");
+        assert!(mirrors >= SYMMETRIC, "{mirrors}");
+        let dets = [
+            detection(0.7, left),
+            detection(0.6, right),
+            detection(0.2, other),
+        ];
+        let pair = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
+        assert_at(&pair, right, left);
+        assert_eq!(
+            (pair.0.origin, pair.1.origin),
+            (Origin::Detected, Origin::Detected)
+        );
+        // Where the two do not mirror (the right one inverted), the weak candidate whose
+        // sphere agrees with the left head's is its partner, as before.
+        let v =
+            hip_volume_of_contrasts(&[(right, 23.0, -1.0), (left, 28.0, 1.0), (other, 28.0, 1.0)]);
+        let (r, _) = locate_heads(&dets, &v, &v, 0.3).expect("a pair");
+        assert!(dist(r.detection.center_lps_mm, other) < 2.5, "{r:?}");
+        assert_eq!(r.origin, Origin::Partner);
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub struct Hip {
     pub lesion_dir: V3,
     /// Lesion size relative to the radius (focus radius for I, segment depth for II).
     pub lesion_size: f64,
+    /// Stage I: the focus centre's distance from the head's centre along `lesion_dir`,
+    /// relative to the radius (0.5, subchondral, in the classic phantom).
+    pub lesion_depth: f64,
     /// Abduction of the leg, degrees: the femur below the head swings laterally about the
     /// head's centre (0 in the classic phantom).
     pub abduction_deg: f64,
@@ -261,7 +264,7 @@ impl Hip {
             Stage::S0 => Lesion::default(),
             Stage::S1 => {
                 // A soft oedema-like focus just beneath the anterosuperior surface.
-                let c = scale(self.lesion_dir, self.radius * 0.5);
+                let c = scale(self.lesion_dir, self.radius * self.lesion_depth);
                 let s = self.radius * self.lesion_size;
                 let d2 = dot(sub(q, c), sub(q, c)) / (s * s);
                 let w = (-d2).exp() * 0.85;
@@ -570,6 +573,7 @@ mod tests {
             variant: Variant::None,
             lesion_dir: unit([sign * 0.2, -0.45, 0.87]),
             lesion_size: 0.75,
+            lesion_depth: 0.5,
             abduction_deg: 0.0,
         }
     }

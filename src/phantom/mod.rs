@@ -508,6 +508,7 @@ fn draw_study(rng: &mut ChaCha8Rng, options: &Options) -> Drawn {
                 Stage::S1 => rng.random_range(0.3..0.42),
                 _ => rng.random_range(0.6..0.8),
             },
+            lesion_depth: 0.5,
             abduction_deg: 0.0,
         }
     });
@@ -677,9 +678,10 @@ fn head_truths(anatomy: &Anatomy, pose: &Pose) -> Vec<HeadTruth> {
             let r = h.radius * pose.scale;
             let lesion = match h.stage {
                 Stage::S0 => None,
-                Stage::S1 => {
-                    Some(pose.to_patient(add(h.center, scale(h.lesion_dir, h.radius * 0.5))))
-                }
+                Stage::S1 => Some(pose.to_patient(add(
+                    h.center,
+                    scale(h.lesion_dir, h.radius * h.lesion_depth),
+                ))),
                 Stage::S2 => {
                     Some(pose.to_patient(add(h.center, scale(h.lesion_dir, h.radius * 0.6))))
                 }
@@ -688,8 +690,10 @@ fn head_truths(anatomy: &Anatomy, pose: &Pose) -> Vec<HeadTruth> {
             let lesion_sphere = match h.stage {
                 Stage::S0 => None,
                 Stage::S1 => Some(Sphere {
-                    center_lps_mm: pose
-                        .to_patient(add(h.center, scale(h.lesion_dir, h.radius * 0.5))),
+                    center_lps_mm: pose.to_patient(add(
+                        h.center,
+                        scale(h.lesion_dir, h.radius * h.lesion_depth),
+                    )),
                     radius_mm: h.radius * h.lesion_size * pose.scale,
                 }),
                 Stage::S2 => Some(Sphere {

@@ -34,7 +34,9 @@
 pub const DESCRIPTION: &str = "SynthSeg-style, per study: anatomy (body habitus, fat 5-45 mm, \
 pelvis tilt +-8 deg, obliquity +-4 deg, rotation +-6 deg, size x0.88-1.12, bladder empty to full, \
 head radius 20-27 mm, neck-shaft angle 115-145 deg, abduction -10..15 deg, lesion size and \
-direction within each stage); contrast (a mean and spread per label: fat-suppressed T2/STIR-like, \
+direction within each stage; stage I from a subchondral focus (1/e radius 0.25-0.31 of the head's, centred half a radius \
+beneath the surface) to diffuse oedema (0.87-0.93, centred within a tenth of a radius of the \
+head's centre)); contrast (a mean and spread per label: fat-suppressed T2/STIR-like, \
 plain T2/PD-like, or independent draws with any ordering; oedema and the granulation line move \
 from marrow towards fluid, the sclerotic line towards cortex, marrow and fluid always differ); \
 distractors (0-40 bowel-like ellipsoids above the heads and 0-8 soft-tissue bellies, random \
@@ -53,6 +55,9 @@ use super::anatomy::{self, Anatomy, Hip, LABELS, Label, Stage, V3, Variant, unit
 use super::mr_signal;
 use super::{HeadTruth, Pose, head_truths};
 use crate::volume::preprocess::canonical_grid;
+
+/// The stream (of the scene's generator) that draws stage I's focus.
+const STAGE_I_STREAM: u64 = 0x5354_4147_4531;
 
 /// One drawn study: anatomy placed in patient space, and its heads' truth.
 #[derive(Debug, Clone)]
@@ -127,9 +132,22 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, stages: Option<[Stage; 2]>) -> Scene {
                 Stage::S1 => rng.random_range(0.28..0.5),
                 _ => rng.random_range(0.55..0.85),
             },
+            lesion_depth: 0.5,
             abduction_deg: rng.random_range(-10.0..15.0),
         }
     });
+    // Stage I from a small subchondral focus to diffuse oedema through most of the head,
+    // drawn on a stream of its own so that every other draw of the scene stays as it was.
+    let mut hips = hips;
+    for (i, hip) in hips.iter_mut().enumerate() {
+        if hip.stage == Stage::S1 {
+            let mut own = rng.clone();
+            own.set_stream(STAGE_I_STREAM + i as u64);
+            let t: f64 = own.random_range(0.0..1.0);
+            hip.lesion_depth = 0.5 - 0.45 * t + own.random_range(-0.05..0.05);
+            hip.lesion_size = 0.28 + 0.62 * t + own.random_range(-0.03..0.03);
+        }
+    }
     let a: f64 = rng.random_range(140.0..200.0);
     let b: f64 = rng.random_range(95.0..140.0);
     let anatomy = Anatomy {
