@@ -263,7 +263,8 @@ impl Hip {
         match self.stage {
             Stage::S0 => Lesion::default(),
             Stage::S1 => {
-                // A soft oedema-like focus just beneath the anterosuperior surface.
+                // A soft oedema-like focus `lesion_depth` radii from the centre towards the
+                // anterosuperior surface (half a radius: subchondral; near 0: diffuse).
                 let c = scale(self.lesion_dir, self.radius * self.lesion_depth);
                 let s = self.radius * self.lesion_size;
                 let d2 = dot(sub(q, c), sub(q, c)) / (s * s);
