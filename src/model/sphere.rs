@@ -326,23 +326,18 @@ pub fn locate_heads(
     });
     let unmirrored = match &fallback {
         Ok((r, l)) => {
+            let same = same_size_heads(&r.fit, &l.fit);
             let mirrors = symmetry(t2, &r.fit, &l.fit);
-            if same_size_heads(&r.fit, &l.fit) {
-                if mirrors.is_none_or(|s| s >= SYMMETRIC) {
-                    return fallback;
-                }
-                true
-            } else {
-                // Fits of different sizes (or one at a radius limit) around two places
-                // that mirror each other, lying as two heads do: the heads, whatever
-                // their fits say.
-                if mirrors.is_some_and(|s| s >= SYMMETRIC)
-                    && partner_lies(&r.fit.center_lps_mm, &l.fit.center_lps_mm)
-                {
-                    return fallback;
-                }
-                false
+            let mirrored = mirrors.is_some_and(|s| s >= SYMMETRIC);
+            // Two same-sized heads the image cannot check, or that mirror; or fits of
+            // different sizes (one at a radius limit, say) around two places that mirror
+            // and lie as two heads do: the heads, whatever their fits say.
+            if (same && mirrors.is_none())
+                || (mirrored && (same || partner_lies(&r.fit.center_lps_mm, &l.fit.center_lps_mm)))
+            {
+                return fallback;
             }
+            same
         }
         Err(_) => false,
     };
@@ -1054,10 +1049,12 @@ mod tests {
         assert_eq!(symmetry(&v, &fit_at(left, 23.0), &fit_at(left, 23.0)), None);
     }
 
-    /// Assert that the located (right, left) heads lie on `right` and `left`.
-    fn assert_at((r, l): &(Located, Located), right: V3, left: V3) {
+    /// Assert that the located (right, left) heads lie on `right` and `left`, taken as
+    /// `origins`.
+    fn assert_at((r, l): &(Located, Located), right: V3, left: V3, origins: (Origin, Origin)) {
         assert!(dist(r.detection.center_lps_mm, right) < 2.5, "{r:?}");
         assert!(dist(l.detection.center_lps_mm, left) < 2.5, "{l:?}");
+        assert_eq!((r.origin, l.origin), origins);
     }
 
     #[test]
@@ -1074,19 +1071,11 @@ mod tests {
             detection(0.2, right),
         ];
         let pair = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
-        assert_at(&pair, right, left);
-        assert_eq!(
-            (pair.0.origin, pair.1.origin),
-            (Origin::Partner, Origin::Detected)
-        );
+        assert_at(&pair, right, left, (Origin::Partner, Origin::Detected));
         assert_eq!(pair.0.detection.score, 0.2);
         // With no pair that mirrors, the detector's pair stands.
         let pair = locate_heads(&dets[..2], &v, &v, 0.3).expect("the detector's pair");
-        assert_at(&pair, other, left);
-        assert_eq!(
-            (pair.0.origin, pair.1.origin),
-            (Origin::Detected, Origin::Detected)
-        );
+        assert_at(&pair, other, left, (Origin::Detected, Origin::Detected));
     }
 
     #[test]
@@ -1104,11 +1093,7 @@ mod tests {
             detection(0.2, other),
         ];
         let pair = locate_heads(&dets, &v, &v, 0.3).expect("both heads");
-        assert_at(&pair, right, left);
-        assert_eq!(
-            (pair.0.origin, pair.1.origin),
-            (Origin::Detected, Origin::Detected)
-        );
+        assert_at(&pair, right, left, (Origin::Detected, Origin::Detected));
         // Taken on the image's mirror, not on the fits' sizes.
         let radii = (pair.0.fit.radius_mm, pair.1.fit.radius_mm);
         assert!((radii.0 - radii.1).abs() > PARTNER_RADIUS_MM, "{radii:?}");

@@ -256,6 +256,11 @@ impl Hip {
         ilium.min(ramus).min(ischium)
     }
 
+    /// Stage I: where the oedema focus is centred, relative to the head's centre (mm).
+    pub fn focus_offset(&self) -> V3 {
+        scale(self.lesion_dir, self.radius * self.lesion_depth)
+    }
+
     /// How a marrow voxel's signal changes with this head's lesion or variant:
     /// (T1 factor, T2 added, weight of the "necrotic texture"), and whether it is fluid.
     fn lesion(&self, p: V3, vox: f64) -> Lesion {
@@ -265,7 +270,7 @@ impl Hip {
             Stage::S1 => {
                 // A soft oedema-like focus `lesion_depth` radii from the centre towards the
                 // anterosuperior surface (half a radius: subchondral; near 0: diffuse).
-                let c = scale(self.lesion_dir, self.radius * self.lesion_depth);
+                let c = self.focus_offset();
                 let s = self.radius * self.lesion_size;
                 let d2 = dot(sub(q, c), sub(q, c)) / (s * s);
                 let w = (-d2).exp() * 0.85;

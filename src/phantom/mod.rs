@@ -678,10 +678,7 @@ fn head_truths(anatomy: &Anatomy, pose: &Pose) -> Vec<HeadTruth> {
             let r = h.radius * pose.scale;
             let lesion = match h.stage {
                 Stage::S0 => None,
-                Stage::S1 => Some(pose.to_patient(add(
-                    h.center,
-                    scale(h.lesion_dir, h.radius * h.lesion_depth),
-                ))),
+                Stage::S1 => Some(pose.to_patient(add(h.center, h.focus_offset()))),
                 Stage::S2 => {
                     Some(pose.to_patient(add(h.center, scale(h.lesion_dir, h.radius * 0.6))))
                 }
@@ -690,10 +687,7 @@ fn head_truths(anatomy: &Anatomy, pose: &Pose) -> Vec<HeadTruth> {
             let lesion_sphere = match h.stage {
                 Stage::S0 => None,
                 Stage::S1 => Some(Sphere {
-                    center_lps_mm: pose.to_patient(add(
-                        h.center,
-                        scale(h.lesion_dir, h.radius * h.lesion_depth),
-                    )),
+                    center_lps_mm: pose.to_patient(add(h.center, h.focus_offset())),
                     radius_mm: h.radius * h.lesion_size * pose.scale,
                 }),
                 Stage::S2 => Some(Sphere {

@@ -105,7 +105,7 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, stages: Option<[Stage; 2]>) -> Scene {
     // Patient-space head radius 20–27 mm, the two within 1.5 mm of each other.
     let radius: f64 = rng.random_range(20.0..27.0);
     let half_gap: f64 = rng.random_range(80.0..100.0);
-    let hips = [0usize, 1].map(|i| {
+    let mut hips = [0usize, 1].map(|i| {
         let sign = if i == 0 { -1.0 } else { 1.0 };
         let stage = stages[i];
         Hip {
@@ -137,8 +137,8 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, stages: Option<[Stage; 2]>) -> Scene {
         }
     });
     // Stage I from a small subchondral focus to diffuse oedema through most of the head,
-    // drawn on a stream of its own so that every other draw of the scene stays as it was.
-    let mut hips = hips;
+    // drawn on a stream of its own so that every other draw of the scene stays as it was
+    // (the size drawn above is replaced, but still drawn, for the same reason).
     for (i, hip) in hips.iter_mut().enumerate() {
         if hip.stage == Stage::S1 {
             let mut own = rng.clone();
